@@ -1,0 +1,1 @@
+"""Stage modules: one per pipeline stage, discovered by dsctl.stage.StageRegistry."""
