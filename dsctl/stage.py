@@ -1,0 +1,215 @@
+"""The stage API: what a stage declares, and what it gets while it runs.
+
+A stage is one module under `stages/` that defines `STAGE = StageSpec(...)`:
+
+    @dataclass
+    class CleanConfig:
+        min_words: int = 20
+        \"\"\"Documents with fewer words are rejected.\"\"\"
+
+    def run(ctx: StageContext) -> dict:
+        corpus = ctx.input("corpus")            # an Artifact: .path, .key, .manifest
+        ...write files under ctx.out...
+        return {"kept": n_kept}                 # summary metrics -> manifest.json
+
+    STAGE = StageSpec(
+        name="clean", version=1, config=CleanConfig, run=run, output="corpus",
+        inputs={"corpus": Input("corpus")},
+        help="Normalize text and drop documents that fail quality heuristics.",
+    )
+
+Adding a stage is adding such a module; the registry finds it, the CLI grows a
+subcommand with the config fields as options, and recipes can name it.
+
+Resumable work: `ctx.out` (the artifact being built) and `ctx.scratch` (checkpoints,
+never published) survive a crash or SIGKILL, because both live under the store's
+`staging/<key>/`. A stage records how far it got with `ctx.save_state({...})` and reads
+it back with `ctx.load_state()` on the next attempt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from dsctl.errors import UserError
+from dsctl.progress import ProgressHandle, Reporter
+
+#: The artifact kinds of DESIGN.md §4 (plus "any" for stages that accept every kind).
+KINDS = ("corpus", "tokenizer", "shards", "checkpoint", "samples", "report", "any")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input slot of a stage."""
+
+    kind: str
+    """Artifact kind this slot accepts (one of KINDS)."""
+    many: bool = False
+    """Whether the slot takes several artifacts (e.g. eval over several checkpoints)."""
+    optional: bool = False
+    """Whether the stage can run with this slot empty."""
+    help: str = ""
+
+    def accepts(self, kind: str) -> bool:
+        return self.kind in ("any", kind)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    """Stage type name, used in recipes (`[stages.NAME]` or `uses = "NAME"`) and the CLI."""
+    version: int
+    """Format version: bump it when the stage's output changes for the same config."""
+    config: type
+    """The config dataclass; every field documented, with the default to start from."""
+    run: Callable[["StageContext"], dict[str, Any] | None]
+    """Does the work; returns summary metrics (the first is the stage's headline)."""
+    output: str
+    """Kind of artifact the stage writes."""
+    inputs: dict[str, Input] = field(default_factory=dict)
+    help: str = ""
+    """One paragraph for `--help`; its first sentence is the one-line summary."""
+    fingerprint: Callable[[Any], Any] | None = None
+    """Extra key material for outside state the config only names (e.g. hashes of the
+    user files a `source` stage reads), so changed files change the key."""
+    example: str = ""
+    """A copy-paste CLI example shown in `--help`."""
+
+
+@dataclass
+class Artifact:
+    """A finished artifact in the store, or a plain directory given by path."""
+
+    path: Path
+    key: str
+    kind: str
+    manifest: dict[str, Any]
+    label: str = ""
+    """How the user referred to it (e.g. "mini_r1:sft"); for reports."""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+
+class StageContext:
+    """Everything a running stage may touch. Made by the runner, one per attempt."""
+
+    def __init__(
+        self,
+        spec: StageSpec,
+        config: Any,
+        seed: int,
+        inputs: dict[str, list[Artifact]],
+        out: Path,
+        scratch: Path,
+        reporter: Reporter,
+        label: str,
+        key: str,
+    ):
+        self.spec = spec
+        self.config = config
+        self.seed = seed
+        self.inputs = inputs
+        self.out = out
+        self.scratch = scratch
+        self.reporter = reporter
+        self.label = label
+        self.key = key
+        self.metrics_path = out / "metrics.jsonl"
+
+    # -- inputs -----------------------------------------------------------------------
+    def input(self, slot: str) -> Artifact:
+        """The single artifact in `slot`; a clear error if there is none."""
+        found = self.inputs.get(slot, [])
+        if not found:
+            raise UserError(f"stage '{self.label}' needs a '{slot}' input; none was given")
+        return found[0]
+
+    def maybe_input(self, slot: str) -> Artifact | None:
+        found = self.inputs.get(slot, [])
+        return found[0] if found else None
+
+    def inputs_of(self, slot: str) -> list[Artifact]:
+        return list(self.inputs.get(slot, []))
+
+    # -- resumable state ---------------------------------------------------------------
+    def load_state(self) -> dict[str, Any]:
+        """What an earlier, interrupted attempt recorded with `save_state` (or {})."""
+        path = self.scratch / "state.json"
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text())
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Atomically record progress; a crash leaves the previous state or this one."""
+        write_json_atomic(self.scratch / "state.json", state)
+
+    # -- reporting ---------------------------------------------------------------------
+    def log(self, **metrics: Any) -> None:
+        """Append one record to the stage's metrics.jsonl (e.g. step=10, loss=2.3)."""
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(metrics, sort_keys=False) + "\n")
+
+    def info(self, message: str) -> None:
+        self.reporter.info(f"  [dim]{self.label}:[/] {message}")
+
+    def warn(self, message: str) -> None:
+        self.reporter.warn(f"{self.label}: {message}")
+
+    def progress(self, total: float | None, description: str = "", unit: str = "it", completed: float = 0):
+        """A progress bar context: `with ctx.progress(n, "encode") as bar: bar.advance()`."""
+        return self.reporter.progress(total, f"{self.label} {description}".strip(), unit, completed)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class StageRegistry:
+    """The stage types a run can use: every module of `stages/` with a `STAGE`, plus
+    modules named in `$DSCTL_PLUGINS` (comma-separated) for stages that live elsewhere."""
+
+    def __init__(self, specs: Iterable[StageSpec]):
+        self._specs: dict[str, StageSpec] = {}
+        for spec in specs:
+            if spec.name in self._specs:
+                raise ValueError(f"two stages are named '{spec.name}'")
+            if spec.output not in KINDS:
+                raise ValueError(f"stage '{spec.name}' outputs unknown kind '{spec.output}'")
+            self._specs[spec.name] = spec
+
+    @classmethod
+    def discover(cls, extra_modules: Iterable[str] = ()) -> "StageRegistry":
+        import stages
+
+        names = [f"stages.{m.name}" for m in pkgutil.iter_modules(stages.__path__)]
+        plugins = [m for m in os.environ.get("DSCTL_PLUGINS", "").split(",") if m.strip()]
+        specs = []
+        for module_name in [*names, *plugins, *extra_modules]:
+            module = importlib.import_module(module_name.strip())
+            spec = getattr(module, "STAGE", None)
+            if isinstance(spec, StageSpec):
+                specs.append(spec)
+        return cls(specs)
+
+    def get(self, name: str) -> StageSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __iter__(self):
+        return iter(self._specs[n] for n in self.names())
