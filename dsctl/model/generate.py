@@ -1,0 +1,1 @@
+GenerationResult = generate = None

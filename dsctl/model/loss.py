@@ -1,0 +1,78 @@
+"""The training loss: next-token CE + λ · mean MTP CE + α-weighted balance loss.
+
+Labels follow the Hugging Face convention: `labels` is aligned with `input_ids` and the
+loss shifts internally (position t is scored against labels[t+1]; MTP depth k against
+labels[t+k+1]). −100 marks positions that are not scored (SFT prompts, padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .model import DeepSeekV3
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossOutput:
+    """The total loss and its parts (all scalars; mtp_loss is 0 without MTP)."""
+
+    loss: torch.Tensor
+    """lm_loss + mtp_weight · mtp_loss + balance_loss: what to backpropagate."""
+    lm_loss: torch.Tensor
+    """Mean next-token cross-entropy over scored positions."""
+    mtp_loss: torch.Tensor
+    """(1/D) Σ_k cross-entropy of MTP depth k (unweighted)."""
+    balance_loss: torch.Tensor
+    """α-weighted sequence-wise MoE balance loss summed over MoE layers."""
+    n_tokens: int
+    """Number of positions scored by the main head."""
+
+
+def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, offset: int,
+                          doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Mean CE of logits[:, t] against labels[:, t+offset]; (loss, scored count).
+
+    With doc_ids, a target in a different document than its source position is not scored.
+    """
+    T = labels.shape[1]
+    if T <= offset:
+        return logits.sum() * 0.0, 0
+    target = labels[:, offset:]
+    if doc_ids is not None:
+        target = target.masked_fill(doc_ids[:, offset:] != doc_ids[:, : T - offset], IGNORE_INDEX)
+    pred = logits[:, : T - offset]
+    total = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    count = int((target != IGNORE_INDEX).sum())
+    return total / max(count, 1), count
+
+
+def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                 doc_ids: torch.Tensor | None = None, mtp_weight: float | None = None) -> LossOutput:
+    """One forward pass and the full DeepSeek-V3 training loss.
+
+    labels default to input_ids; padding (attention_mask 0) is never scored.
+    mtp_weight λ defaults to config.mtp_loss_weight; 0 skips the MTP modules entirely.
+    """
+    labels = input_ids if labels is None else labels
+    if attention_mask is not None:
+        labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    weight = model.config.mtp_loss_weight if mtp_weight is None else mtp_weight
+    use_mtp = weight > 0 and len(model.mtp) > 0
+    out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
+                mtp=use_mtp, return_outputs=True)
+    lm_loss, n_tokens = shifted_cross_entropy(out.logits, labels, 1, doc_ids)
+    mtp_loss = lm_loss.new_zeros(())
+    if use_mtp:
+        depth_losses = [shifted_cross_entropy(lg, labels, k + 1, doc_ids)[0]
+                        for k, lg in enumerate(out.mtp_logits, start=1)]
+        mtp_loss = torch.stack(depth_losses).mean()
+    loss = lm_loss + weight * mtp_loss + out.balance_loss
+    return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss,
+                      balance_loss=out.balance_loss, n_tokens=n_tokens)

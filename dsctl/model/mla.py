@@ -1,0 +1,153 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3) with decoupled RoPE and a latent-only cache.
+
+Per token t (paper notation, shapes per token):
+    c_q  = RMSNorm(W_DQ h)                 (q_lora_rank)   — or no compression: q = W_Q h
+    q_nope, q_pe = split(W_UQ c_q)         (H, dn), (H, dr);  q_pe = RoPE(q_pe)
+    c_kv, k_pe = split(W_DKV h)            (r), (dr);         c_kv = RMSNorm(c_kv); k_pe = RoPE(k_pe)
+    k_nope, v = split(W_UKV c_kv)          (H, dn), (H, dv)
+    o = softmax(q·k / τ) v,  k = [k_nope; k_pe] (k_pe shared by all heads);  out = W_O o
+
+Two ways to compute the same attention, side by side as in DeepSeek's `attn_impl`:
+* "explicit" (training, prefill): expand c_kv into per-head k_nope and v, then SDPA.
+* "absorbed" (decoding): q_nope·k_nope = (W_UK^T q_nope)·c_kv, so W_UK is absorbed into
+  the query and keys never leave the latent space; W_UV is applied after attending over
+  c_kv. The cache holds only c_kv and k_pe: kv_lora_rank + qk_rope_head_dim values per
+  token per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .norm import RMSNorm
+from .rope import apply_rope, softmax_scale
+
+
+class LatentCache:
+    """Preallocated per-layer (c_kv, k_pe) buffers; slot = index along the sequence.
+
+    `length` is the number of slots written so far. A caller may also write a chunk at an
+    explicit start slot (speculative decoding re-uses slots) and mask slots out instead of
+    deleting them.
+    """
+
+    def __init__(self, config: ModelConfig, num_layers: int, batch_size: int, max_slots: int,
+                 *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.c_kv = torch.zeros(num_layers, batch_size, max_slots, config.kv_lora_rank, dtype=dtype, device=device)
+        self.k_pe = torch.zeros(num_layers, batch_size, max_slots, config.qk_rope_head_dim, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def max_slots(self) -> int:
+        return self.c_kv.shape[2]
+
+    def write(self, layer: int, start: int, c_kv: torch.Tensor, k_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, T, r) / (B, T, dr) at [start, start+T); return all slots [0, start+T)."""
+        end = start + c_kv.shape[1]
+        if end > self.max_slots:
+            raise ValueError(f"LatentCache is full: writing up to slot {end} of {self.max_slots}; allocate more slots.")
+        self.c_kv[layer, :, start:end] = c_kv
+        self.k_pe[layer, :, start:end] = k_pe
+        return self.c_kv[layer, :, :end], self.k_pe[layer, :, :end]
+
+    def bytes_per_token(self) -> int:
+        """Cache bytes one token costs across all layers this cache holds."""
+        per_layer = self.c_kv.shape[-1] + self.k_pe.shape[-1]
+        return self.c_kv.shape[0] * per_layer * self.c_kv.element_size()
+
+
+class MultiHeadLatentAttention(nn.Module):
+    """MLA; parameter names follow transformers' DeepseekV3Attention for 1:1 weight export."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c, d = config, config.hidden_size
+        self.n_heads, self.dn, self.dr, self.dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        self.kv_lora_rank = c.kv_lora_rank
+        if c.q_lora_rank is None:
+            self.q_proj = nn.Linear(d, self.n_heads * c.qk_head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(d, c.q_lora_rank, bias=c.attention_bias)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, c.rms_norm_eps)
+            self.q_b_proj = nn.Linear(c.q_lora_rank, self.n_heads * c.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(d, c.kv_lora_rank + self.dr, bias=c.attention_bias)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.kv_b_proj = nn.Linear(c.kv_lora_rank, self.n_heads * (self.dn + self.dv), bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.dv, d, bias=c.attention_bias)
+        self.softmax_scale = softmax_scale(config)
+
+    def _queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        if self.config.q_lora_rank is None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q_nope, q_pe = q.view(B, T, self.n_heads, self.dn + self.dr).split([self.dn, self.dr], dim=-1)
+        return q_nope, apply_rope(q_pe, cos, sin, self.config.rope_interleave)  # (B,T,H,dn), (B,T,H,dr)
+
+    def _latent(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.dr], dim=-1)
+        k_pe = apply_rope(k_pe[:, :, None, :], cos, sin, self.config.rope_interleave)[:, :, 0]
+        return self.kv_a_layernorm(c_kv), k_pe  # (B, T, r), (B, T, dr)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                *, cache: LatentCache | None = None, layer: int = 0, cache_start: int = 0,
+                impl: str = "explicit") -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d). `mask` (B, 1, T, S) bool (True = may attend) or None = causal.
+
+        With a cache, this chunk's c_kv/k_pe are written at slots [cache_start, cache_start+T)
+        and attention runs over slots [0, cache_start+T).
+        """
+        q_nope, q_pe = self._queries(x, cos, sin)
+        c_kv, k_pe = self._latent(x, cos, sin)
+        if cache is not None:
+            c_kv, k_pe = cache.write(layer, cache_start, c_kv, k_pe)
+        if impl == "explicit":
+            o = self._attend_explicit(q_nope, q_pe, c_kv, k_pe, mask)
+        elif impl == "absorbed":
+            o = self._attend_absorbed(q_nope, q_pe, c_kv, k_pe, mask)
+        else:
+            raise ValueError(f"MLA impl must be 'explicit' or 'absorbed', got {impl!r}.")
+        return self.o_proj(o.flatten(2))
+
+    def _attend_explicit(self, q_nope, q_pe, c_kv, k_pe, mask) -> torch.Tensor:
+        """Up-project the latent into full per-head keys and values; (B, T, H, dv)."""
+        B, S, _ = c_kv.shape
+        k_nope, v = self.kv_b_proj(c_kv).view(B, S, self.n_heads, self.dn + self.dv).split([self.dn, self.dv], dim=-1)
+        T = q_nope.shape[1]
+        if mask is None and 1 < T < S:  # SDPA's is_causal aligns top-left; past slots need a real mask
+            mask = _causal_mask(T, S, c_kv.device)
+        q = torch.cat((q_nope, q_pe), dim=-1).transpose(1, 2)  # (B, H, T, dn+dr)
+        k = torch.cat((k_nope, k_pe[:, :, None, :].expand(B, S, self.n_heads, self.dr)), dim=-1).transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            q, k, v.transpose(1, 2), attn_mask=mask, is_causal=mask is None and T > 1,
+            scale=self.softmax_scale,
+        )
+        return o.transpose(1, 2)
+
+    def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe, mask) -> torch.Tensor:
+        """Attend in the latent space: W_UK folded into q, W_UV applied afterwards; (B, T, H, dv)."""
+        B, T, H, _ = q_nope.shape
+        w = self.kv_b_proj.weight.view(H, self.dn + self.dv, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # (H, dn, r), (H, dv, r)
+        q_latent = torch.einsum("bthd,hdr->bthr", q_nope, w_uk)
+        # Every head shares one latent key [c_kv; k_pe] and value c_kv (like MQA), so the
+        # T*H (time, head) queries form one long query axis of a single-head attention.
+        q = torch.cat((q_latent, q_pe), dim=-1).reshape(B, 1, T * H, -1)
+        k = torch.cat((c_kv, k_pe), dim=-1)[:, None]  # (B, 1, S, r+dr)
+        if mask is None and T > 1:
+            mask = _causal_mask(T, c_kv.shape[1], c_kv.device)
+        if mask is not None and T > 1:
+            mask = mask.repeat_interleave(H, dim=2)  # rows follow the (t, h) query order
+        o_latent = F.scaled_dot_product_attention(q, k, c_kv[:, None], attn_mask=mask, scale=self.softmax_scale)
+        return torch.einsum("bthr,hdr->bthd", o_latent.view(B, T, H, self.kv_lora_rank), w_uv)
+
+
+def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, T, S) bool: the last T of S slots are the queries; each sees itself and the past."""
+    q_slot = torch.arange(S - T, S, device=device)[:, None]
+    return (torch.arange(S, device=device)[None, :] <= q_slot)[None, None]

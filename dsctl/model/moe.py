@@ -1,0 +1,143 @@
+"""DeepSeekMoE: shared experts + fine-grained routed experts with auxiliary-loss-free balancing.
+
+    s_i,t   = sigmoid(u_t · e_i)                       affinity of token t to expert i
+    chosen  = TopK_{K_r}(s_i,t + b_i)                  within the topk_group best groups
+    g_i,t   = s_i,t / Σ_{j∈chosen} s_j,t · routed_scaling_factor     (i ∈ chosen)
+    h'_t    = u_t + Σ_shared FFN(u_t) + Σ_{i∈chosen} g_i,t FFN_i(u_t)
+
+The bias b (`e_score_correction_bias`) is not trained by gradients: after each optimizer
+step `update_bias` moves it by ±γ towards balance, from the load counted during training
+forward passes. A small sequence-wise balance loss (weight α) complements it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)). Dense layers, experts, shared experts."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Sigmoid affinities and group-limited top-k; the bias steers selection only."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
+        # A buffer, not a parameter: moved by the balancing rule, saved in checkpoints.
+        self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, d) -> scores (N, E) fp32, chosen expert ids (N, K), gate weights (N, K) fp32."""
+        c = self.config
+        scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        choice = scores + self.e_score_correction_bias
+        if c.n_group > 1 and c.topk_group < c.n_group:
+            groups = choice.view(-1, c.n_group, c.n_routed_experts // c.n_group)
+            group_scores = groups.topk(2, dim=-1).values.sum(-1)  # (N, G): sum of each group's best two
+            keep = torch.zeros_like(group_scores, dtype=torch.bool)
+            keep.scatter_(1, group_scores.topk(c.topk_group, dim=-1).indices, True)
+            choice = groups.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
+        expert_ids = choice.topk(c.num_experts_per_tok, dim=-1).indices
+        # Gate weights come from the original scores, not score + bias: the bias is a
+        # load-balancing device that decides *which* experts run, and letting it rescale their
+        # outputs would change the function the model computes each time the bias moves.
+        weights = scores.gather(1, expert_ids)
+        if c.norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return scores, expert_ids, weights * c.routed_scaling_factor
+
+
+class MoE(nn.Module):
+    """Shared + routed experts; names (gate, experts.{i}, shared_experts) follow HF DeepseekV3MoE."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        d, e = config.hidden_size, config.moe_intermediate_size
+        self.gate = Router(config)
+        self.experts = nn.ModuleList(MLP(d, e) for _ in range(config.n_routed_experts))
+        self.shared_experts = MLP(d, e * config.n_shared_experts) if config.n_shared_experts else None
+        # Tokens routed to each expert since the last bias update (training forwards only).
+        self.register_buffer("expert_load", torch.zeros(config.n_routed_experts), persistent=False)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, d) -> (output (B, T, d), sequence-wise balance loss · α (scalar)).
+
+        token_mask (B, T) bool marks real tokens; padding is left out of load and loss.
+        """
+        B, T, d = x.shape
+        flat = x.reshape(B * T, d)
+        scores, expert_ids, weights = self.gate(flat)
+        y = self._dispatch(flat, expert_ids, weights)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+        balance = x.new_zeros((), dtype=torch.float32)
+        if self.training:
+            with torch.no_grad():
+                ids = expert_ids if token_mask is None else expert_ids[token_mask.reshape(-1)]
+                self.expert_load += torch.bincount(ids.flatten(), minlength=self.config.n_routed_experts)
+            if self.config.seq_aux_loss_alpha > 0:
+                balance = self.config.seq_aux_loss_alpha * sequence_balance_loss(
+                    scores.view(B, T, -1), expert_ids.view(B, T, -1), token_mask)
+        return y.view(B, T, d), balance
+
+    def _dispatch(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Sort (token, slot) pairs by expert, run each expert once on its contiguous rows."""
+        N, K = expert_ids.shape
+        flat_ids = expert_ids.flatten()
+        order = flat_ids.argsort(stable=True)
+        counts = torch.bincount(flat_ids, minlength=len(self.experts)).tolist()
+        token_of = order // K  # source token of each sorted row
+        rows = x[token_of].split(counts)
+        outs = [self.experts[e](chunk) for e, chunk in enumerate(rows) if counts[e]]
+        routed = torch.cat(outs) * weights.flatten()[order, None]
+        return torch.zeros_like(x).index_add_(0, token_of, routed.to(x.dtype))
+
+    # ---- auxiliary-loss-free balancing ---------------------------------------------------
+    def max_load_violation(self) -> float:
+        """max_load / mean_load − 1 over the load counted since the last update (0 = balanced)."""
+        load = self.expert_load
+        return float(load.max() / load.mean() - 1) if load.sum() > 0 else 0.0
+
+    @torch.no_grad()
+    def update_bias(self, speed: float) -> None:
+        """b_i += γ · sign(mean load − load_i): overloaded experts get picked less; reset counts.
+
+        Data-parallel callers all-reduce `expert_load` across ranks before calling this.
+        """
+        load = self.expert_load
+        if load.sum() > 0:
+            self.gate.e_score_correction_bias += speed * torch.sign(load.mean() - load)
+        load.zero_()
+
+
+def sequence_balance_loss(scores: torch.Tensor, expert_ids: torch.Tensor,
+                          token_mask: torch.Tensor | None) -> torch.Tensor:
+    """Σ_i f_i P_i per sequence, averaged over the batch (DeepSeek-V3 eq. 17–20, without α).
+
+    f_i = N_r / (K_r T) · #tokens routed to i;  P_i = mean_t s_i,t / Σ_j s_j,t.
+    """
+    B, T, E = scores.shape
+    K = expert_ids.shape[-1]
+    m = torch.ones(B, T, 1, device=scores.device) if token_mask is None else token_mask[..., None].float()
+    n_tokens = m.sum(1).clamp(min=1)  # (B, 1)
+    chosen = torch.zeros_like(scores).scatter_(-1, expert_ids, 1.0)
+    f = (chosen * m).sum(1) * E / (K * n_tokens)
+    p = (scores / scores.sum(-1, keepdim=True) * m).sum(1) / n_tokens
+    return (f * p).sum(-1).mean()
