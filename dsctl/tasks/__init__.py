@@ -1,0 +1,70 @@
+"""Verifiable reasoning tasks: generators with worked solutions, answer parsing, rewards.
+
+    from dsctl.tasks import FAMILIES, split_problems, reasoning_target, reward
+    problems = split_problems("arithmetic", "train", n=100, seed=0)
+    reward(problems[0], "<think>...</think><answer>42</answer>")
+
+SFT trains on `reasoning_target(p)`, GRPO scores completions with `reward`, eval counts
+`verify_completion`, and the source stage writes `problem_document`s into pretraining
+text — all on the same problems, with train and eval disjoint by construction.
+"""
+
+from __future__ import annotations
+
+import random
+
+from dsctl.tasks import arithmetic, countdown, equations
+from dsctl.tasks.base import (
+    FORMAT_WEIGHT,
+    Problem,
+    Split,
+    TaskFamily,
+    document,
+    parse_answer,
+    reasoning_target,
+    sample_split,
+    split_of,
+    well_formatted,
+)
+
+FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (arithmetic.FAMILY, countdown.FAMILY, equations.FAMILY)}
+
+
+def get_family(name: str) -> TaskFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown task family '{name}'; known: {', '.join(sorted(FAMILIES))}") from None
+
+
+def split_problems(family: str, split: Split, n: int, seed: int, difficulty: dict | None = None) -> list[Problem]:
+    """`n` distinct problems of `split` ("train" | "eval"); deterministic per seed.
+
+    Train and eval never share a problem: the split is a hash of the canonical problem.
+    `difficulty` overrides the family's knobs (see `get_family(name).difficulty`).
+    """
+    return sample_split(get_family(family), split, n, seed, difficulty)
+
+
+def verify_completion(p: Problem, completion: str) -> bool:
+    """Whether the last <answer> of `completion` is a correct answer to `p`."""
+    answer = parse_answer(completion)
+    return answer is not None and get_family(p.family).verify(p, answer)
+
+
+def reward(p: Problem, completion: str) -> dict[str, float]:
+    """correct (0/1), format (0/1: one think block then one answer) and their weighted total."""
+    correct = int(verify_completion(p, completion))
+    fmt = int(well_formatted(completion))
+    return {"correct": correct, "format": fmt, "total": correct + FORMAT_WEIGHT * fmt}
+
+
+def problem_document(p: Problem, rng: random.Random) -> str:
+    """A natural pretraining document: question, worked solution, tagged answer."""
+    return document(p, rng)
+
+
+__all__ = [
+    "FAMILIES", "FORMAT_WEIGHT", "Problem", "TaskFamily", "get_family", "parse_answer", "problem_document",
+    "reasoning_target", "reward", "split_of", "split_problems", "verify_completion",
+]

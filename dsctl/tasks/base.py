@@ -1,0 +1,135 @@
+"""What every reasoning task family shares: the Problem record, the train/eval split,
+the answer format and the reward.
+
+A family is a generator (random numbers -> Problem with a worked solution) plus a
+verifier (Problem, answer text -> bool). Everything else — splits, tags, rewards,
+pretraining documents — is defined once here so SFT, GRPO, eval and the source stage
+all see the same problems the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+Split = Literal["train", "eval"]
+
+#: Share of the problem space reserved for eval, by hash bucket (out of 1000). A
+#: problem's split depends only on its canonical form, never on seed or position, so
+#: no seed or size setting can ever put an eval problem into training data.
+EVAL_BUCKETS_PER_MILLE = 100
+
+#: Weight of the format reward in `reward()["total"]`: large enough to teach the tags
+#: early in RL, small enough that a well-formatted wrong answer never beats a right one.
+FORMAT_WEIGHT = 0.1
+
+
+@dataclass(frozen=True)
+class Problem:
+    family: str
+    """Name of the task family (a key of FAMILIES)."""
+    id: str
+    """Stable id: family plus a hash of the canonical problem (same problem, same id)."""
+    prompt: str
+    """The question as posed to a model."""
+    answer: str
+    """The canonical answer."""
+    solution: str
+    """Step-by-step worked reasoning, without tags."""
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Family-specific numbers the verifier needs."""
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    name: str
+    generate: Callable[..., Problem]
+    """generate(rng, **difficulty) -> Problem."""
+    verify: Callable[[Problem, str], bool]
+    """verify(problem, answer_text) -> whether the answer is correct."""
+    difficulty: dict[str, Any]
+    """The generator's difficulty knobs and their defaults."""
+    help: str = ""
+
+
+def canonical_hash(family: str, canonical: dict[str, Any]) -> str:
+    blob = json.dumps({"family": family, **canonical}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def make_problem(family: str, canonical: dict[str, Any], prompt: str, answer: str, solution: str) -> Problem:
+    """A Problem whose id (and so its split) is a function of `canonical` alone."""
+    digest = canonical_hash(family, canonical)
+    return Problem(family, f"{family}-{digest[:12]}", prompt, answer, solution, dict(canonical))
+
+
+def split_of(problem: Problem) -> Split:
+    digest = canonical_hash(problem.family, problem.data)
+    return "eval" if int(digest[:8], 16) % 1000 < EVAL_BUCKETS_PER_MILLE else "train"
+
+
+def sample_split(family: TaskFamily, split: Split, n: int, seed: int, difficulty: dict | None = None) -> list[Problem]:
+    """`n` distinct problems of `split`, deterministic in (family, split, n, seed, difficulty)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    knobs = {**family.difficulty, **(difficulty or {})}
+    unknown = set(knobs) - set(family.difficulty)
+    if unknown:
+        raise ValueError(f"{family.name}: unknown difficulty knob(s) {sorted(unknown)}; known: {sorted(family.difficulty)}")
+    # The split name is part of the stream seed so train and eval draw independently.
+    rng = random.Random(f"{family.name}:{split}:{seed}")
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    # A small problem space (e.g. 1-digit sums) cannot yield every n; stop instead of
+    # spinning forever once draws stop finding anything new.
+    max_draws = 50 * n + 1000
+    for _ in range(max_draws):
+        if len(problems) == n:
+            break
+        problem = family.generate(rng, **knobs)
+        if problem.id in seen or split_of(problem) != split:
+            continue
+        seen.add(problem.id)
+        problems.append(problem)
+    if len(problems) < n:
+        raise ValueError(
+            f"{family.name}: only {len(problems)} distinct {split} problems found for n={n} "
+            f"with difficulty {knobs}; raise the difficulty or ask for fewer"
+        )
+    return problems
+
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_FORMAT = re.compile(r"\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>).)*?</answer>\s*", re.DOTALL)
+
+
+def parse_answer(text: str) -> str | None:
+    """Content of the last `<answer>…</answer>`, stripped; None when there is none."""
+    found = _ANSWER.findall(text or "")
+    return found[-1].strip() if found else None
+
+
+def reasoning_target(p: Problem) -> str:
+    return "<think>" + p.solution + "</think><answer>" + p.answer + "</answer>"
+
+
+def well_formatted(completion: str) -> bool:
+    """Exactly one think block followed by exactly one answer, nothing else around them."""
+    return bool(_FORMAT.fullmatch(completion or "")) and completion.count("<answer>") == 1
+
+
+_DOC_OPENINGS = ("Question: {q}", "Problem: {q}", "{q}", "Exercise. {q}", "Q: {q}", "Here is a problem. {q}")
+_DOC_BRIDGES = ("", "Let's work it out step by step.", "Solution:", "Worked solution:", "Let us think it through.")
+
+
+def document(p: Problem, rng: random.Random) -> str:
+    """A pretraining document: the question, then the worked solution and the answer
+    in the same tags the model is later asked to produce."""
+    opening = rng.choice(_DOC_OPENINGS).format(q=p.prompt)
+    bridge = rng.choice(_DOC_BRIDGES)
+    head = f"{opening}\n{bridge}\n" if bridge else f"{opening}\n"
+    return head + reasoning_target(p)

@@ -1,0 +1,145 @@
+"""Reasoning tasks: verifiers, answer parsing, rewards and the train/eval split."""
+
+import random
+
+import pytest
+
+from dsctl.tasks import (
+    FAMILIES,
+    get_family,
+    parse_answer,
+    problem_document,
+    reasoning_target,
+    reward,
+    split_of,
+    split_problems,
+    verify_completion,
+)
+from dsctl.tasks.expr import ExpressionError, evaluate
+
+
+def wrap(answer: str) -> str:
+    return f"<think>working</think><answer>{answer}</answer>"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_verifier_accepts_reference_and_rejects_wrong_answers(family):
+    for p in split_problems(family, "train", 60, seed=3):
+        assert verify_completion(p, reasoning_target(p)), p
+        assert not verify_completion(p, wrap("999999")), p
+        assert not verify_completion(p, wrap("")), p
+        assert not verify_completion(p, "no tags at all " + p.answer), p
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_train_and_eval_share_no_problem(family):
+    train = split_problems(family, "train", 500, seed=0)
+    evals = split_problems(family, "eval", 100, seed=0)
+    # Even eval drawn with another seed never meets the training problems.
+    other_eval = split_problems(family, "eval", 100, seed=7)
+    train_ids = {p.id for p in train}
+    assert not train_ids & {p.id for p in evals + other_eval}
+    assert len(train_ids) == len(train)
+    assert all(split_of(p) == "eval" for p in evals)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_split_is_deterministic_per_seed(family):
+    a = split_problems(family, "train", 50, seed=11)
+    b = split_problems(family, "train", 50, seed=11)
+    c = split_problems(family, "train", 50, seed=12)
+    assert a == b
+    assert [p.id for p in a] != [p.id for p in c]
+
+
+def test_difficulty_knobs_change_the_problems():
+    big = split_problems("arithmetic", "train", 20, 0, {"min_digits": 5, "max_digits": 5, "ops": "+"})
+    assert all(len(str(p.data["a"])) == 5 and p.data["op"] == "+" for p in big)
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        split_problems("arithmetic", "train", 5, 0, {"digits": 3})
+
+
+def test_too_small_problem_space_fails_clearly():
+    with pytest.raises(ValueError, match="distinct"):
+        split_problems("arithmetic", "train", 500, 0, {"min_digits": 1, "max_digits": 1, "ops": "+"})
+
+
+def test_arithmetic_solution_shows_carries_and_borrows():
+    fam = get_family("arithmetic")
+    problems = split_problems("arithmetic", "train", 300, 0)
+    add = next(p for p in problems if p.data["op"] == "+" and "carry" in p.solution)
+    sub = next(p for p in problems if p.data["op"] == "-" and "borrow" in p.solution)
+    assert add.answer == str(add.data["a"] + add.data["b"])
+    assert sub.answer == str(sub.data["a"] - sub.data["b"])
+    assert fam.verify(add, f"{int(add.answer):,}")  # thousands separators are fine
+
+
+def test_countdown_accepts_alternative_expression_and_rejects_reused_numbers():
+    p = next(p for p in split_problems("countdown", "train", 200, 0) if p.data["target"] > 1)
+    numbers, target = p.data["numbers"], p.data["target"]
+    fam = get_family("countdown")
+    # Re-spellings of the reference are right; extra or reused numbers are not.
+    alternatives = [f"{p.answer} * 1", f"({p.answer})", f"{p.answer} = {target}"]
+    assert fam.verify(p, alternatives[1]) and fam.verify(p, alternatives[2])
+    if 1 not in numbers:
+        assert not fam.verify(p, alternatives[0])  # 1 was not given
+    a = numbers[0]
+    assert not fam.verify(p, f"{a} + {a} + {a} + {a} + {a}")  # reuse
+    assert not fam.verify(p, f"{p.answer} = {target + 1}")
+
+
+def test_countdown_accepts_any_correct_expression_not_only_the_reference():
+    from dsctl.tasks.base import make_problem
+
+    p = make_problem("countdown", {"numbers": [2, 3, 4, 6], "target": 24}, "make 24", "4 * 6", "")
+    fam = get_family("countdown")
+    for good in ("4 * 6", "6 * 4", "(6 - 3) * 2 * 4", "(3 - 2) * 4 * 6", "2 * 3 * 4", "6 × 4", "(2 + 6) * 3"):
+        assert fam.verify(p, good), good
+    for bad in ("4 * 6 * 1", "3 * 8", "6 * 6 - 12", "4 * 6 +", "__import__('os')", "2 * 2 * 6", "6 / 0", "-2 * -12"):
+        assert not fam.verify(p, bad), bad
+
+
+def test_expression_evaluator_is_exact_and_safe():
+    assert evaluate("7 / 2 * 2") == (7, [7, 2, 2])
+    assert evaluate("(1 + 2) × 3 − 4 ÷ 2")[0] == 7
+    for bad in ("", "1 +", "2 ** 3", "abs(1)", "1 / (2 - 2)", "(1 + 2", "1" + "+1" * 200):
+        with pytest.raises(ExpressionError):
+            evaluate(bad)
+
+
+def test_equations_accept_equivalent_spellings():
+    p = next(p for p in split_problems("equations", "train", 50, 0) if int(p.answer) > 0)
+    fam = get_family("equations")
+    x = int(p.answer)
+    for good in (str(x), f"x = {x}", f"{x}.0", f"{2 * x}/2"):
+        assert fam.verify(p, good), good
+    for bad in (str(x + 1), "x", f"y = {x}z", ""):
+        assert not fam.verify(p, bad), bad
+
+
+def test_parse_answer_edge_cases():
+    assert parse_answer("no tags") is None
+    assert parse_answer("<answer>unclosed") is None
+    assert parse_answer("<answer> 12 </answer>") == "12"
+    assert parse_answer("<answer>1</answer> then <answer>2</answer>") == "2"
+    assert parse_answer("<answer>a\nb</answer>") == "a\nb"
+    assert parse_answer("") is None
+
+
+def test_reward_separates_format_from_correctness():
+    p = split_problems("arithmetic", "eval", 1, 0)[0]
+    assert reward(p, reasoning_target(p)) == {"correct": 1, "format": 1, "total": 1.1}
+    assert reward(p, f"<answer>{p.answer}</answer>") == {"correct": 1, "format": 0, "total": 1}
+    wrong = reward(p, "<think>x</think><answer>-1</answer>")
+    assert wrong["correct"] == 0 and wrong["format"] == 1 and wrong["total"] < 1
+    doubled = reward(p, reasoning_target(p) + "<answer>-1</answer>")
+    assert doubled["correct"] == 0 and doubled["format"] == 0
+
+
+def test_problem_document_holds_question_solution_and_tagged_answer():
+    p = split_problems("equations", "train", 1, 0)[0]
+    docs = {problem_document(p, random.Random(i)) for i in range(20)}
+    assert len(docs) > 2  # phrasing varies
+    for doc in docs:
+        assert p.prompt in doc and p.solution in doc
+        assert parse_answer(doc) == p.answer
