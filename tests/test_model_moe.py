@@ -1,0 +1,103 @@
+"""DeepSeekMoE routing, dispatch and auxiliary-loss-free balancing."""
+
+import torch
+
+from dsctl.model import DeepSeekV3, ModelConfig
+from dsctl.model.moe import MoE, sequence_balance_loss
+
+
+def _moe(**overrides) -> MoE:
+    torch.manual_seed(0)
+    c = ModelConfig.preset("tiny", n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, **overrides)
+    moe = MoE(c)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return moe
+
+
+def test_bias_changes_selection_but_not_gate_values():
+    moe = _moe(routed_scaling_factor=2.5, norm_topk_prob=False)
+    x = torch.randn(64, moe.config.hidden_size)
+    scores, ids0, w0 = moe.gate(x)
+    moe.gate.e_score_correction_bias[ids0[0, 0]] = -10.0  # push token 0's first choice out
+    _, ids1, w1 = moe.gate(x)
+    assert not torch.equal(ids0, ids1)
+    # Every gate weight is the *original* sigmoid score of the chosen expert, times the scale.
+    torch.testing.assert_close(w1, scores.gather(1, ids1) * 2.5)
+    torch.testing.assert_close(w0, scores.gather(1, ids0) * 2.5)
+
+
+def test_normalized_gates_sum_to_routed_scaling_factor():
+    moe = _moe(routed_scaling_factor=2.5)
+    _, _, w = moe.gate(torch.randn(16, moe.config.hidden_size))
+    torch.testing.assert_close(w.sum(-1), torch.full((16,), 2.5))
+
+
+def test_group_limited_routing_uses_at_most_topk_group_groups():
+    moe = _moe()
+    _, ids, _ = moe.gate(torch.randn(256, moe.config.hidden_size))
+    groups = ids // (moe.config.n_routed_experts // moe.config.n_group)
+    assert max(len(set(row.tolist())) for row in groups) <= moe.config.topk_group
+
+
+def test_sorted_dispatch_equals_per_token_reference():
+    moe = _moe().eval()
+    x = torch.randn(2, 7, moe.config.hidden_size)
+    y, _ = moe(x)
+    flat = x.reshape(-1, x.shape[-1])
+    _, ids, w = moe.gate(flat)
+    ref = torch.stack([
+        sum(w[t, j] * moe.experts[int(ids[t, j])](flat[t]) for j in range(ids.shape[1])) + moe.shared_experts(flat[t])
+        for t in range(flat.shape[0])])
+    torch.testing.assert_close(y.reshape(-1, x.shape[-1]), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_load_is_counted_in_training_only_and_padding_is_ignored():
+    moe = _moe()
+    x = torch.randn(2, 5, moe.config.hidden_size)
+    moe.eval()
+    moe(x)
+    assert moe.expert_load.sum() == 0
+    moe.train()
+    mask = torch.tensor([[True] * 5, [False, False, True, True, True]])
+    moe(x, mask)
+    assert moe.expert_load.sum() == 8 * moe.config.num_experts_per_tok
+
+
+def test_bias_updates_reduce_max_load_violation_of_a_skewed_router():
+    torch.manual_seed(0)
+    c = ModelConfig.preset("tiny", n_routed_experts=8, num_experts_per_tok=2, n_group=1, topk_group=1,
+                           first_k_dense_replace=0, num_hidden_layers=1, num_nextn_predict_layers=0)
+    model = DeepSeekV3(c).train()
+    moe = model.layers[0].mlp
+    with torch.no_grad():
+        moe.gate.weight[:2] += 0.5 * moe.gate.weight[:2].sign()  # experts 0 and 1 attract most tokens
+    x = torch.randint(0, c.vocab_size, (4, 32))
+    violations = []
+    for _ in range(60):
+        with torch.no_grad():
+            model(x)
+        violations.append(model.update_router_biases(speed=0.01)["max_load_violation"])
+    assert violations[0] > 1.0
+    assert min(violations[-10:]) < 0.5 * violations[0]
+    assert moe.expert_load.sum() == 0  # counters reset by each update
+
+
+def test_router_load_stats_reports_per_expert_load():
+    c = ModelConfig.preset("tiny")
+    model = DeepSeekV3(c).train()
+    model(torch.randint(0, c.vocab_size, (2, 6)))
+    stats = model.router_load_stats()
+    assert len(stats["expert_load"]) == len(model.moe_layers())
+    assert sum(stats["expert_load"][0]) == 12 * c.num_experts_per_tok
+    assert stats["max_load_violation"] >= 0
+
+
+def test_balance_loss_is_minimal_for_uniform_routing_and_larger_when_skewed():
+    E, K, T = 4, 2, 8
+    uniform = torch.full((1, T, E), 0.5)
+    ids = torch.tensor([[0, 1], [2, 3]] * (T // 2))[None]
+    skewed_ids = torch.tensor([[0, 1]] * T)[None]
+    skewed_scores = torch.tensor([0.9, 0.9, 0.1, 0.1]).expand(1, T, E)
+    assert torch.isclose(sequence_balance_loss(uniform, ids, None), torch.tensor(1.0))
+    assert sequence_balance_loss(skewed_scores, skewed_ids, None) > 1.5
