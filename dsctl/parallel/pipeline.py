@@ -1,0 +1,204 @@
+"""Run a :class:`PipelineSchedule` on this rank with torch.distributed point-to-point ops.
+
+One executor serves every schedule (1F1B, DualPipe): it walks the rank's slots and for
+each op receives what it needs, computes, and sends what it produced.
+
+Message ordering. Sends are non-blocking (``isend``, waited for at the end of the step)
+and receives block only when an op needs the tensor. Every rank can build the whole
+schedule, so it knows the exact order in which each neighbour sends to it; receives on a
+link are taken in that order (a message that arrives before it is needed is parked).
+That keeps matching correct on backends that ignore tags and match strictly in posting
+order (NCCL), and the only way to block is to wait for a tensor the sender has not yet
+produced, so a schedule that the simulator plays without deadlock runs without one.
+
+Each message is a small int64 header (dtype, shape) followed by the payload, so stage
+boundaries may change shape between micro-batches (e.g. a shorter last micro-batch).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule
+
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32]
+_HEADER_LEN = 8  # dtype code, ndim, up to 6 dims
+
+
+class _Msg(str, enum.Enum):
+    ACT = "act"  # forward activation, stage s -> s+1
+    GRAD = "grad"  # gradient w.r.t. a stage's input, stage s -> s-1
+
+
+_MsgKey = tuple[_Msg, int, int]  # (kind, direction, microbatch)
+
+
+def global_rank(group: dist.ProcessGroup, group_rank: int) -> int:
+    """The default-group rank of ``group_rank`` in ``group``."""
+    return group_rank if group is dist.group.WORLD else dist.get_global_rank(group, group_rank)
+
+
+def _sent_message(schedule: PipelineSchedule, op: Op) -> Optional[tuple[_MsgKey, int]]:
+    """(message key, destination rank) that ``op`` sends, or None."""
+    last = schedule.num_stages - 1
+    if op.kind is OpKind.F and op.stage < last:
+        return (_Msg.ACT, op.direction, op.microbatch), schedule.rank_of(op.direction, op.stage + 1)
+    if op.kind is OpKind.B and op.stage > 0:
+        return (_Msg.GRAD, op.direction, op.microbatch), schedule.rank_of(op.direction, op.stage - 1)
+    return None
+
+
+class _Inbox:
+    """Receives from one neighbour in the neighbour's send order, parking early arrivals."""
+
+    def __init__(self, src: int, expected: list[_MsgKey], group: dist.ProcessGroup, device: torch.device):
+        self.src, self.expected, self.group, self.device = src, expected, group, device
+        self.next = 0
+        self.parked: dict[_MsgKey, torch.Tensor] = {}
+
+    def _recv(self, shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
+        buf = torch.empty(shape, dtype=dtype, device=self.device)
+        dist.irecv(buf, src=self.src, group=self.group).wait()
+        return buf
+
+    def get(self, key: _MsgKey) -> torch.Tensor:
+        while key not in self.parked:
+            if self.next >= len(self.expected):
+                raise RuntimeError(f"rank waits for {key} from rank {self.src}, which never sends it")
+            header = self._recv((_HEADER_LEN,), torch.int64).tolist()
+            dtype, ndim = _DTYPES[header[0]], header[1]
+            self.parked[self.expected[self.next]] = self._recv(header[2 : 2 + ndim], dtype)
+            self.next += 1
+        return self.parked.pop(key)
+
+
+class PipelineExecutor:
+    """Executes this rank's part of ``schedule`` once (one training step).
+
+    ``chunks[direction]`` is the module this rank runs for micro-batches of that
+    direction. ``loss_fn(output, labels)`` runs after the last stage; every micro-batch
+    loss is multiplied by ``1 / num_microbatches`` before backward so accumulated
+    gradients are those of the mean loss over the batch.
+    """
+
+    def __init__(
+        self,
+        schedule: PipelineSchedule,
+        chunks: dict[int, nn.Module],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        group: dist.ProcessGroup,
+    ) -> None:
+        self.schedule, self.chunks, self.loss_fn, self.group = schedule, chunks, loss_fn, group
+        self.rank = dist.get_rank(group)
+        if dist.get_world_size(group) != schedule.num_ranks:
+            raise ValueError(f"{schedule.name} built for {schedule.num_ranks} ranks but the process group has "
+                             f"{dist.get_world_size(group)}; launch with --nproc-per-node {schedule.num_ranks}")
+        param = next(iter(chunks.values())).parameters().__next__()
+        self.device = param.device
+        self.loss_scale = 1.0 / schedule.num_microbatches
+        self._inboxes = self._build_inboxes()
+        self._sends: list[tuple[dist.Work, torch.Tensor]] = []
+        self._saved: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._deferred: dict[tuple[int, int], tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._loss_sum = torch.zeros((), device=self.device)
+
+    def _build_inboxes(self) -> dict[int, _Inbox]:
+        expected: dict[int, list[_MsgKey]] = {}
+        for src, slots in enumerate(self.schedule.rank_slots):
+            for op in (op for slot in slots for op in slot):
+                sent = _sent_message(self.schedule, op)
+                if sent is not None and sent[1] == self.rank:
+                    expected.setdefault(src, []).append(sent[0])
+        return {src: _Inbox(global_rank(self.group, src), keys, self.group, self.device)
+                for src, keys in expected.items()}
+
+    def _send(self, op: Op, tensor: torch.Tensor) -> None:
+        sent = _sent_message(self.schedule, op)
+        assert sent is not None
+        dst = global_rank(self.group, sent[1])
+        payload = tensor.detach().contiguous()
+        if payload.dim() > _HEADER_LEN - 2:
+            raise ValueError(f"pipeline boundary tensors may have at most {_HEADER_LEN - 2} dims, got {payload.dim()}")
+        dims = list(payload.shape) + [0] * (_HEADER_LEN - 2 - payload.dim())
+        header = torch.tensor([_DTYPES.index(payload.dtype), payload.dim(), *dims], device=self.device)
+        for t in (header, payload):
+            self._sends.append((dist.isend(t, dst=dst, group=self.group), t))
+
+    def _recv(self, kind: _Msg, op: Op, from_stage: int) -> torch.Tensor:
+        src = self.schedule.rank_of(op.direction, from_stage)
+        return self._inboxes[src].get((kind, op.direction, op.microbatch))
+
+    def _forward(self, op: Op, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...]) -> None:
+        last = op.stage == self.schedule.num_stages - 1
+        for needed, given, what in ((op.stage == 0, inputs, "inputs"), (last, labels, "labels")):
+            if needed and not given:
+                raise ValueError(f"{self.schedule.name} rank {self.rank} runs stage {op.stage} of direction "
+                                 f"{op.direction} and needs `{what}` in step(); pass the batch on this rank")
+        if op.stage == 0:
+            x = inputs[op.microbatch].to(self.device)
+        else:
+            x = self._recv(_Msg.ACT, op, op.stage - 1)
+            x.requires_grad_(x.is_floating_point())
+        out = self.chunks[op.direction](x)
+        if last:
+            loss = self.loss_fn(out, labels[op.microbatch].to(self.device))
+            self._loss_sum += loss.detach()
+            out = loss * self.loss_scale
+        else:
+            self._send(op, out)
+        self._saved[(op.direction, op.microbatch)] = (x, out)
+
+    def _backward(self, op: Op) -> None:
+        x, out = self._saved.pop((op.direction, op.microbatch))
+        last = op.stage == self.schedule.num_stages - 1
+        grad = None if last else self._recv(_Msg.GRAD, op, op.stage + 1)
+        needs_input_grad = op.stage > 0
+        if op.split:
+            # Backward for input only; the weight gradient waits for the matching W op.
+            if needs_input_grad:
+                (gx,) = torch.autograd.grad(out, x, grad, retain_graph=True, allow_unused=True)
+                self._send(op, gx if gx is not None else torch.zeros_like(x))
+            self._deferred[(op.direction, op.microbatch)] = (out, grad)
+            return
+        torch.autograd.backward(out, grad)
+        if needs_input_grad:
+            self._send(op, x.grad if x.grad is not None else torch.zeros_like(x))
+
+    def _weight(self, op: Op) -> None:
+        out, grad = self._deferred.pop((op.direction, op.microbatch))
+        params = [p for p in self.chunks[op.direction].parameters() if p.requires_grad]
+        torch.autograd.backward(out, grad, inputs=params)
+
+    def run(self, inputs: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """Run the step; returns the sum of the (unscaled) micro-batch losses computed here."""
+        m = self.schedule.num_microbatches
+        in_mbs = _split(inputs, m, "inputs")
+        label_mbs = _split(labels, m, "labels")
+        for slot in self.schedule.rank_slots[self.rank]:
+            # A pair runs F then B: F's send is in flight while B computes (the CPU form
+            # of DualPipe's overlap; on GPUs comm streams overlap more).
+            for op in slot:
+                if op.kind is OpKind.F:
+                    self._forward(op, in_mbs, label_mbs)
+                elif op.kind is OpKind.B:
+                    self._backward(op)
+                else:
+                    self._weight(op)
+        for work, _ in self._sends:
+            work.wait()
+        self._sends.clear()
+        return self._loss_sum
+
+
+def _split(batch: Optional[torch.Tensor], num_microbatches: int, what: str) -> tuple[torch.Tensor, ...]:
+    if batch is None:
+        return ()
+    if batch.shape[0] < num_microbatches:
+        raise ValueError(f"`{what}` has batch size {batch.shape[0]} < num_microbatches={num_microbatches}")
+    return batch.tensor_split(num_microbatches)

@@ -1,0 +1,141 @@
+"""DualPipe and 1F1B on real gloo processes match a single-process run exactly.
+
+One 4-process job (spawned once per module, it is the slow part) runs every case:
+P=4 on the whole world and P=2 on a subgroup of ranks 0 and 1. Each case returns the
+loss and every stage's gradients, and the tests compare them with a single process
+running the same stages over the same micro-batches (fp32, tight tolerance).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dsctl.parallel.dualpipe import DualPipe
+from dsctl.parallel.launch import spawn_workers
+from dsctl.parallel.onef1b import OneF1B
+
+WIDTH, VOCAB, SEQ = 8, 11, 3
+
+
+def build_stages(kind: str, num_stages: int, seed: int = 0) -> list[nn.Module]:
+    """The same stages in every process: tiny MLPs, or an embedding..head token model."""
+    torch.manual_seed(seed)
+    stages: list[nn.Module] = []
+    for s in range(num_stages):
+        layers: list[nn.Module] = []
+        if kind == "lm" and s == 0:
+            layers.append(nn.Embedding(VOCAB, WIDTH))
+        layers += [nn.Linear(WIDTH, WIDTH), nn.Tanh()]
+        if kind == "lm" and s == num_stages - 1:
+            layers.append(nn.Linear(WIDTH, VOCAB))
+        stages.append(nn.Sequential(*layers))
+    return stages
+
+
+def make_batch(kind: str, batch: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "lm":
+        return torch.randint(0, VOCAB, (batch, SEQ), generator=g), torch.randint(0, VOCAB, (batch, SEQ), generator=g)
+    return torch.randn(batch, WIDTH, generator=g), torch.randn(batch, WIDTH, generator=g)
+
+
+def loss_fn_for(kind: str):
+    if kind == "lm":
+        return lambda logits, y: nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
+    return nn.functional.mse_loss
+
+
+def reference(kind: str, num_stages: int, batch: int, num_mb: int, only_mbs: range | None = None) -> dict:
+    """Single process: all stages in sequence, micro-batch losses averaged, grads accumulated."""
+    stages = build_stages(kind, num_stages)
+    x, y = make_batch(kind, batch)
+    losses = []
+    for mb, (xm, ym) in enumerate(zip(x.tensor_split(num_mb), y.tensor_split(num_mb))):
+        h = xm
+        for stage in stages:
+            h = stage(h)
+        loss = loss_fn_for(kind)(h, ym)
+        losses.append(loss.detach())
+        if only_mbs is None or mb in only_mbs:
+            (loss / num_mb).backward()
+    return {"loss": torch.stack(losses).mean(), "grads": [[p.grad.clone() for p in s.parameters()] for s in stages]}
+
+
+def _run_case(schedule: str, kind: str, num_ranks: int, batch: int, num_mb: int, group, sync: bool = True) -> dict:
+    rank = dist.get_rank(group)
+    stages = build_stages(kind, num_ranks)
+    x, y = make_batch(kind, batch)
+    if schedule == "dualpipe":
+        mine = {rank: stages[rank], num_ranks - 1 - rank: stages[num_ranks - 1 - rank]}
+        pipe = DualPipe((stages[rank], stages[num_ranks - 1 - rank]), loss_fn_for(kind), group, sync_mirror_grads=sync)
+    else:
+        mine = {rank: stages[rank]}
+        pipe = OneF1B(stages[rank], loss_fn_for(kind), group)
+    loss = pipe.step(x, y, num_mb)
+    return {"loss": loss, "grads": {s: [p.grad.clone() for p in m.parameters()] for s, m in mine.items()}}
+
+
+def _pipeline_job(info) -> dict:
+    world = dist.group.WORLD
+    pair = dist.new_group([0, 1])  # every rank must take part in creating a group
+    results = {
+        "dualpipe_p4": _run_case("dualpipe", "mlp", 4, 16, 8, world),
+        "dualpipe_p4_lm": _run_case("dualpipe", "lm", 4, 8, 8, world),
+        "dualpipe_p4_nosync": _run_case("dualpipe", "mlp", 4, 16, 8, world, sync=False),
+        "onef1b_p4": _run_case("onef1b", "mlp", 4, 12, 6, world),
+    }
+    if info.rank < 2:
+        results["dualpipe_p2"] = _run_case("dualpipe", "mlp", 2, 12, 6, pair)
+        results["onef1b_p2"] = _run_case("onef1b", "lm", 2, 6, 3, pair)
+    dist.barrier()
+    return results
+
+
+@pytest.fixture(scope="module")
+def job() -> list[dict]:
+    return spawn_workers(_pipeline_job, 4, timeout_s=150)
+
+
+def _assert_matches(per_rank: list[dict], ref: dict, loss_ranks: list[int]) -> None:
+    for rank, res in enumerate(per_rank):
+        if rank in loss_ranks:
+            torch.testing.assert_close(res["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
+        else:
+            assert res["loss"] is None
+        for stage, grads in res["grads"].items():
+            for got, want in zip(grads, ref["grads"][stage], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"rank {rank} stage {stage}")
+
+
+def test_dualpipe_four_ranks_matches_single_process(job):
+    _assert_matches([r["dualpipe_p4"] for r in job], reference("mlp", 4, 16, 8), loss_ranks=[0, 3])
+
+
+def test_dualpipe_token_model_with_embedding_first_and_head_last(job):
+    _assert_matches([r["dualpipe_p4_lm"] for r in job], reference("lm", 4, 8, 8), loss_ranks=[0, 3])
+
+
+def test_dualpipe_two_ranks_matches_single_process(job):
+    _assert_matches([r["dualpipe_p2"] for r in job[:2]], reference("mlp", 2, 12, 6), loss_ranks=[0, 1])
+
+
+def test_dualpipe_routes_each_half_of_the_batch_through_its_own_direction(job):
+    # Without the mirror gradient sum, the direction-0 copy of every stage (chunk 0 on
+    # rank s) has seen exactly the first half of the micro-batches, the other copy the rest.
+    first, second = reference("mlp", 4, 16, 8, range(0, 4)), reference("mlp", 4, 16, 8, range(4, 8))
+    for rank, res in enumerate(r["dualpipe_p4_nosync"] for r in job):
+        for stage, grads in res["grads"].items():
+            want = first if stage == rank else second
+            for got, w in zip(grads, want["grads"][stage], strict=True):
+                torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_onef1b_four_ranks_matches_single_process(job):
+    _assert_matches([r["onef1b_p4"] for r in job], reference("mlp", 4, 12, 6), loss_ranks=[3])
+
+
+def test_onef1b_two_ranks_token_model_matches_single_process(job):
+    _assert_matches([r["onef1b_p2"] for r in job[:2]], reference("lm", 2, 6, 3), loss_ranks=[1])
