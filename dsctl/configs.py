@@ -22,7 +22,7 @@ import textwrap
 import types
 import typing
 from functools import cache
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 from dsctl.errors import UserError
 
@@ -141,12 +141,14 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise _Mismatch
 
 
-def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_config(cls: type, values: dict[str, Any], where: str | Callable[[str | None], str]) -> Any:
     """Instantiate config `cls` from user `values`, failing with one clear sentence.
 
-    `where` names the source for messages, e.g. "recipes/mini_r1.toml [stages.clean]".
+    `where` names the source for messages, e.g. "recipes/mini_r1.toml:7 [stages.clean]",
+    or is a function of the offending key that returns such a location.
     Unknown keys get a close-match suggestion; mistyped values name the expected type.
     """
+    locate = where if callable(where) else (lambda key: where)
     fields = {f.name: f for f in config_fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -155,20 +157,20 @@ def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             known = ", ".join(sorted(fields)) or "none"
-            raise UserError(f"{where}: unknown key '{key}'{hint}; known keys: {known}")
+            raise UserError(f"{locate(key)}: unknown key '{key}'{hint}; known keys: {known}")
         try:
             kwargs[key] = _coerce(value, hints[key])
         except _Mismatch:
             raise UserError(
-                f"{where}: '{key}' must be {type_name(hints[key])}, got {value!r}"
+                f"{locate(key)}: '{key}' must be {type_name(hints[key])}, got {value!r}"
             ) from None
     missing = [n for n, f in fields.items() if default_of(f) is dataclasses.MISSING and n not in kwargs]
     if missing:
-        raise UserError(f"{where}: missing required key(s): {', '.join(missing)}")
+        raise UserError(f"{locate(None)}: missing required key(s): {', '.join(missing)}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise UserError(f"{where}: {exc}") from None
+        raise UserError(f"{locate(None)}: {exc}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from rich.markup import escape
+
 from dsctl.errors import UserError
 from dsctl.progress import ProgressHandle, Reporter
 
@@ -158,7 +160,7 @@ class StageContext:
             fh.write(json.dumps(metrics, sort_keys=False) + "\n")
 
     def info(self, message: str) -> None:
-        self.reporter.info(f"  [dim]{self.label}:[/] {message}")
+        self.reporter.info(f"  [dim]{escape(self.label)}:[/] {escape(message)}")
 
     def warn(self, message: str) -> None:
         self.reporter.warn(f"{self.label}: {message}")
@@ -179,8 +181,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 class StageRegistry:
-    """The stage types a run can use: every module of `stages/` with a `STAGE`, plus
-    modules named in `$DSCTL_PLUGINS` (comma-separated) for stages that live elsewhere."""
+    """The stage types a run can use: every module of `stages/` with a `STAGE` (or a
+    `STAGES` list), plus modules named in `$DSCTL_PLUGINS` (comma-separated) for stages
+    that live elsewhere."""
 
     def __init__(self, specs: Iterable[StageSpec]):
         self._specs: dict[str, StageSpec] = {}
@@ -200,9 +203,8 @@ class StageRegistry:
         specs = []
         for module_name in [*names, *plugins, *extra_modules]:
             module = importlib.import_module(module_name.strip())
-            spec = getattr(module, "STAGE", None)
-            if isinstance(spec, StageSpec):
-                specs.append(spec)
+            found = [getattr(module, "STAGE", None), *getattr(module, "STAGES", [])]
+            specs.extend(s for s in found if isinstance(s, StageSpec))
         return cls(specs)
 
     def get(self, name: str) -> StageSpec | None:

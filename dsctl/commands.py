@@ -1,0 +1,236 @@
+"""Recipe and store commands: run, status, show, ls, verify, gc."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dsctl.configs import config_to_dict
+from dsctl.errors import UserError
+from dsctl.progress import Reporter
+from dsctl.recipe import load_recipe
+from dsctl.runner import Runner, StagePlan, failure_message, headline, plan, stage_state
+from dsctl.stage import StageRegistry
+from dsctl.store import Store, verify_dir
+
+OVERRIDE_HELP = "Override a recipe value: STAGE.KEY=VALUE (TOML value), or seed=N. Repeatable."
+
+
+@dataclass
+class Session:
+    store: Store
+    reporter: Reporter
+    debug: bool
+
+
+def _out() -> Console:
+    return Console()
+
+
+def _load(recipe: Path, overrides: list[str] | None) -> tuple:
+    r = load_recipe(recipe, overrides or [])
+    return r, plan(r, StageRegistry.discover())
+
+
+def run(
+    ctx: typer.Context,
+    recipe: Path = typer.Argument(..., help="TOML recipe, e.g. recipes/mini_r1.toml."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    force: Optional[list[str]] = typer.Option(None, "--force", help="Rebuild this stage even if cached. Repeatable."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (and what it needs)."),
+) -> None:
+    """Run a recipe: cached stages are skipped, a killed stage resumes.
+
+    Example:
+
+        dsctl run recipes/mini_r1.toml --set pretrain.max_steps=50 --until pretrain
+    """
+    session: Session = ctx.obj
+    r, plans = _load(recipe, set_)
+    for name in [*(force or []), *([until] if until else [])]:
+        if name not in plans:
+            raise UserError(f"{recipe}: no stage named '{name}'; stages: {', '.join(plans)}")
+    started = time.time()
+    results = Runner(session.store, session.reporter, recipe_name=r.name, debug=session.debug).execute(
+        plans, force=set(force or []), until=until)
+    hits = sum(res.state == "hit" for res in results)
+    session.reporter.info(
+        f"[bold]{r.name}[/]: {len(results)} stage(s), {hits} cached, {len(results) - hits} ran, "
+        f"{time.time() - started:.1f}s  (workdir {session.store.root})")
+
+
+def status(
+    ctx: typer.Context,
+    recipe: Path = typer.Argument(..., help="TOML recipe."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+) -> None:
+    """Show each stage of a recipe: cached, running, partial, failed or missing — and why.
+
+    Example:
+
+        dsctl status recipes/mini_r1.toml
+    """
+    session: Session = ctx.obj
+    store = session.store
+    r, plans = _load(recipe, set_)
+    table = Table(title=f"{r.name} — {store.root}")
+    for col in ("stage", "type", "key", "state", "time", "headline", "note"):
+        table.add_column(col)
+    colors = {"cached": "green", "running": "cyan", "partial": "yellow", "failed": "red", "missing": "dim"}
+    for name, p in plans.items():
+        state = stage_state(store, p.key)
+        seconds, head, note = "", "", ""
+        if state == "cached":
+            manifest = store.manifest(p.key)
+            seconds = f"{manifest.get('seconds', 0):.1f}s"
+            head = headline(manifest.get("metrics", {}))
+        elif state == "failed":
+            note = failure_message(store, p.key)
+        else:
+            note = _why_not_cached(store, r.name, p, plans)
+        table.add_row(name, p.spec.name, p.key[:12], f"[{colors[state]}]{state}[/]", seconds, head, note)
+    _out().print(table)
+
+
+def _why_not_cached(store: Store, recipe: str, p: StagePlan, plans: dict[str, StagePlan]) -> str:
+    ref = store.get_ref(recipe, p.name)
+    if ref is None:
+        return "never run"
+    if ref["key"] == p.key:
+        return "was built, since removed"
+    config = config_to_dict(p.config)
+    changed = sorted(k for k in set(config) | set(ref["config"]) if config.get(k) != ref["config"].get(k))
+    if changed:
+        diffs = [f"{k} {ref['config'].get(k)!r}→{config.get(k)!r}" for k in changed[:3]]
+        return "config changed: " + ", ".join(diffs)
+    if ref.get("seed") != p.seed:
+        return f"seed changed: {ref.get('seed')}→{p.seed}"
+    if ref.get("inputs") != p.input_keys:
+        ups = [n for names in p.upstream.values() for n in names]
+        return "upstream changed: " + ", ".join(ups)
+    return "stage version changed"
+
+
+def show(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Key, key prefix, recipe:stage, or directory."),
+    files: bool = typer.Option(False, "--files", help="List every file with its size and sha256."),
+) -> None:
+    """Show an artifact's manifest: where it came from, its config and metrics.
+
+    Example:
+
+        dsctl show mini_r1:pretrain
+    """
+    session: Session = ctx.obj
+    artifact = session.store.resolve(ref)
+    manifest = dict(artifact.manifest)
+    listing = manifest.pop("files", {})
+    out = _out()
+    out.print(f"[bold]{artifact.label}[/]  {artifact.path}")
+    out.print_json(json.dumps(manifest, default=str))
+    total = sum(meta["size"] for meta in listing.values())
+    out.print(f"{len(listing)} files, {total / 1e6:.2f} MB")
+    if files:
+        for rel, meta in listing.items():
+            out.print(f"  {rel}  {meta['size']:>12,}  {meta['sha256'][:16]}")
+
+
+def ls(ctx: typer.Context) -> None:
+    """List the artifacts in the store, newest last.
+
+    Example:
+
+        dsctl ls
+    """
+    store: Store = ctx.obj.store
+    table = Table(title=str(store.root))
+    for col in ("key", "stage", "name", "recipe", "kind", "MB", "finished", "headline"):
+        table.add_column(col)
+    rows = []
+    for key in store.keys():
+        m = store.manifest(key)
+        size = sum(f["size"] for f in m.get("files", {}).values()) / 1e6
+        rows.append((m.get("finished", 0), key, m, size))
+    for finished, key, m, size in sorted(rows, key=lambda r: r[0]):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else ""
+        table.add_row(key[:12], m.get("stage", ""), m.get("name", ""), m.get("recipe", ""), m.get("kind", ""),
+                      f"{size:.2f}", when, headline(m.get("metrics", {})))
+    _out().print(table)
+
+
+def verify(
+    ctx: typer.Context,
+    refs: Optional[list[str]] = typer.Argument(None, help="Artifacts to check (default: all)."),
+) -> None:
+    """Re-hash artifacts against their manifests; exit 1 if any is damaged.
+
+    Example:
+
+        dsctl verify            # the whole store
+    """
+    store: Store = ctx.obj.store
+    targets = [store.resolve(ref) for ref in refs] if refs else [store.artifact(k) for k in store.keys()]
+    damaged = 0
+    for artifact in targets:
+        problems = verify_dir(artifact.path)
+        if problems:
+            damaged += 1
+            ctx.obj.reporter.console.print(f"[red]damaged[/] {artifact.key[:12]} {artifact.label}: " + "; ".join(problems[:5]))
+        else:
+            ctx.obj.reporter.info(f"[green]ok[/] {artifact.key[:12]} {artifact.manifest.get('stage', '')}")
+    print(f"{len(targets)} checked, {damaged} damaged")
+    if damaged:
+        raise typer.Exit(1)
+
+
+def gc(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only say what would be removed."),
+) -> None:
+    """Remove staging dirs of stages not running, and objects no recipe refers to.
+
+    An object is kept when a recipe's last run used it, or when a kept object was built
+    from it.
+
+    Example:
+
+        dsctl gc --dry-run
+    """
+    store: Store = ctx.obj.store
+    keep: set[str] = set()
+    todo = [json.loads(p.read_text())["key"] for p in (store.root / "refs").rglob("*.json")]
+    while todo:
+        key = todo.pop()
+        if key in keep or not store.has(key):
+            continue
+        keep.add(key)
+        for keys in store.manifest(key).get("inputs", {}).values():
+            todo.extend(keys)
+    doomed = [k for k in store.keys() if k not in keep]
+    stale = [k for k in store.staging_keys() if not store.is_locked(k)]
+    freed = sum(f.stat().st_size for k in doomed for f in store.object_path(k).rglob("*") if f.is_file())
+    freed += sum(f.stat().st_size for k in stale for f in store.staging(k).root.rglob("*") if f.is_file())
+    verb = "would remove" if dry_run else "removed"
+    for key in doomed:
+        print(f"{verb} object  {key[:12]} {store.manifest(key).get('stage', '')}")
+        if not dry_run:
+            store.remove(key)
+    for key in stale:
+        print(f"{verb} staging {key[:12]}")
+        if not dry_run:
+            shutil.rmtree(store.staging(key).root, ignore_errors=True)
+    print(f"{verb} {len(doomed)} object(s), {len(stale)} staging dir(s), {freed / 1e6:.1f} MB")
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (run, status, show, ls, verify, gc):
+        app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)
