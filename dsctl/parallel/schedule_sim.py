@@ -147,22 +147,28 @@ def paper_bubble(name: str, num_ranks: int, costs: OpCosts) -> float:
     raise ValueError(f"no closed form for schedule {name!r}; known: 1F1B, ZB1P, DualPipe")
 
 
+def _cell(slot: Slot, offset: int, width: int) -> str:
+    if len(slot) == 2:  # overlapped pair drawn as <==>
+        return "X" if width == 1 else "<" if offset == 0 else ">" if offset == width - 1 else "="
+    op = slot[0]
+    if op.kind is OpKind.F:
+        return str(op.microbatch % 10)  # forward: the micro-batch id
+    return "b" if op.kind is OpKind.B and op.split else op.kind.value
+
+
 def render_timeline(result: SimResult, unit: float | None = None) -> str:
-    """ASCII picture: one character per ``unit`` of time (default: the forward cost)."""
+    """ASCII picture, one character per ``unit`` of time (default: the forward cost):
+    a digit is a forward of that micro-batch, ``B`` a full backward, ``b`` a backward
+    for input, ``W`` a backward for weights, ``<=>`` an overlapped F&B pair, ``.`` idle."""
     unit = unit or result.costs.forward
     width = round(result.makespan / unit)
     lines = []
     for rank, intervals in enumerate(result.intervals):
         row = ["."] * width
         for start, end, slot in intervals:
-            if len(slot) == 2:
-                mark = "X"
-            else:
-                op = slot[0]
-                mark = "b" if op.kind is OpKind.B and op.split else op.kind.value
             first, last = round(start / unit), round(end / unit)
             for t in range(first, last):
-                row[t] = str(slot[0].microbatch % 10) if t == first and len(slot) == 1 and mark == "F" else mark
+                row[t] = _cell(slot, t - first, last - first)
         lines.append(f"rank {rank}: " + "".join(row))
     return "\n".join(lines)
 
