@@ -1,0 +1,163 @@
+"""Token shards (the `shards` artifact) and the ordered process-pool map the data stages share.
+
+Token shard layout (DESIGN.md §4, data_contracts.md):
+
+    tokenizer/                 the tokenizer files (dsctl/tokenizer.py)
+    train-00000.arrow ...      Arrow IPC *stream* files: columns id: string,
+    validation-00000.arrow     input_ids: list<int32>; one row per document
+    index.json                 vocab size, per-split files with documents/tokens/sha256
+
+Rows are document boundaries; no bos/eos is stored (the training loop adds eos between
+documents when it packs). Stream format (not the random-access file format) because that
+is what `datasets.Dataset.from_file` memory-maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import pyarrow as pa
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SHARD_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int32()))])
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int | None = None) -> Iterator[R]:
+    """`map(fn, items)` over a process pool, results in input order.
+
+    Unlike `Pool.imap`, which drains its input eagerly, at most `in_flight` items are
+    submitted ahead of the consumer, so a streamed corpus never piles up in memory.
+    Output is identical for any worker count because each item is processed whole by one
+    worker and results are yielded in submission order. `workers <= 1` runs in-process.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    limit = in_flight or 2 * workers
+    with mp.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.apply_async(fn, (item,)))
+            if len(pending) >= limit:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TokenShardWriter:
+    """Writes `<split>-00000.arrow`, `<split>-00001.arrow`, ... of at most
+    `tokens_per_shard` tokens each (a document is never cut across shards)."""
+
+    def __init__(self, directory: Path, split: str, tokens_per_shard: int = 50_000_000, rows_per_batch: int = 1024):
+        self.directory = directory
+        self.split = split
+        self.tokens_per_shard = tokens_per_shard
+        self.rows_per_batch = rows_per_batch
+        self.files: list[dict[str, Any]] = []
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._ids: list[str] = []
+        self._rows: list[list[int]] = []
+        self._shard_docs = 0
+        self._shard_tokens = 0
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, doc_id: str, input_ids: list[int]) -> None:
+        if self._writer is None or self._shard_tokens >= self.tokens_per_shard:
+            self._open_next()
+        self._ids.append(doc_id)
+        self._rows.append(input_ids)
+        self._shard_docs += 1
+        self._shard_tokens += len(input_ids)
+        if len(self._ids) >= self.rows_per_batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._ids:
+            return
+        batch = pa.record_batch(
+            [pa.array(self._ids, pa.string()), pa.array(self._rows, pa.list_(pa.int32()))], schema=SHARD_SCHEMA
+        )
+        self._writer.write_batch(batch)
+        self._ids, self._rows = [], []
+
+    def _open_next(self) -> None:
+        self._close_current()
+        path = self.directory / f"{self.split}-{len(self.files):05d}.arrow"
+        self.files.append({"file": path.name, "documents": 0, "tokens": 0, "sha256": ""})
+        self._writer = pa.ipc.new_stream(str(path), SHARD_SCHEMA)
+        self._shard_docs = 0
+        self._shard_tokens = 0
+
+    def _close_current(self) -> None:
+        if self._writer is None:
+            return
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        entry = self.files[-1]
+        entry.update(documents=self._shard_docs, tokens=self._shard_tokens)
+        entry["sha256"] = file_sha256(self.directory / entry["file"])
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the last shard; an empty split still gets one (empty) shard file so
+        readers never have to special-case a missing split."""
+        if not self.files:
+            self._open_next()
+        self._close_current()
+        return self.files
+
+
+def write_index(directory: Path, vocab_size: int, splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    index = {
+        "vocab_size": vocab_size,
+        "tokenizer": "tokenizer",
+        "splits": splits,
+        "total_tokens": {name: sum(f["tokens"] for f in files) for name, files in splits.items()},
+    }
+    (directory / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return index
+
+
+def read_index(directory: Path) -> dict[str, Any]:
+    path = directory / "index.json"
+    if not path.exists():
+        from dsctl.errors import UserError
+
+        raise UserError(f"{directory} is not a token-shards artifact: no index.json")
+    return json.loads(path.read_text())
+
+
+def iter_shard_rows(directory: Path, split: str = "train") -> Iterator[tuple[str, list[int]]]:
+    """(id, input_ids) of every document of a split, in order."""
+    for entry in read_index(directory)["splits"].get(split, []):
+        with pa.ipc.open_stream(str(directory / entry["file"])) as reader:
+            for batch in reader:
+                ids = batch.column("id").to_pylist()
+                tokens = batch.column("input_ids").to_pylist()
+                yield from zip(ids, tokens)

@@ -1,0 +1,186 @@
+"""Dedup: MinHash/LSH internals, quality on planted near-duplicates, determinism, the stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasketch.lsh import _optimal_param
+
+from dsctl.data.corpus import ShardWriter
+from dsctl.data.dedup import (
+    DedupParams,
+    RunOptions,
+    find_duplicates,
+    planted_quality,
+    read_decisions,
+    synthetic_corpus,
+    write_decisions,
+)
+from dsctl.data.minhash import (
+    MinHasher,
+    candidate_pairs,
+    jaccard,
+    normalize_text,
+    optimal_bands,
+    shingle_hashes,
+    shingle_set,
+    word_hashes,
+)
+
+THRESHOLD = 0.8
+
+
+def write_corpus(directory: Path, rows: list[dict], rows_per_shard: int = 700) -> list[Path]:
+    with ShardWriter(directory, rows_per_shard) as writer:
+        for row in rows:
+            writer.write(row)
+    return sorted(directory.glob("*.jsonl"))
+
+
+def dedup_to(files: list[Path], out: Path, params=DedupParams(), options=RunOptions()) -> dict:
+    result = find_duplicates(files, params, options)
+    with ShardWriter(out / "data") as kept, ShardWriter(out / "rejected") as rejected:
+        write_decisions(files, result, kept, rejected)
+    return read_decisions(sorted((out / "data").glob("*.jsonl")), sorted((out / "rejected").glob("*.jsonl")))
+
+
+@pytest.fixture(scope="module")
+def planted_corpus(tmp_path_factory) -> tuple[list[Path], list[dict], list[dict]]:
+    rows, planted = synthetic_corpus(3000, seed=7)
+    files = write_corpus(tmp_path_factory.mktemp("planted") / "in", rows)
+    return files, rows, planted
+
+
+def test_word_hash_depends_only_on_the_word():
+    hashes, counts = word_hashes(["alpha beta alpha", "beta", "", "gamma alpha"])
+    assert counts.tolist() == [3, 1, 0, 2]
+    alpha, beta = hashes[0], hashes[1]
+    assert hashes[2] == alpha and hashes[3] == beta and hashes[5] == alpha
+    assert len({int(h) for h in hashes}) == 3
+
+
+def test_shingle_hashes_match_reference_shingle_sets():
+    texts = ["one two three four five six seven", "a b c", "x y z w v x y z w v", ""]
+    hashes, per_doc = shingle_hashes([normalize_text(t) for t in texts])
+    bounds = np.concatenate(([0], np.cumsum(per_doc)))
+    for i, text in enumerate(texts):
+        assert len(set(hashes[bounds[i] : bounds[i + 1]].tolist())) == len(shingle_set(text))
+
+
+def test_minhash_agreement_estimates_true_jaccard():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in rng.integers(0, 5000, size=400)]
+    errors = []
+    for edits in (2, 6, 12, 25):
+        copy = list(words)
+        for pos in rng.choice(len(copy), size=edits, replace=False):
+            copy[pos] = f"new{pos}"
+        a, b = " ".join(words), " ".join(copy)
+        sig = MinHasher(128, seed=3).signatures([a, b])
+        errors.append((sig[0] == sig[1]).mean() - jaccard(shingle_set(a), shingle_set(b)))
+    # 128 permutations: standard error <= 0.044; allow ~3 sigma.
+    assert max(abs(e) for e in errors) < 0.13
+    assert abs(np.mean(errors)) < 0.06
+
+
+def test_optimal_bands_agree_with_datasketch():
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        for weights in ((0.5, 0.5), (0.05, 0.95)):
+            assert optimal_bands(threshold, 128, *weights) == _optimal_param(threshold, 128, *weights)
+
+
+def test_candidate_pairs_are_linear_in_bucket_size():
+    keys = np.zeros((1000, 2), dtype=np.uint64)  # one giant bucket in both bands
+    pairs = candidate_pairs(keys)
+    assert len(pairs) < 2000 and (pairs[:, 0] < pairs[:, 1]).all()
+    assert set(np.unique(pairs).tolist()) == set(range(1000))
+
+
+def test_near_dup_precision_and_recall_on_planted_corpus(planted_corpus, tmp_path):
+    files, _, planted = planted_corpus
+    decisions = dedup_to(files, tmp_path, DedupParams(threshold=THRESHOLD))
+    quality = planted_quality({p["id"]: p for p in planted}, decisions, THRESHOLD)
+    assert quality["expected_merges"] > 300
+    assert quality["recall"] >= 0.95, quality
+    assert quality["precision"] >= 0.95, quality
+    assert quality["exact_dup_recall"] == 1.0, quality
+
+
+def test_exact_duplicates_ignore_case_and_whitespace(tmp_path):
+    rows = [
+        {"id": "a", "text": "The quick brown fox jumps"},
+        {"id": "b", "text": "  the QUICK\tbrown\n\nfox   jumps "},
+        {"id": "c", "text": "A different sentence entirely here"},
+        {"id": "d", "text": "The quick brown fox jumps"},
+    ]
+    decisions = dedup_to(write_corpus(tmp_path / "in", rows), tmp_path / "out")
+    assert decisions == {
+        "a": None,
+        "b": ("exact_duplicate", "a"),
+        "c": None,
+        "d": ("exact_duplicate", "a"),
+    }
+
+
+def test_survivor_is_first_in_input_order_and_named_by_duplicates(planted_corpus, tmp_path):
+    files, rows, _ = planted_corpus
+    decisions = dedup_to(files, tmp_path)
+    position = {row["id"]: i for i, row in enumerate(rows)}
+    removed = {d: dec for d, dec in decisions.items() if dec}
+    assert removed
+    for doc_id, (_, survivor) in removed.items():
+        assert decisions[survivor] is None, "duplicate_of must name a kept row"
+        assert position[survivor] < position[doc_id]
+
+
+def test_output_is_identical_for_any_worker_count_and_batch_size(planted_corpus, tmp_path):
+    files, _, _ = planted_corpus
+    outputs = []
+    for workers, batch in ((1, 512), (2, 97)):
+        out = tmp_path / f"w{workers}"
+        dedup_to(files, out, options=RunOptions(workers=workers, batch_size=batch))
+        outputs.append([p.read_bytes() for p in sorted(out.rglob("*.jsonl"))])
+    assert outputs[0] == outputs[1]
+
+
+def test_without_verification_lsh_candidates_are_merged(tmp_path):
+    base = " ".join(f"word{i}" for i in range(60))
+    rows = [{"id": "a", "text": base}, {"id": "b", "text": base.replace("word30", "other")}]
+    files = write_corpus(tmp_path / "in", rows)
+    # Jaccard ~0.85: below a 0.9 threshold, so the verified run keeps both...
+    kept = dedup_to(files, tmp_path / "v", DedupParams(threshold=0.9))
+    assert kept == {"a": None, "b": None}
+    # ...while a loose LSH without the check merges them on band collisions alone.
+    loose = DedupParams(threshold=0.9, bands=32, rows=2, verify_jaccard=False)
+    assert dedup_to(files, tmp_path / "u", loose)["b"] == ("near_duplicate", "a")
+
+
+def test_unreadable_lines_are_counted_not_fatal(tmp_path):
+    path = tmp_path / "in" / "part-00000.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"id": "a", "text": "hello there"}\nnot json\n{"id": "b", "text": "Hello  there"}\n')
+    result = find_duplicates([path], DedupParams())
+    assert result.read_stats.malformed_json == 1
+    assert result.documents == 2 and result.exact_duplicates == 1
+
+
+def test_dedup_stage_writes_corpus_rejected_and_planted(planted_corpus, tmp_path):
+    from dsctl.testing import run_stage
+    from stages import dedup
+
+    files, rows, planted = planted_corpus
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    for f in files:
+        (src / "data" / f.name).write_bytes(f.read_bytes())
+    (src / "planted.jsonl").write_text("".join(json.dumps(p) + "\n" for p in planted))
+    art = run_stage(dedup.STAGE, {"workers": 2}, {"corpus": [src]}, tmp_path / "work")
+    metrics = art.metrics
+    assert metrics["documents"] == len(rows)
+    assert metrics["kept"] + metrics["removed_exact_duplicate"] + metrics["removed_near_duplicate"] == len(rows)
+    assert (art.path / "planted.jsonl").read_text() == (src / "planted.jsonl").read_text()
+    rejected = [json.loads(line) for p in sorted((art.path / "rejected").glob("*.jsonl")) for line in open(p)]
+    assert {r["reason"] for r in rejected} == {"exact_duplicate", "near_duplicate"}
