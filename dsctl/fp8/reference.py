@@ -164,10 +164,11 @@ def fp8_gemm(a_fp8: torch.Tensor, a_scales: torch.Tensor, b_fp8: torch.Tensor, b
     m, n, k = check_gemm_operands(a_fp8, a_scales, b_fp8, b_scales, block)
     b_rows_per_scale = 1 if b_scales.shape[0] == n else block
     b_row_scale_index = torch.arange(n, device=b_fp8.device) // b_rows_per_scale
+    a, b = a_fp8.float(), b_fp8.float()  # exact: every E4M3 value is an FP32 value
     acc = torch.zeros(m, n, dtype=torch.float32, device=a_fp8.device)
     for kb in range(ceil_div(k, block)):
         cols = slice(kb * block, min((kb + 1) * block, k))
-        partial = a_fp8[:, cols].float() @ b_fp8[:, cols].float().T  # (M, N), FP32 sum of exact products
+        partial = a[:, cols] @ b[:, cols].T  # (M, N): FP32 sum of exact products
         acc += partial * a_scales[:, kb, None] * b_scales[b_row_scale_index, kb][None, :]
     return acc.to(out_dtype)
 

@@ -1,0 +1,164 @@
+"""Fp8Linear (FP8 fprop/dgrad/wgrad) and convert_to_fp8, on the torch emulation backend."""
+
+import pytest
+import torch
+from torch import nn
+
+from dsctl.fp8 import DEFAULT_SKIP, Fp8Linear, convert_to_fp8, select_backend
+from dsctl.fp8 import reference as ref
+
+
+@pytest.fixture(autouse=True)
+def auto_backend(monkeypatch):
+    """Whatever the caller exported, these tests check the automatic choice (torch on CPU)."""
+    monkeypatch.setenv("DSCTL_FP8_BACKEND", "auto")
+
+
+def _rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _pair(in_features=300, out_features=200, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    return lin, Fp8Linear.from_linear(lin)
+
+
+def _grads(module, x, dy):
+    x = x.detach().clone().requires_grad_()
+    module.zero_grad()
+    y = module(x)
+    y.backward(dy)
+    grads = {"x": x.grad, "weight": module.weight.grad.clone()}
+    if module.bias is not None:
+        grads["bias"] = module.bias.grad.clone()
+    return y.detach(), grads
+
+
+def test_cpu_tensors_use_the_torch_emulation():
+    assert select_backend(torch.device("cpu")) == "torch"
+
+
+def test_forward_and_all_grads_close_to_nn_linear():
+    lin, fp8 = _pair()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 37, 300, generator=g)  # 148 tokens, K = 300: partial tiles on both token and K axes
+    dy = torch.randn(4, 37, 200, generator=g)
+    y_ref, g_ref = _grads(lin, x, dy)
+    y, g8 = _grads(fp8, x, dy)
+    # E4M3 keeps 3 mantissa bits (~2^-5 typical relative round-off per operand): measured ~3.6%.
+    assert 0 < _rel(y, y_ref) < 0.06
+    assert 0 < _rel(g8["x"], g_ref["x"]) < 0.06
+    assert 0 < _rel(g8["weight"], g_ref["weight"]) < 0.06
+    assert _rel(g8["bias"], g_ref["bias"]) < 1e-6  # the bias path is never quantized
+
+
+def test_forward_is_exactly_the_block_scaled_gemm_of_1x128_and_128x128_tiles():
+    lin, fp8 = _pair(256, 384, seed=2)
+    x = torch.randn(10, 256)
+    x_q, x_s = ref.act_quant(x)
+    w_q, w_s = ref.weight_quant(lin.weight.detach())
+    expected = ref.fp8_gemm(x_q, x_s, w_q, w_s) + lin.bias.detach()
+    assert torch.equal(fp8(x).detach(), expected)
+
+
+def test_dgrad_tiles_dy_along_out_features_and_reuses_transposed_weight_blocks():
+    lin, fp8 = _pair(256, 384, bias=False, seed=3)
+    x, dy = torch.randn(10, 256), torch.randn(10, 384)
+    _, grads = _grads(fp8, x, dy)
+    dy_q, dy_s = ref.act_quant(dy)
+    w_q, w_s = ref.weight_quant(lin.weight.detach())
+    assert torch.equal(grads["x"], ref.fp8_gemm(dy_q, dy_s, w_q.t(), w_s.t()))
+
+
+def test_wgrad_tiles_both_operands_along_tokens():
+    lin, fp8 = _pair(256, 384, bias=False, seed=4)
+    x, dy = torch.randn(200, 256), torch.randn(200, 384)
+    _, grads = _grads(fp8, x, dy)
+    dyt_q, dyt_s = ref.act_quant(dy.t())  # (384, 200): tiles of 128 tokens per output channel
+    xt_q, xt_s = ref.act_quant(x.t())
+    assert torch.equal(grads["weight"], ref.fp8_gemm(dyt_q, dyt_s, xt_q, xt_s))
+
+
+def test_master_weight_and_grads_stay_fp32_with_bf16_activations():
+    lin, fp8 = _pair(256, 256, seed=5)
+    x = torch.randn(8, 256).bfloat16().requires_grad_()
+    y = fp8(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    assert fp8.weight.dtype == fp8.weight.grad.dtype == torch.float32
+    assert fp8.bias.grad.dtype == torch.float32
+
+
+def test_output_takes_the_autocast_dtype():
+    _, fp8 = _pair(256, 256, seed=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fp8(torch.randn(8, 256))
+    assert y.dtype == torch.bfloat16
+
+
+def test_zero_tokens_gives_empty_output_and_zero_grads():
+    _, fp8 = _pair(256, 128, seed=7)
+    x = torch.randn(0, 256, requires_grad=True)
+    y = fp8(x)
+    y.sum().backward()
+    assert y.shape == (0, 128) and torch.equal(fp8.weight.grad, torch.zeros_like(fp8.weight))
+
+
+class _ToyBlock(nn.Module):
+    """Names as in dsctl.model: a router `gate` beside experts' `gate_proj`, a norm, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(50, 256)
+        self.input_layernorm = nn.LayerNorm(256)
+        self.gate = nn.Linear(256, 128, bias=False)  # MoE router: must stay high precision
+        self.gate_proj = nn.Linear(256, 512, bias=False)
+        self.down_proj = nn.Linear(512, 256)
+        self.kv_a_proj_with_mqa = nn.Linear(256, 40)  # narrower than one tile
+        self.lm_head = nn.Linear(256, 50, bias=False)
+
+
+def test_convert_swaps_only_large_non_excluded_linears():
+    model = _ToyBlock()
+    assert convert_to_fp8(model) == 2
+    converted = {n for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
+    assert converted == {"gate_proj", "down_proj"}
+    assert type(model.gate) is nn.Linear and type(model.lm_head) is nn.Linear
+    assert convert_to_fp8(model) == 0  # idempotent
+    assert "gate" in DEFAULT_SKIP
+
+
+def test_convert_keeps_state_dict_keys_values_and_parameter_objects():
+    model = _ToyBlock()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params_before = [id(p) for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    convert_to_fp8(model)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert [id(p) for p in model.parameters()] == params_before
+    # An optimizer built before the swap still drives the converted layer's weight.
+    w0 = model.down_proj.weight.detach().clone()
+    model.down_proj(model.gate_proj(torch.randn(130, 256))).square().mean().backward()
+    opt.step()
+    assert not torch.equal(model.down_proj.weight, w0)
+
+
+def test_convert_honours_custom_skip_and_min_features():
+    model = _ToyBlock()
+    assert convert_to_fp8(model, min_features=32, skip=("lm_head", "down_*")) == 3  # gate, gate_proj, kv_a
+    assert type(model.down_proj) is nn.Linear and isinstance(model.gate, Fp8Linear)
+    with pytest.raises(ValueError, match="min_features"):
+        convert_to_fp8(_ToyBlock(), min_features=0)
+
+
+def test_unknown_backend_override_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("DSCTL_FP8_BACKEND", "cuda-fast")
+    with pytest.raises(ValueError, match="DSCTL_FP8_BACKEND"):
+        select_backend(torch.device("cpu"))
+    monkeypatch.setenv("DSCTL_FP8_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        select_backend(torch.device("cpu"))
