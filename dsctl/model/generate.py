@@ -1,1 +1,202 @@
-GenerationResult = generate = None
+"""Batched sampling with the MLA latent cache, and greedy MTP self-speculative decoding.
+
+Prompts of different lengths are left-padded; the attention mask hides the padding and
+positions count real tokens only, so each row decodes exactly as it would alone. The
+prompt is prefilled with the explicit attention path; each new token then runs the
+absorbed path against the cached c_kv/k_pe.
+
+Speculative mode (greedy only): MTP module 1 drafts the token after next; the main model
+checks [next, draft] in one forward. A rejected draft's cache slot is not deleted but
+masked out for the rest of the generation, so rows of one batch can accept differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .mla import LatentCache
+from .model import DeepSeekV3
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` returns, one entry per prompt."""
+
+    tokens: list[list[int]]
+    """Generated ids (prompt excluded), including the stop token / the token completing a stop string."""
+    finish_reasons: list[str]
+    """"stop_token", "stop_string" or "length"."""
+    texts: list[str] | None = None
+    """Decoded completions (when a decoder was given), ending with the stop string that ended them."""
+    acceptance_rate: float | None = None
+    """Speculative mode: accepted MTP drafts / drafts proposed."""
+    forward_passes: int = 0
+    """Main-model forward passes after the prefill."""
+
+
+@dataclass
+class _Stopper:
+    """Per-row output collection and stop checks."""
+
+    max_new_tokens: int
+    stop_token_ids: frozenset[int]
+    stop_strings: tuple[str, ...]
+    decode: Callable[[list[int]], str] | None
+
+    def __post_init__(self) -> None:
+        self.tokens: list[list[int]] = []
+        self.reasons: list[str | None] = []
+
+    def start(self, batch: int) -> None:
+        self.tokens, self.reasons = [[] for _ in range(batch)], [None] * batch
+
+    def emit(self, row: int, token: int) -> None:
+        """Append a token to an unfinished row and decide whether the row is done."""
+        if self.reasons[row] is not None:
+            return
+        out = self.tokens[row]
+        out.append(token)
+        if token in self.stop_token_ids:
+            self.reasons[row] = "stop_token"
+        elif self.stop_strings and any(s in self.decode(out) for s in self.stop_strings):
+            self.reasons[row] = "stop_string"
+        elif len(out) >= self.max_new_tokens:
+            self.reasons[row] = "length"
+
+    @property
+    def done(self) -> bool:
+        return all(r is not None for r in self.reasons)
+
+
+def _as_decoder(decode: Any) -> Callable[[list[int]], str] | None:
+    """Accept a function ids -> str or a tokenizer-like object with .decode(ids)."""
+    if decode is None or callable(getattr(decode, "decode", None)):
+        return None if decode is None else decode.decode
+    return decode
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """(B, vocab) -> (B,) ids: argmax at temperature 0, else top-k / nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens ranked above it already cover top_p (the first always stays).
+        drop = probs.cumsum(-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: DeepSeekV3, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
+             decode: Any = None, seed: int = 0, speculative: bool = False) -> GenerationResult:
+    """Complete every prompt (a list of token ids) with up to max_new_tokens tokens.
+
+    temperature 0 is greedy. stop_strings need `decode` (ids -> str, or a tokenizer with
+    .decode). The same seed gives the same samples. speculative=True uses MTP drafts
+    (greedy only) and gives exactly the greedy output, with fewer forward passes.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and every prompt needs at least one token.")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    decoder = _as_decoder(decode)
+    if stop_strings and decoder is None:
+        raise ValueError("stop_strings need a decode function or tokenizer (decode=...) to read the text.")
+    if speculative and (temperature > 0 or len(model.mtp) == 0):
+        raise ValueError("speculative decoding needs temperature=0 and a model with MTP modules.")
+    stopper = _Stopper(max_new_tokens, frozenset(stop_token_ids), tuple(stop_strings), decoder)
+    was_training = model.training
+    model.eval()  # no MoE load counting or balance loss while sampling
+    try:
+        run = _speculative_loop if speculative else _sampling_loop
+        result = run(model, [list(p) for p in prompts], stopper, temperature, top_k, top_p, seed)
+    finally:
+        model.train(was_training)
+    if decoder is not None:
+        result.texts = [decoder(t) for t in result.tokens]
+    return result
+
+
+def _left_pad(model: DeepSeekV3, prompts: list[list[int]], extra_slots: int):
+    """(ids (B, L), mask (B, L + extra_slots) with the prompt part filled, cache, L)."""
+    device = model.embed_tokens.weight.device
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros(B, L, dtype=torch.long, device=device)
+    mask = torch.zeros(B, L + extra_slots, dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        ids[row, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+        mask[row, L - len(p):L] = 1
+    n_layers = model.config.num_hidden_layers + len(model.mtp)
+    cache = LatentCache(model.config, n_layers, B, L + extra_slots,
+                        dtype=model.embed_tokens.weight.dtype, device=device)
+    return ids, mask, cache, L
+
+
+def _sampling_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
+    ids, mask, cache, L = _left_pad(model, prompts, stopper.max_new_tokens)
+    generator = torch.Generator(device=ids.device).manual_seed(seed)
+    stopper.start(len(prompts))
+    logits = model(ids, attention_mask=mask[:, :L], cache=cache, logits_to_keep=1)[:, -1]
+    passes = 0
+    for step in range(stopper.max_new_tokens):
+        tok = sample_next(logits, temperature, top_k, top_p, generator)
+        for row, t in enumerate(tok.tolist()):
+            stopper.emit(row, t)
+        if stopper.done:
+            break
+        mask[:, L + step] = 1  # finished rows keep decoding too; their tokens are ignored
+        logits = model(tok[:, None], attention_mask=mask[:, : L + step + 1], cache=cache)[:, -1]
+        passes += 1
+    return GenerationResult(tokens=stopper.tokens, finish_reasons=list(stopper.reasons), forward_passes=passes)
+
+
+def _speculative_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
+    # Each verify step uses two slots: [next token, draft]; allocate for the worst case.
+    ids, mask, cache, L = _left_pad(model, prompts, 2 * stopper.max_new_tokens + 2)
+    stopper.start(len(prompts))
+    out = model(ids, attention_mask=mask[:, :L], cache=cache, return_outputs=True)
+    cur = out.logits[:, -1].argmax(-1)  # the first generated token, not yet fed to the model
+    for row, t in enumerate(cur.tolist()):
+        stopper.emit(row, t)
+    # MTP prefill: slot i pairs the main hidden state at i with the token after it.
+    mtp_logits, _ = model.mtp_step(0, out.hidden_states, torch.cat((ids[:, 1:], cur[:, None]), 1),
+                                   attention_mask=mask[:, :L], cache=cache, cache_start=0)
+    draft = mtp_logits[:, -1].argmax(-1)
+    slot, proposed, accepted, passes = L, 0, 0, 0
+    while not stopper.done:
+        mask[:, slot:slot + 2] = 1
+        out = model(torch.stack((cur, draft), 1), attention_mask=mask[:, :slot + 2], cache=cache,
+                    return_outputs=True)
+        passes += 1
+        y = out.logits.argmax(-1)  # (B, 2): main-model greedy after cur, after draft
+        ok = y[:, 0] == draft
+        mask[~ok, slot + 1] = 0  # a rejected draft's slot stays in the cache, masked out
+        active = [r is None for r in stopper.reasons]
+        proposed += sum(active)
+        accepted += sum(a and o for a, o in zip(active, ok.tolist()))
+        for row, (y0, y1, good) in enumerate(zip(y[:, 0].tolist(), y[:, 1].tolist(), ok.tolist())):
+            stopper.emit(row, y0)
+            if good:
+                stopper.emit(row, y1)
+        # MTP on both slots: slot+1 only matters (and is only visible) where the draft held.
+        next_ids = torch.stack((y[:, 0], torch.where(ok, y[:, 1], y[:, 0])), 1)
+        mtp_logits, _ = model.mtp_step(0, out.hidden_states, next_ids, attention_mask=mask[:, :slot + 2],
+                                       cache=cache, cache_start=slot)
+        draft = torch.where(ok, mtp_logits[:, 1].argmax(-1), mtp_logits[:, 0].argmax(-1))
+        cur = torch.where(ok, y[:, 1], y[:, 0])
+        slot += 2
+    return GenerationResult(tokens=stopper.tokens, finish_reasons=list(stopper.reasons),
+                            acceptance_rate=accepted / max(proposed, 1), forward_passes=passes)

@@ -109,8 +109,8 @@ class DeepSeekV3(nn.Module):
         return out
 
     def mtp_step(self, depth: int, hidden: torch.Tensor, next_ids: torch.Tensor, *,
-                 attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
-                 cache: LatentCache, cache_start: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 attention_mask: torch.Tensor | None, cache: LatentCache, cache_start: int,
+                 position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run MTP module `depth` (0-based) on a chunk during decoding.
 
         hidden (B, T, d) is the previous depth's output at slots [cache_start, cache_start+T),

@@ -1,0 +1,103 @@
+"""Generation: batched greedy equals step-by-step argmax, sampling is seeded, stops work,
+MTP self-speculative decoding reproduces greedy exactly."""
+
+import torch
+
+from dsctl.model import DeepSeekV3, ModelConfig, generate
+
+PROMPTS = [[5, 6, 7, 8, 9], [3, 4], [10, 11, 12, 13, 14, 15, 16]]
+
+
+def _model(seed: int = 0, **overrides) -> DeepSeekV3:
+    torch.manual_seed(seed)
+    return DeepSeekV3(ModelConfig.preset("tiny", **overrides)).eval()
+
+
+def _argmax_reference(model: DeepSeekV3, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_batched_greedy_equals_step_by_step_argmax_of_the_full_forward():
+    model = _model(q_lora_rank=16)
+    result = generate(model, PROMPTS, max_new_tokens=10, temperature=0)
+    assert result.tokens == [_argmax_reference(model, p, 10) for p in PROMPTS]
+    assert result.finish_reasons == ["length"] * 3
+
+
+def test_sampling_is_deterministic_for_a_seed_and_varies_across_seeds():
+    model = _model()
+    kwargs = dict(max_new_tokens=8, temperature=1.0, top_p=0.9, top_k=100)
+    a = generate(model, PROMPTS, seed=1, **kwargs).tokens
+    assert a == generate(model, PROMPTS, seed=1, **kwargs).tokens
+    assert a != generate(model, PROMPTS, seed=2, **kwargs).tokens
+
+
+def test_top_k_1_sampling_is_greedy():
+    model = _model()
+    greedy = generate(model, PROMPTS, max_new_tokens=6, temperature=0).tokens
+    assert generate(model, PROMPTS, max_new_tokens=6, temperature=0.7, top_k=1, seed=5).tokens == greedy
+
+
+def test_stop_token_and_stop_string_end_a_row_and_are_reported():
+    model = _model()
+    greedy = generate(model, PROMPTS, max_new_tokens=8, temperature=0).tokens
+    stop_tok = greedy[0][2]
+    r = generate(model, PROMPTS, max_new_tokens=8, temperature=0, stop_token_ids=[stop_tok])
+    assert r.tokens[0] == greedy[0][: greedy[0].index(stop_tok) + 1] and r.finish_reasons[0] == "stop_token"
+
+    def decode(ids):
+        return " ".join(f"t{i}" for i in ids)
+
+    target = f"t{greedy[1][3]}"
+    r = generate(model, PROMPTS, max_new_tokens=8, temperature=0, stop_strings=[target], decode=decode)
+    cut = next(i for i in range(8) if target in decode(greedy[1][: i + 1]))
+    assert r.tokens[1] == greedy[1][: cut + 1] and r.finish_reasons[1] == "stop_string"
+    assert r.texts[1].endswith(target)
+
+
+def test_speculative_decoding_with_all_drafts_rejected_equals_greedy():
+    # Random MTP weights: every draft is wrong, so every step leaves a masked cache slot.
+    model = _model(seed=3)
+    greedy = generate(model, PROMPTS, max_new_tokens=12, temperature=0)
+    spec = generate(model, PROMPTS, max_new_tokens=12, temperature=0, speculative=True)
+    assert spec.tokens == greedy.tokens
+    assert 0.0 <= spec.acceptance_rate < 0.5
+
+
+def _counting_model() -> DeepSeekV3:
+    """A model whose main head counts (predicts x+1) and whose MTP drafts t+2 right only
+    when the next token is odd, so rows accept and reject drafts at different steps."""
+    model = _model(vocab_size=64, hidden_size=64)
+    d = 64
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.mul_(1e-3)  # blocks still attend and route, but barely move the residual
+        model.embed_tokens.weight.copy_(torch.eye(d))
+        model.lm_head.weight.copy_(torch.roll(torch.eye(d), 1, dims=0))  # row k = e_{k-1}
+        perm = torch.tensor([j if j % 2 else (j + 3) % d for j in range(d)])
+        eh = torch.zeros(d, 2 * d)
+        eh[perm, torch.arange(d)] = 1 / 8  # enorm(e_j) = 8 e_j  ->  e_perm(j)
+        model.mtp[0].eh_proj.weight.copy_(eh)
+    return model
+
+
+def test_speculative_decoding_accepting_drafts_equals_greedy_with_fewer_passes():
+    model = _counting_model()
+    prompts = [[5, 6, 7], [30, 31, 32, 33, 34], [60, 61]]
+    greedy = generate(model, prompts, max_new_tokens=16, temperature=0)
+    assert greedy.tokens[0][:4] == [8, 9, 10, 11]  # the construction counts
+    spec = generate(model, prompts, max_new_tokens=16, temperature=0, speculative=True)
+    assert spec.tokens == greedy.tokens
+    assert 0.0 < spec.acceptance_rate < 1.0  # some drafts held, some did not
+    assert spec.forward_passes < greedy.forward_passes
+
+
+def test_generate_restores_training_mode_and_counts_no_load():
+    model = _model().train()
+    generate(model, PROMPTS, max_new_tokens=3, temperature=0)
+    assert model.training and all(m.expert_load.sum() == 0 for m in model.moe_layers())
