@@ -27,6 +27,7 @@ from dsctl.data.minhash import (
     optimal_bands,
     shingle_hashes,
     shingle_set,
+    text_digests,
     word_hashes,
 )
 
@@ -54,17 +55,26 @@ def planted_corpus(tmp_path_factory) -> tuple[list[Path], list[dict], list[dict]
     return files, rows, planted
 
 
-def test_word_hash_depends_only_on_the_word():
-    hashes, counts = word_hashes(["alpha beta alpha", "beta", "", "gamma alpha"])
-    assert counts.tolist() == [3, 1, 0, 2]
+def test_word_hash_depends_only_on_the_normalized_word():
+    hashes, counts = word_hashes(["alpha beta  Alpha", "\tBETA\n", "", "gamma\u3000alpha", "Straße"])
+    assert counts.tolist() == [3, 1, 0, 2, 1]
     alpha, beta = hashes[0], hashes[1]
     assert hashes[2] == alpha and hashes[3] == beta and hashes[5] == alpha
-    assert len({int(h) for h in hashes}) == 3
+    assert len({int(h) for h in hashes}) == 4
+    assert hashes[6] == word_hashes(["strasse"])[0][0]  # casefold, as normalize_text
+
+
+def test_text_digest_equal_iff_normalized_text_equal():
+    texts = ["The  cat sat", "the cat\nSAT ", "the cat sat.", "cat the sat", "", "   "]
+    digests = text_digests(*word_hashes(texts))
+    same = [[bool((digests[i] == digests[j]).all()) for j in range(len(texts))] for i in range(len(texts))]
+    expected = [[normalize_text(a) == normalize_text(b) for b in texts] for a in texts]
+    assert same == expected
 
 
 def test_shingle_hashes_match_reference_shingle_sets():
     texts = ["one two three four five six seven", "a b c", "x y z w v x y z w v", ""]
-    hashes, per_doc = shingle_hashes([normalize_text(t) for t in texts])
+    hashes, per_doc = shingle_hashes(texts)
     bounds = np.concatenate(([0], np.cumsum(per_doc)))
     for i, text in enumerate(texts):
         assert len(set(hashes[bounds[i] : bounds[i + 1]].tolist())) == len(shingle_set(text))

@@ -3,8 +3,8 @@
 Three passes over the input files, with only fixed-size per-document numbers in RAM
 (a 16-byte digest and `bands` uint64 band keys per document; never the text):
 
-1. scan: per batch, in worker processes: normalized-text digest (exact dedup) and MinHash
-   band keys (`dsctl.data.minhash`). The first occurrence of each digest is the
+1. scan: per batch, in worker processes: a 128-bit digest of the normalized text (exact
+   dedup) and MinHash band keys (`dsctl.data.minhash`). The first occurrence of each digest is the
    *representative* of its exact-duplicate group; only representatives enter LSH.
 2. verify (optional, default on): LSH candidate pairs are checked by their true Jaccard
    of word-5-gram shingle sets, read back only for documents that are in some pair.
@@ -20,7 +20,6 @@ Three passes over the input files, with only fixed-size per-document numbers in 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,9 +34,11 @@ from dsctl.data.minhash import (
     band_keys,
     candidate_pairs,
     jaccard,
-    normalize_text,
     optimal_bands,
     shingle_hashes,
+    shingles_from_words,
+    text_digests,
+    word_hashes,
 )
 from dsctl.data.shards import batched, ordered_map
 
@@ -90,16 +91,13 @@ def resolve_bands(params: DedupParams) -> tuple[int, int]:
 
 def _scan_batch(job: tuple[list[str], int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     texts, num_perm, seed, bands, rows = job
-    normalized = [normalize_text(t) for t in texts]
-    digests = np.frombuffer(
-        b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in normalized), dtype=np.uint64
-    ).reshape(-1, 2)
-    signatures = MinHasher(num_perm, seed).signatures(normalized)
-    return digests, band_keys(signatures, bands, rows)
+    words, counts = word_hashes(texts)
+    signatures = MinHasher(num_perm, seed).signatures_from_shingles(*shingles_from_words(words, counts))
+    return text_digests(words, counts), band_keys(signatures, bands, rows)
 
 
 def _shingle_sets(texts: list[str]) -> list[np.ndarray]:
-    hashes, per_doc = shingle_hashes([normalize_text(t) for t in texts])
+    hashes, per_doc = shingle_hashes(texts)
     bounds = np.concatenate(([0], np.cumsum(per_doc)))
     return [np.unique(hashes[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
 
