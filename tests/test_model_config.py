@@ -81,3 +81,11 @@ def test_analytic_parameter_count_matches_the_module(overrides):
 def test_preset_overrides_apply():
     assert ModelConfig.preset("tiny", vocab_size=300).vocab_size == 300
     assert isinstance(torch.tensor(ModelConfig.preset("tiny").qk_head_dim), torch.Tensor)
+
+
+def test_from_hf_dict_refuses_an_architecture_it_cannot_run():
+    d = ModelConfig().to_hf_dict()
+    with pytest.raises(ValueError, match="hidden_act"):
+        ModelConfig.from_hf_dict(dict(d, hidden_act="gelu"))
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        ModelConfig.from_hf_dict(dict(d, num_key_value_heads=1))

@@ -13,8 +13,12 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Keys of ours that are not part of DeepseekV3Config but are kept in config.json.
-_TRAINING_KEYS = ("bias_update_speed", "seq_aux_loss_alpha", "mtp_loss_weight")
+# config.json keys that to_hf_dict() derives and this architecture fixes: on reading, a
+# value other than the one we would write is an architecture we cannot run.
+_FIXED_HF_KEYS = {
+    "hidden_act": "silu", "tie_word_embeddings": False, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+}
+_DERIVED_HF_KEYS = ("model_type", "architectures", "num_key_value_heads", "attention_dropout", "num_mtp_layers")
 
 
 @dataclass
@@ -119,6 +123,14 @@ class ModelConfig:
             d["rope_scaling"] = None if kind == "default" else rope_params
         if "num_mtp_layers" in d and "num_nextn_predict_layers" not in d:
             d["num_nextn_predict_layers"] = d.pop("num_mtp_layers")
+        for key, expected in _FIXED_HF_KEYS.items():
+            if d.pop(key, expected) != expected:
+                raise ValueError(f"config.json {key} must be {expected!r} for this model.")
+        heads = d.get("num_attention_heads")
+        if d.get("num_key_value_heads") not in (None, heads):
+            raise ValueError(f"config.json num_key_value_heads must equal num_attention_heads ({heads}) for MLA.")
+        for key in _DERIVED_HF_KEYS:
+            d.pop(key, None)
         for key in ("bos_token_id", "eos_token_id"):
             if isinstance(d.get(key), list):  # several ids: keep the first as the canonical one
                 d[key] = d[key][0] if d[key] else None
@@ -132,15 +144,12 @@ class ModelConfig:
         for f in fields(self):
             if f.name != "extra":
                 d[f.name] = getattr(self, f.name)
+        d.update(_FIXED_HF_KEYS)
         d.update(
             model_type="deepseek_v3",
             architectures=["DeepseekV3ForCausalLM"],
             num_key_value_heads=self.num_attention_heads,
-            hidden_act="silu",
-            tie_word_embeddings=False,
             attention_dropout=0.0,
-            topk_method="noaux_tc",
-            scoring_func="sigmoid",
             num_mtp_layers=self.num_nextn_predict_layers,
         )
         return d
