@@ -1,0 +1,62 @@
+"""Training hyper-parameters shared by every stage that trains (pretrain, extend, sft, distill).
+
+Stage configs inherit from `TrainConfig`, so a recipe sets these keys flat in the stage
+table (`[stages.pretrain] lr = 3e-3`). Defaults are for the CPU recipe's small model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    """Optimizer steps to take."""
+    batch_size: int = 16
+    """Sequences per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (effective batch = batch_size × grad_accum)."""
+    seq_len: int = 256
+    """Tokens per training sequence (documents are packed to fill it)."""
+    lr: float = 3e-3
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    warmup_steps: int = 30
+    """Linear warm-up steps from 0 to the peak learning rate."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """After warm-up: cosine decay, warmup-stable-decay (flat, then linear decay over the
+    last `decay_fraction` of steps, as in DeepSeek-V3/MiniCPM), or constant."""
+    decay_fraction: float = 0.2
+    """Share of steps spent decaying under the `wsd` schedule."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay (not applied to norms, biases or router biases)."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2 (DeepSeek-V3 uses 0.95)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    precision: Literal["auto", "fp32", "bf16", "fp8"] = "auto"
+    """fp32; bf16 autocast (GPU); fp8 = fine-grained FP8 Linear layers (Triton on FP8 GPUs,
+    exact torch emulation on CPU) with bf16 elsewhere on GPU. auto = bf16 on GPU, fp32 on CPU."""
+    device: str = "auto"
+    """"auto" (CUDA if present, else CPU), "cpu" or "cuda"."""
+    doc_masking: bool = True
+    """Attend within each packed document only (no attention across document boundaries)."""
+    checkpoint_every: int = 50
+    """Save a resumable checkpoint every this many steps (and always at the end)."""
+    eval_every: int = 50
+    """Validation loss every this many steps (0 disables; always run at the end)."""
+    eval_batches: int = 8
+    """Validation micro-batches per evaluation."""
+    spike_factor: float = 3.0
+    """A step whose loss exceeds this × the running mean loss is treated as a spike and skipped."""
+    max_bad_steps: int = 3
+    """After this many consecutive skipped steps, roll back to the last checkpoint."""
+    log_every: int = 1
+    """Write a metrics record every this many steps."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
