@@ -7,13 +7,21 @@ because ``@triton.jit`` picks compiled vs interpreted mode when it decorates).
 
 Rounding to E4M3. On FP8 GPUs the ``.to(tl.float8e4nv)`` cast is a hardware
 round-to-nearest-even. The Triton interpreter instead converts FP32 to FP8 by bit
-manipulation that rounds ties away from zero and can carry a mantissa overflow into
-the wrong exponent bit, so a plain cast is *not* faithful there. ``_round_to_e4m3``
-therefore rounds the FP32 value onto the E4M3 grid first, with IEEE FP32
-arithmetic only (identical on GPU, in NumPy and in torch); the cast that follows
-receives an exactly representable value and is exact on every backend. On a GPU the
-extra three ALU ops per element are free next to the memory traffic of a quant
-kernel, and even if a compiler folded them away, the hardware cast rounds the same.
+manipulation that rounds ties away from zero, can carry a mantissa overflow into
+the wrong exponent bit and truncates subnormals, so a plain cast is *not* faithful
+there (measured with triton 3.9: 1.0625 -> 1.125 instead of 1.0, 1.9375 -> 1.0
+instead of 2.0, 1.5 * 2^-9 -> 2^-9 instead of 2^-8). ``_round_to_e4m3`` therefore
+rounds the FP32 value onto the E4M3 grid first, with IEEE FP32 arithmetic only
+(identical on GPU, in NumPy and in torch); the cast that follows receives an exactly
+representable value and is exact on every backend. The GEMM's BF16 output gets the
+same treatment, because the interpreter's FP32->BF16 cast truncates. On a GPU the
+extra ALU ops per element are free next to the memory traffic of the kernel, and
+even if a compiler folded them away, the hardware cast rounds the same way.
+
+Division. ``tl.div_rn`` (IEEE round-to-nearest) computes ``x / scale`` and
+``amax / 448``, because Triton's plain ``/`` on FP32 may lower to an approximate
+GPU division, and torch divides exactly; a 1-ulp difference in a scale would break
+bit-equality with the reference.
 """
 
 from __future__ import annotations
@@ -40,13 +48,29 @@ def _round_to_e4m3(v):
 
     Adding a power of two 2^20 times larger than |v|'s binade makes the FP32 sum's
     ulp equal to that binade's E4M3 spacing, so the IEEE add itself rounds |v| to the
-    E4M3 grid (ties to even); subtracting the constant back is exact (Sterbenz).
+    E4M3 grid (ties to even); subtracting the constant back is exact (Sterbenz). The
+    sign bit is copied back from ``v`` so that -0 and negatives that round to zero
+    stay -0, as torch's cast leaves them.
     """
-    biased_exp = (v.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    bits = v.to(tl.uint32, bitcast=True)
+    biased_exp = (bits >> 23) & 0xFF
     magic_exp = tl.maximum(biased_exp, _E4M3_MIN_NORMAL_BIASED_EXP) + _MANTISSA_BITS_DROPPED
     magic = (magic_exp << 23).to(tl.float32, bitcast=True)
     mag = (tl.abs(v) + magic) - magic
-    return tl.where(v < 0, -mag, mag)
+    return (mag.to(tl.uint32, bitcast=True) | (bits & 0x80000000)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round_to_bf16(v):
+    """Round FP32 to the nearest BF16 value (ties to even), still in FP32.
+
+    BF16 is FP32 with the low 16 mantissa bits dropped, so the classic integer
+    rounding works: add half an ulp (plus the kept lsb, for ties to even) and mask.
+    Needed because the interpreter's FP32->BF16 cast truncates where GPUs round.
+    """
+    bits = v.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return tl.where(v != v, v, rounded.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -126,6 +150,8 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, M, N, K,
         acc += partial * a_s[:, None] * b_s[None, :]
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
+    if c_ptr.dtype.element_ty == tl.bfloat16:
+        acc = _round_to_bf16(acc)  # then the cast below is exact on every backend
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
