@@ -76,12 +76,12 @@ def _digit_mul_steps(a: int, d: int) -> list[str]:
 def _mul_steps(a: int, b: int) -> list[str]:
     if b < 10:
         return ["Multiply each digit by " + str(b) + " from right to left.", *_digit_mul_steps(a, b)]
-    steps, partials = [], []
+    steps, partials = [f"Multiply {a} by each digit of {b} and then add the partial products."], []
     for i, d in enumerate(str(b)[::-1]):
         part = a * int(d) * 10**i
         partials.append(part)
         steps.append(f"{a} * {int(d) * 10**i} = {part}.")
-    steps.append(f"Add the partial products: {' + '.join(map(str, partials))} = {a * b}.")
+    steps.append(f"Add the partial products together: {' + '.join(map(str, partials))} = {a * b}.")
     return steps
 
 

@@ -1,0 +1,136 @@
+"""The built-in default world: a small, dirty, fully offline pretraining corpus.
+
+It mixes three things, all deterministic from the seed (DESIGN.md §7):
+
+* reasoning documents from `dsctl.tasks` (train split only, so eval stays unseen),
+* real English prose from the installed Python's docstrings (`world_prose`),
+* planted dirt (`world_dirt`): exact duplicates, near duplicates, boilerplate, symbol
+  junk, very short stubs and non-English passages.
+
+Every planted row is also listed in `planted` (the rows of `planted.jsonl`, see
+notes/data_contracts.md) so clean and dedup can be scored for precision and recall.
+Near duplicates record their true Jaccard similarity to the original over word
+5-gram shingles of lowercased `\\w+` words (`world_dirt.jaccard`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsctl.data import world_dirt
+from dsctl.data.world_prose import docstring_documents
+from dsctl.tasks import FAMILIES, problem_document, split_problems
+
+
+@dataclass(frozen=True)
+class WorldSizes:
+    """How much of each ingredient the world gets (defaults: ~5-6k documents, ~3 MB)."""
+
+    task_docs_per_family: int = 800
+    task_families: tuple[str, ...] = tuple(sorted(FAMILIES))
+    max_prose_docs: int = 3000
+    exact_dups: int = 250
+    near_dups: int = 250
+    boilerplate: int = 120
+    junk: int = 120
+    short: int = 120
+    non_english: int = 200
+
+
+@dataclass
+class World:
+    rows: list[dict[str, Any]]
+    """Corpus rows {id, text, source}, shuffled."""
+    planted: list[dict[str, Any]]
+    """One record per planted dirty row (planted.jsonl)."""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def build_world(seed: int, sizes: WorldSizes = WorldSizes(), difficulty: dict[str, dict] | None = None) -> World:
+    rng = random.Random(f"world:{seed}")
+    tasks, prose = _task_rows(rng, sizes, seed, difficulty or {}), _prose_rows(rng, sizes)
+    clean = tasks + prose
+    dirty, planted = _dirt_rows(rng, sizes, clean)
+    stats = {"task_documents": len(tasks), "prose_documents": len(prose)}
+    rows = clean + dirty
+    rng.shuffle(rows)
+    # Neutral ids after the shuffle, so nothing downstream can read the answer key off
+    # an id; planted records are rewritten to the same ids.
+    new_id = {row["id"]: f"w{seed}-{i:06d}" for i, row in enumerate(rows)}
+    for row in rows:
+        row["id"] = new_id[row["id"]]
+    for record in planted:
+        record["id"] = new_id[record["id"]]
+        if "of" in record:
+            record["of"] = new_id[record["of"]]
+    planted.sort(key=lambda r: r["id"])
+    return World(rows, planted, {**stats, **_stats(rows, planted)})
+
+
+def _task_rows(rng: random.Random, sizes: WorldSizes, seed: int, difficulty: dict[str, dict]) -> list[dict]:
+    rows = []
+    for family in sizes.task_families:
+        for p in split_problems(family, "train", sizes.task_docs_per_family, seed, difficulty.get(family)):
+            rows.append({"id": f"task:{p.id}", "text": problem_document(p, rng), "source": f"tasks/{family}"})
+    return rows
+
+
+def _prose_rows(rng: random.Random, sizes: WorldSizes) -> list[dict]:
+    documents = docstring_documents()
+    if len(documents) > sizes.max_prose_docs:
+        keep = sorted(rng.sample(range(len(documents)), sizes.max_prose_docs))
+        documents = [documents[i] for i in keep]
+    return [{"id": f"prose:{i}", "text": text, "source": f"docstrings/{name}"} for i, (name, text) in enumerate(documents)]
+
+
+def _dirt_rows(rng: random.Random, sizes: WorldSizes, clean: list[dict]) -> tuple[list[dict], list[dict]]:
+    rows: list[dict] = []
+    planted: list[dict] = []
+
+    def plant(kind: str, text: str, source: str = "web", **record: Any) -> None:
+        row_id = f"{kind}:{len(rows)}"
+        rows.append({"id": row_id, "text": text, "source": source})
+        planted.append({"id": row_id, "kind": kind, **record})
+
+    prose = [r for r in clean if r["source"].startswith("docstrings/")]
+    for original in rng.sample(clean, min(sizes.exact_dups, len(clean))):
+        plant("exact_dup", original["text"], original["source"], of=original["id"])
+    long_prose = [r for r in prose if len(r["text"].split()) >= 40]
+    made = 0
+    for original in rng.sample(long_prose, len(long_prose)):
+        if made == sizes.near_dups:
+            break
+        edited = world_dirt.near_duplicate(rng, original["text"])
+        if edited is not None:
+            plant("near_dup", edited[0], original["source"], of=original["id"], jaccard=round(edited[1], 4))
+            made += 1
+    for _ in range(sizes.boilerplate):
+        plant("boilerplate", world_dirt.boilerplate(rng))
+    for _ in range(sizes.junk):
+        plant("junk", world_dirt.junk(rng))
+    for _ in range(sizes.short):
+        plant("short", world_dirt.short(rng, rng.choice(prose)["text"] if prose else "Click here."))
+    for _ in range(sizes.non_english):
+        lang, text = world_dirt.non_english(rng)
+        plant("non_english", text, f"web/{lang}")
+    return rows, planted
+
+
+def _stats(rows: list[dict], planted: list[dict]) -> dict[str, Any]:
+    kinds: dict[str, int] = {}
+    for record in planted:
+        kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
+    similarities = [r["jaccard"] for r in planted if "jaccard" in r]
+    stats: dict[str, Any] = {
+        "documents": len(rows),
+        "bytes": sum(len(r["text"].encode()) for r in rows),
+        **{f"planted_{k}": v for k, v in sorted(kinds.items())},
+    }
+    if similarities:
+        stats["near_dup_jaccard_min"] = min(similarities)
+        stats["near_dup_jaccard_mean"] = round(sum(similarities) / len(similarities), 4)
+        stats["near_dup_jaccard_max"] = max(similarities)
+    return stats
+
