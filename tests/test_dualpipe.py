@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
 from dsctl.parallel.dualpipe import DualPipe
 from dsctl.parallel.launch import spawn_workers
+from dsctl.parallel.model_stages import lm_loss, split_deepseek_v3
 from dsctl.parallel.onef1b import OneF1B
 
 WIDTH, VOCAB, SEQ = 8, 11, 3
@@ -78,6 +80,26 @@ def _run_case(schedule: str, kind: str, num_ranks: int, batch: int, num_mb: int,
     return {"loss": loss, "grads": {s: [p.grad.clone() for p in m.parameters()] for s, m in mine.items()}}
 
 
+def tiny_deepseek() -> DeepSeekV3:
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset("tiny", num_hidden_layers=2, seq_aux_loss_alpha=0.1, num_nextn_predict_layers=0)
+    return DeepSeekV3(cfg).train()
+
+
+def lm_batch(batch: int = 4, seq: int = 6) -> torch.Tensor:
+    return torch.randint(0, 2048, (batch, seq), generator=torch.Generator().manual_seed(5))
+
+
+def _run_deepseek_case(group) -> dict:
+    rank = dist.get_rank(group)
+    model = tiny_deepseek()
+    stages = split_deepseek_v3(model, 2)
+    ids = lm_batch()
+    loss = DualPipe((stages[rank], stages[1 - rank]), lm_loss, group).step(ids, ids, 4)
+    return {"loss": loss, "grads": {name: p.grad.clone() for name, p in model.named_parameters()
+                                    if p.grad is not None}}
+
+
 def _pipeline_job(info) -> dict:
     world = dist.group.WORLD
     pair = dist.new_group([0, 1])  # every rank must take part in creating a group
@@ -90,6 +112,7 @@ def _pipeline_job(info) -> dict:
     if info.rank < 2:
         results["dualpipe_p2"] = _run_case("dualpipe", "mlp", 2, 12, 6, pair)
         results["onef1b_p2"] = _run_case("onef1b", "lm", 2, 6, 3, pair)
+        results["deepseek_p2"] = _run_deepseek_case(pair)
     dist.barrier()
     return results
 
@@ -139,3 +162,22 @@ def test_onef1b_four_ranks_matches_single_process(job):
 
 def test_onef1b_two_ranks_token_model_matches_single_process(job):
     _assert_matches([r["onef1b_p2"] for r in job[:2]], reference("lm", 2, 6, 3), loss_ranks=[1])
+
+
+def test_dualpipe_runs_deepseek_v3_stages_like_compute_loss(job):
+    model = tiny_deepseek()
+    ids = lm_batch()
+    losses = []
+    for mb in ids.tensor_split(4):
+        out = compute_loss(model, mb, mtp_weight=0.0)
+        (out.loss / 4).backward()
+        losses.append(out.lm_loss.detach())
+    for rank in (0, 1):
+        res = job[rank]["deepseek_p2"]
+        torch.testing.assert_close(res["loss"], torch.stack(losses).mean(), rtol=1e-5, atol=1e-6)
+        # both ranks hold every parameter (stage i and the mirror copy of stage 1-i); an
+        # expert no token chose has a zero gradient there and none in the reference
+        assert res["grads"].keys() >= {n for n, p in model.named_parameters() if p.grad is not None}
+        for name, p in model.named_parameters():
+            want = p.grad if p.grad is not None else torch.zeros_like(p)
+            torch.testing.assert_close(res["grads"][name], want, rtol=1e-4, atol=1e-6, msg=name)

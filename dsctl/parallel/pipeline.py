@@ -102,6 +102,12 @@ class PipelineExecutor:
         param = next(iter(chunks.values())).parameters().__next__()
         self.device = param.device
         self.loss_scale = 1.0 / schedule.num_microbatches
+        # Stages that add auxiliary losses themselves (MoE balance) must scale them like
+        # the main loss; they opt in by defining set_loss_scale.
+        for chunk in chunks.values():
+            for module in chunk.modules():
+                if hasattr(module, "set_loss_scale"):
+                    module.set_loss_scale(self.loss_scale)
         self._inboxes = self._build_inboxes()
         self._sends: list[tuple[dist.Work, torch.Tensor]] = []
         self._saved: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
