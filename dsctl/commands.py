@@ -231,6 +231,44 @@ def gc(
     print(f"{verb} {len(doomed)} object(s), {len(stale)} staging dir(s), {freed / 1e6:.1f} MB")
 
 
+def export(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="A checkpoint: key, key prefix, recipe:stage or directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (created; must be empty)."),
+    format: str = typer.Option("hf", "--format", help="Export format; 'hf' = Hugging Face DeepseekV3."),
+    check: bool = typer.Option(False, "--check", help="Load the export with transformers and compare logits."),
+) -> None:
+    """Export a checkpoint as a Hugging Face model directory (config.json, model.safetensors,
+    tokenizer files) that `transformers.AutoModelForCausalLM.from_pretrained` opens.
+
+    Example:
+
+        dsctl export mini_r1:distill --out student-hf --check
+    """
+    from dsctl.train.artifacts import TOKENIZER_FILES
+
+    if format != "hf":
+        raise UserError(f"unknown export format '{format}'; supported: hf")
+    artifact = ctx.obj.store.resolve(ref, "checkpoint")
+    if artifact.kind != "checkpoint" or not (artifact.path / "config.json").is_file():
+        raise UserError(f"{ref} is a {artifact.kind}, not a checkpoint")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", *TOKENIZER_FILES):
+        if (artifact.path / name).is_file():
+            shutil.copy2(artifact.path / name, out / name)
+    print(out)
+    if check:
+        from dsctl.train.artifacts import check_hf_export
+
+        result = check_hf_export(out)
+        print(f"transformers: max |logit diff| = {result['max_logit_diff']:.2e}; "
+              f"tokenizer identical: {result['tokenizer_match']}")
+        if result["max_logit_diff"] > 1e-3 or result["tokenizer_match"] is False:
+            raise UserError(f"transformers does not reproduce dsctl on {out}: {result}")
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (run, status, show, ls, verify, gc):
+    for fn in (run, status, show, ls, verify, gc, export):
         app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)
