@@ -70,8 +70,11 @@ class _Fp8LinearFunction(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             # Dgrad reduces over N: dy tiles run along N; Wᵀ's blocks are W's blocks transposed.
+            # The 1-byte transpose is materialized because FP8 tensor-core MMAs (Hopper
+            # wgmma) read both operands K-major, i.e. contiguous along the reduction.
             dy_fp8, dy_s = ops.act_quant(dy, block)
-            dx = ops.fp8_gemm(dy_fp8, dy_s, w_fp8.t(), w_s.t(), out_dtype=torch.float32, block=block)
+            w_t = w_fp8.t().contiguous()
+            dx = ops.fp8_gemm(dy_fp8, dy_s, w_t, w_s.t(), out_dtype=torch.float32, block=block)
             dx = dx.to(x.dtype)
         if ctx.needs_input_grad[1]:
             # Wgrad reduces over tokens: quantize dyᵀ (N, M) and xᵀ (K, M) along M (strided views, no copy).

@@ -146,6 +146,9 @@ def _fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, M, N, K,
         # A fresh FP32 partial per K-block, then scaled into the FP32 accumulator:
         # this is the "promotion every 128 elements" of DeepSeek-V3, and the only
         # place the per-tile scales can enter, since they change from block to block.
+        # It also bounds tensor-core imprecision: on sm_90 Triton lets an FP8 dot
+        # accumulate at reduced precision for its whole K (max_num_imprecise_acc
+        # defaults to 2^30 there), and each dot here spans just one 128-wide block.
         partial = tl.dot(a, b, out_dtype=tl.float32)
         acc += partial * a_s[:, None] * b_s[None, :]
         a_ptrs += BLOCK_K * stride_ak
