@@ -6,10 +6,15 @@ each op receives what it needs, computes, and sends what it produced.
 Message ordering. Sends are non-blocking (``isend``, waited for at the end of the step)
 and receives block only when an op needs the tensor. Every rank can build the whole
 schedule, so it knows the exact order in which each neighbour sends to it; receives on a
-link are taken in that order (a message that arrives before it is needed is parked).
-That keeps matching correct on backends that ignore tags and match strictly in posting
-order (NCCL), and the only way to block is to wait for a tensor the sender has not yet
-produced, so a schedule that the simulator plays without deadlock runs without one.
+link are taken in that order (a message that arrives before it is needed is parked), so
+matching never relies on tags. With gloo the only way to block is to wait for a tensor
+the sender has not yet produced, so a schedule that the simulator plays without
+deadlock runs without one (tested on CPU for P=2 and P=4).
+
+NCCL caveat (not tested here: no multi-GPU machine): NCCL runs a pair's sends and
+receives on one stream, so an unmatched send can hold back a later receive from the same
+peer. A GPU run should batch each slot's receives with the previous slot's sends
+(``batch_isend_irecv``), as DeepSeek's DualPipe does; this executor does not yet.
 
 Each message is a small int64 header (dtype, shape) followed by the payload, so stage
 boundaries may change shape between micro-batches (e.g. a shorter last micro-batch).
@@ -99,8 +104,8 @@ class PipelineExecutor:
         if dist.get_world_size(group) != schedule.num_ranks:
             raise ValueError(f"{schedule.name} built for {schedule.num_ranks} ranks but the process group has "
                              f"{dist.get_world_size(group)}; launch with --nproc-per-node {schedule.num_ranks}")
-        param = next(iter(chunks.values())).parameters().__next__()
-        self.device = param.device
+        first_param = next(next(iter(chunks.values())).parameters(), None)
+        self.device = first_param.device if first_param is not None else torch.device("cpu")
         self.loss_scale = 1.0 / schedule.num_microbatches
         # Stages that add auxiliary losses themselves (MoE balance) must scale them like
         # the main loss; they opt in by defining set_loss_scale.
