@@ -17,7 +17,6 @@ around the math, not the numbers (see text_rules).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths
 from dsctl.data.quality import read_examples, train_quality_model
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.store import sha256_file
 
 
 @dataclass
@@ -157,21 +157,13 @@ def fingerprint(cfg: CleanConfig) -> dict:
     """The quality-example files' contents and the language model file are outside
     state the config only names: hash them so edits change the cache key."""
     files = expand_paths([*cfg.quality_good, *cfg.quality_bad]) if cfg.quality_good else []
-    extra = {str(p): _sha256(p) for p in files}
+    extra = {str(p): sha256_file(p) for p in files}
     if cfg.langid_threshold > 0 and "language" not in cfg.disabled_rules:
         from dsctl.data.langid import default_model_path
 
         model = cfg.langid_model or str(default_model_path())
-        extra["langid_model"] = _sha256(model)
+        extra["langid_model"] = sha256_file(model)
     return extra
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 STAGE = StageSpec(

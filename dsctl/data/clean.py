@@ -10,9 +10,14 @@ from typing import Any, Callable
 
 from dsctl.data.langid import LanguageIdentifier
 from dsctl.data.quality import QualityModel
-from dsctl.data.text_rules import RULES, Doc, normalize
+from dsctl.data.text_rules import LANGUAGE_ID_BEFORE, RULES, Doc, normalize
 
-RULE_NAMES = tuple(rule.__name__ for rule in RULES) + ("language", "quality")
+_HEURISTICS = tuple(rule.__name__ for rule in RULES)
+#: Every reason a row can be rejected for, in the order the checks run.
+RULE_NAMES = (
+    *_HEURISTICS[: _HEURISTICS.index(LANGUAGE_ID_BEFORE)], "language",
+    *_HEURISTICS[_HEURISTICS.index(LANGUAGE_ID_BEFORE):], "quality",
+)
 
 
 class Cleaner:
@@ -20,15 +25,15 @@ class Cleaner:
 
     def __init__(self, cfg: Any, quality: QualityModel | None = None):
         self.cfg = cfg
+        self.quality = quality
+        use_langid = cfg.langid_threshold > 0 and "language" not in cfg.disabled_rules
+        self.langid = LanguageIdentifier(cfg.langid_model or None) if use_langid else None
+        named = {rule.__name__: (lambda doc, rule=rule: rule(doc, cfg)) for rule in RULES}
+        named["language"] = self._wrong_language if use_langid else None
+        named["quality"] = self._low_quality if quality is not None else None
         self.checks: list[tuple[str, Callable[[Doc], bool]]] = [
-            (rule.__name__, lambda doc, rule=rule: rule(doc, cfg)) for rule in RULES if rule.__name__ not in cfg.disabled_rules
+            (name, named[name]) for name in RULE_NAMES if named[name] is not None and name not in cfg.disabled_rules
         ]
-        if cfg.langid_threshold > 0 and "language" not in cfg.disabled_rules:
-            self.langid = LanguageIdentifier(cfg.langid_model or None)
-            self.checks.append(("language", self._wrong_language))
-        if quality is not None:
-            self.quality = quality
-            self.checks.append(("quality", self._low_quality))
         self.counts: Counter[str] = Counter()
         self.languages: Counter[str] = Counter()
 
@@ -48,6 +53,7 @@ class Cleaner:
         # between them (docs about code name functions that read as no language).
         language, probability = self.langid.predict(" ".join(doc.plain_words))
         self.languages[language] += 1
+        doc.language = language
         return language not in self.cfg.languages or probability < self.cfg.langid_threshold
 
     def _low_quality(self, doc: Doc) -> bool:

@@ -64,6 +64,8 @@ class Doc:
 
     text: str
     row: dict[str, Any]
+    language: str | None = None
+    """Set by language ID when it ran: English-only rules skip other languages."""
 
     @cached_property
     def words(self) -> list[str]:
@@ -123,6 +125,10 @@ def boilerplate(doc: Doc, cfg: Any) -> bool:
 
 
 def stop_words(doc: Doc, cfg: Any) -> bool:
+    """Gopher's stop words are English: a document identified as another (allowed)
+    language is not judged by them."""
+    if doc.language not in (None, "en"):
+        return False
     return sum(w in STOP_WORDS for w in doc.lower_prose_words) < cfg.min_stop_words
 
 
@@ -217,9 +223,12 @@ def short_lines(doc: Doc, cfg: Any) -> bool:
     return short / len(doc.lines) > cfg.max_short_line_fraction
 
 
-#: The heuristic rules in the order they are tried (cheap, decisive ones first).
+#: The heuristic rules in the order they are tried: size and chrome first, then the
+#: character-level junk rules, then (language ID runs here, before `LANGUAGE_ID_BEFORE`)
+#: the word- and line-level rules, some of which assume English.
 RULES: tuple[Rule, ...] = (
-    min_words, max_words, boilerplate, stop_words, mean_word_length, symbol_word_ratio,
-    alpha_words, non_alpha_chars, bullet_lines, ellipsis_lines, duplicate_lines,
+    min_words, max_words, boilerplate, symbol_word_ratio, alpha_words, non_alpha_chars,
+    stop_words, mean_word_length, bullet_lines, ellipsis_lines, duplicate_lines,
     top_ngrams, duplicate_ngrams, line_punctuation, short_lines,
 )
+LANGUAGE_ID_BEFORE = "stop_words"

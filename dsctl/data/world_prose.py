@@ -177,6 +177,9 @@ def _docstring_groups() -> Iterator[tuple[str, Iterator[str]]]:
 
 def _module_docstrings(module: ModuleType) -> Iterator[str]:
     for obj in _documented_objects(module):
-        doc = inspect.getdoc(obj) if obj is module or inspect.isclass(obj) else obj.__doc__
+        # Reading attributes of deprecated aliases (typing.io, ...) warns; not our news.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            doc = inspect.getdoc(obj) if obj is module or inspect.isclass(obj) else obj.__doc__
         if isinstance(doc, str):
             yield inspect.cleandoc(doc)

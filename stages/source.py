@@ -1,0 +1,228 @@
+"""source: where raw text comes from — the built-in default world, your files, a dataset.
+
+Writes a corpus:
+
+    data/part-*.jsonl   rows {id, text, ...}: the default world's rows first, then rows
+                        from `paths` (JSONL/Parquet, in sorted file order), then rows of
+                        `dataset`; extra fields are carried through
+    planted.jsonl       the default world's answer key (which rows are planted dirt), for
+                        measuring clean and dedup; never read by them
+
+The default world (DESIGN.md §7, dsctl/data/world.py) is made offline from the seed:
+reasoning documents from dsctl/tasks (train split only), English prose from the
+installed Python's docstrings, and planted exact/near duplicates, boilerplate, junk,
+stubs and non-English passages. Set `world = "none"` to read only your own data.
+
+Unreadable input is counted, never fatal: malformed JSON lines, non-UTF-8 lines, rows
+without a text field and empty files show up as `read_*` counts in the summary. A path
+pattern that matches nothing is an error.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows
+from dsctl.data.world import WorldSizes, build_world
+from dsctl.errors import UserError
+from dsctl.stage import StageContext, StageSpec
+from dsctl.store import sha256_file
+from dsctl.tasks import FAMILIES
+
+_DEFAULT_SIZES = WorldSizes()
+
+
+@dataclass
+class SourceConfig:
+    world: Literal["default", "none"] = "default"
+    """"default": include the built-in offline world; "none": only `paths`/`dataset`."""
+    paths: list[str] = field(default_factory=list)
+    """JSONL or Parquet files, directories or glob patterns (`data/**/*.jsonl`) to read."""
+    dataset: str = ""
+    """A `datasets` name (loaded with `datasets.load_dataset`) or a local directory
+    (a `save_to_disk` folder is opened with `load_from_disk`, any other folder of
+    data files with `load_dataset`). "" = none."""
+    dataset_config: str = ""
+    """The dataset's configuration name, if it has several ("" = default)."""
+    dataset_split: str = "train"
+    """Which split of `dataset` to read."""
+    text_field: str = "text"
+    """Field of your rows holding the document text (written out as `text`)."""
+    id_field: str = "id"
+    """Field of your rows holding a document id; rows without one get `<file>:<row>`."""
+    task_docs_per_family: int = _DEFAULT_SIZES.task_docs_per_family
+    """Default world: worked reasoning documents per task family (train split only)."""
+    task_families: list[str] = field(default_factory=lambda: list(_DEFAULT_SIZES.task_families))
+    """Default world: which task families to include."""
+    task_difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Default world: per-family difficulty overrides, e.g. {arithmetic = {max_digits = 4}}."""
+    max_prose_docs: int = _DEFAULT_SIZES.max_prose_docs
+    """Default world: at most this many docstring prose documents (about 2,000 exist)."""
+    exact_dups: int = _DEFAULT_SIZES.exact_dups
+    """Default world: planted exact copies of clean documents."""
+    near_dups: int = _DEFAULT_SIZES.near_dups
+    """Default world: planted near copies (word-5-gram Jaccard 0.7-0.95 to the original)."""
+    boilerplate: int = _DEFAULT_SIZES.boilerplate
+    """Default world: planted cookie-banner/menu/footer pages."""
+    junk: int = _DEFAULT_SIZES.junk
+    """Default world: planted symbol and keyboard-mash junk."""
+    short: int = _DEFAULT_SIZES.short
+    """Default world: planted stubs of a few words."""
+    non_english: int = _DEFAULT_SIZES.non_english
+    """Default world: planted French/German/Spanish/Italian/Portuguese/Dutch passages."""
+    rows_per_shard: int = 50_000
+    """Rows per output JSONL shard."""
+
+    def __post_init__(self) -> None:
+        if self.world == "none" and not self.paths and not self.dataset:
+            raise ValueError("nothing to read: set `paths` or `dataset`, or use world = \"default\"")
+        unknown = set(self.task_families) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown task_families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
+
+    def sizes(self) -> WorldSizes:
+        return WorldSizes(
+            task_docs_per_family=self.task_docs_per_family, task_families=tuple(self.task_families),
+            max_prose_docs=self.max_prose_docs, exact_dups=self.exact_dups, near_dups=self.near_dups,
+            boilerplate=self.boilerplate, junk=self.junk, short=self.short, non_english=self.non_english,
+        )
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: SourceConfig = ctx.config
+    metrics: dict[str, Any] = {"documents": 0}
+    stats = ReadStats()
+    with ShardWriter(ctx.out / "data", cfg.rows_per_shard) as out:
+        if cfg.world == "default":
+            started = time.perf_counter()
+            world = build_world(ctx.seed, cfg.sizes(), cfg.task_difficulty)
+            for row in world.rows:
+                out.write(row)
+            _write_jsonl(ctx.out / "planted.jsonl", world.planted)
+            metrics["world_seconds"] = round(time.perf_counter() - started, 2)
+            metrics.update({f"world_{k}": v for k, v in world.stats.items()})
+        if cfg.paths:
+            files = expand_paths(cfg.paths)
+            with ctx.progress(len(files), "read files", unit="file") as bar:
+                for path in files:
+                    _copy_rows(_file_rows(path, stats, cfg), out)
+                    bar.advance()
+        if cfg.dataset:
+            with ctx.progress(None, f"read {cfg.dataset}", unit="doc") as bar:
+                for row in _dataset_rows(cfg, stats, ctx.scratch / "hf_cache"):
+                    out.write(row)
+                    bar.advance()
+        metrics["documents"] = out.rows
+    metrics.update(stats.as_dict())
+    ctx.info(f"wrote {metrics['documents']:,} documents")
+    return metrics
+
+
+def _copy_rows(rows: Iterator[dict], out: ShardWriter) -> None:
+    for row in rows:
+        out.write(row)
+
+
+def _normalize_row(row: dict[str, Any], cfg: SourceConfig, fallback_id: str) -> dict[str, Any]:
+    """Text under `text`, a string `id`, and only JSON-ready values (Parquet may hold
+    timestamps or bytes)."""
+    row = {k: _jsonable(v) for k, v in row.items()}
+    row["text"] = row.pop(cfg.text_field)
+    given = row.pop(cfg.id_field, None)
+    row = {"id": str(given) if given not in (None, "") else fallback_id, **row}
+    return row
+
+
+def _file_rows(path: Path, stats: ReadStats, cfg: SourceConfig) -> Iterator[dict]:
+    for i, row in enumerate(iter_rows([path], stats, cfg.text_field)):
+        yield _normalize_row(row, cfg, f"{path.name}:{i}")
+
+
+def _dataset_rows(cfg: SourceConfig, stats: ReadStats, cache_dir: Path) -> Iterator[dict]:
+    dataset = _load_dataset(cfg, cache_dir)
+    if cfg.text_field not in dataset.column_names:
+        raise UserError(
+            f"dataset '{cfg.dataset}' has no column '{cfg.text_field}' (columns: {', '.join(dataset.column_names)}); "
+            "set text_field"
+        )
+    name = Path(cfg.dataset).name or cfg.dataset
+    for i, row in enumerate(dataset):
+        if not isinstance(row.get(cfg.text_field), str):
+            stats.missing_text += 1
+            continue
+        stats.rows += 1
+        yield _normalize_row(row, cfg, f"{name}:{i}")
+
+
+def _load_dataset(cfg: SourceConfig, cache_dir: Path):
+    import datasets
+
+    local = Path(cfg.dataset)
+    try:
+        if local.is_dir() and any((local / f).exists() for f in ("state.json", "dataset_dict.json")):
+            loaded = datasets.load_from_disk(str(local))
+            if isinstance(loaded, datasets.DatasetDict):
+                if cfg.dataset_split not in loaded:
+                    raise UserError(f"dataset '{cfg.dataset}' has no split '{cfg.dataset_split}' (splits: {', '.join(loaded)})")
+                loaded = loaded[cfg.dataset_split]
+            return loaded
+        return datasets.load_dataset(
+            cfg.dataset, cfg.dataset_config or None, split=cfg.dataset_split, cache_dir=str(cache_dir)
+        )
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load this"
+        raise UserError(f"could not load dataset '{cfg.dataset}' (split '{cfg.dataset_split}'): {exc}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def fingerprint(cfg: SourceConfig) -> dict:
+    """What the config only names: the contents of the user's files, and the Python
+    version whose docstrings make the default world's prose."""
+    extra: dict[str, Any] = {}
+    if cfg.world == "default":
+        extra["python"] = platform.python_version()
+    if cfg.paths:
+        extra["files"] = {str(p): sha256_file(p) for p in expand_paths(cfg.paths)}
+    local = Path(cfg.dataset) if cfg.dataset else None
+    if local is not None and local.exists():
+        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+        extra["dataset_files"] = {str(p.relative_to(local) if local.is_dir() else p.name): sha256_file(p) for p in files}
+    return extra
+
+
+STAGE = StageSpec(
+    name="source",
+    version=1,
+    config=SourceConfig,
+    run=run,
+    output="corpus",
+    inputs={},
+    help="Gather raw text: the built-in offline default world (reasoning tasks, Python "
+    "docstring prose and planted dirt), your JSONL/Parquet files, or a `datasets` dataset.",
+    fingerprint=fingerprint,
+    example="dsctl source --set world=none --set 'paths=[\"data/*.jsonl\"]'",
+)
