@@ -3,8 +3,10 @@
 Everything here works on a *batch* of documents at once with numpy, so Python never
 loops over words, shingles or permutations of a single document:
 
-1. `normalize_text`: casefold + collapse whitespace (the same normalization exact dedup
-   hashes), so "Hello   World" and "hello world" are the same text.
+1. Words: exact dedup compares `normalize_text` (casefold + collapse whitespace), so
+   "Hello   World" and "hello world" are the same text; shingles are made of casefolded
+   `\\w+` words, so punctuation edits do not break 5-grams (the default world measures
+   its planted Jaccard the same way).
 2. Word hashes: the batch is joined into one UTF-8 byte array; each word's polynomial
    hash is a difference of one prefix sum (`cumsum` of byte * P^-j, mod 2^64), then a
    splitmix64 finalizer. No per-word Python call.
@@ -23,6 +25,7 @@ loops over words, shingles or permutations of a single document:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -70,52 +73,102 @@ def _power_table(base: int, n: int) -> np.ndarray:
     return _powers(base, size)[:n]
 
 
-# Bytes that str.split() treats as whitespace (ASCII range): the word separators.
+# Bytes that str.split() treats as whitespace (ASCII range): the separators of the
+# normalized text that exact dedup compares.
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+# Bytes that are not part of a `\w+` word (every ASCII byte but [0-9A-Za-z_]): shingle
+# words ignore punctuation, as the default world's planted Jaccard does.
+_NON_WORD = np.ones(256, dtype=bool)
+_NON_WORD[128:] = False
+for _lo, _hi in ((48, 57), (65, 90), (97, 122), (95, 95)):
+    _NON_WORD[_lo : _hi + 1] = False
+_WORD_RE = re.compile(r"\w+")
 
 
-def _casefolded_bytes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The batch casefolded and joined by newlines as one byte array, and each text's
-    starting byte. ASCII texts are only casefolded (whitespace runs are split on the bytes
-    later); other texts are fully normalized here so Unicode whitespace separates too."""
-    folded = [t.casefold() if t.isascii() else normalize_text(t) for t in texts]
-    lengths = np.fromiter((len(t) for t in folded), dtype=np.int64, count=len(folded))
-    joined = "\n".join(folded).encode("utf-8")
-    if len(joined) != lengths.sum() + max(len(folded) - 1, 0):  # some text was not ASCII
-        lengths = np.fromiter((len(t.encode("utf-8")) for t in folded), dtype=np.int64, count=len(folded))
-    starts = np.cumsum(lengths + 1) - (lengths + 1)
-    return np.frombuffer(joined, dtype=np.uint8), starts
+def shingle_words(text: str) -> list[str]:
+    """The words shingles are made of: casefolded `\\w+` runs (punctuation ignored)."""
+    return _WORD_RE.findall(text.casefold())
 
 
-def _segment_hashes(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, salt: int = 0) -> np.ndarray:
+@dataclass
+class _Bytes:
+    """A batch joined by newlines as one byte array, with each text's first byte and the
+    prefix sums that give any segment's polynomial hash in O(1)."""
+
+    data: np.ndarray
+    doc_starts: np.ndarray
+
+    @classmethod
+    def join(cls, texts: list[str]) -> "_Bytes":
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        joined = "\n".join(texts).encode("utf-8")
+        if len(joined) != lengths.sum() + max(len(texts) - 1, 0):  # some text was not ASCII
+            lengths = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+        return cls(np.frombuffer(joined, dtype=np.uint8), np.cumsum(lengths + 1) - (lengths + 1))
+
+    def words(self, separators: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hashes of the maximal runs of non-separator bytes, and runs per text."""
+        if self.data.size == 0:
+            return np.zeros(0, dtype=np.uint64), np.zeros(self.doc_starts.size, dtype=np.int64)
+        inside = ~separators[self.data]
+        before = np.concatenate(([False], inside[:-1]))
+        after = np.concatenate((inside[1:], [False]))
+        starts = np.flatnonzero(inside & ~before)
+        ends = np.flatnonzero(inside & ~after) + 1
+        counts = np.diff(np.concatenate((np.searchsorted(starts, self.doc_starts), [starts.size])))
+        return _segment_hashes(self.data, starts, ends, prefix=self._prefix), counts
+
+    @property
+    def _prefix(self) -> np.ndarray:
+        if not hasattr(self, "_prefix_cache"):
+            self._prefix_cache = _prefix_sums(self.data)
+        return self._prefix_cache
+
+
+def _prefix_sums(values: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        weighted = values.astype(np.uint64) * _power_table(_P_INV, values.size)
+        return np.concatenate(([np.uint64(0)], np.cumsum(weighted, dtype=np.uint64)))
+
+
+def _segment_hashes(
+    values: np.ndarray, starts: np.ndarray, ends: np.ndarray, salt: int = 0, prefix: np.ndarray | None = None
+) -> np.ndarray:
     """Mixed polynomial hash of each segment values[s:e], independent of where it sits.
 
     prefix[j] = sum_{i<j} v_i * P^-i (mod 2^64), so (prefix[e] - prefix[s]) * P^s is
     sum_k v_{s+k} * P^-k: one cumsum for all segments, no per-segment loop.
     """
+    prefix = _prefix_sums(values) if prefix is None else prefix
     with np.errstate(over="ignore"):
-        weighted = values.astype(np.uint64) * _power_table(_P_INV, values.size)
-        prefix = np.concatenate(([np.uint64(0)], np.cumsum(weighted, dtype=np.uint64)))
         raw = (prefix[ends] - prefix[starts]) * _power_table(_P, values.size + 1)[starts]
         raw += (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt)
     return _mix64(raw)
 
 
+def hash_batch(texts: list[str], digests: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(shingle-word hashes, words per text, exact digests or None) of a batch.
+
+    All-ASCII text (the common case) is casefolded and turned into bytes once; both
+    tokenizations (whitespace words for the exact digest, `\\w+` words for shingles) are
+    read off the same byte array. Non-ASCII text is pre-tokenized in Python so Unicode
+    whitespace and word characters are handled as `str.split` and `re` define them.
+    """
+    folded = [t.casefold() for t in texts]
+    ascii_only = all(t.isascii() for t in folded)
+    exact_bytes = _Bytes.join(folded if ascii_only else [" ".join(t.split()) for t in folded])
+    word_bytes = exact_bytes if ascii_only else _Bytes.join([" ".join(_WORD_RE.findall(t)) for t in folded])
+    words, counts = word_bytes.words(_NON_WORD)
+    digest = text_digests(*exact_bytes.words(_WHITESPACE)) if digests else None
+    return words, counts, digest
+
+
 def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of every word of a batch of texts (normalized as `normalize_text`
-    does), concatenated. Returns (hashes, words_per_doc)."""
-    data, doc_starts = _casefolded_bytes(texts)
-    if data.size == 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(len(texts), dtype=np.int64)
-    text_byte = ~_WHITESPACE[data]
-    before = np.concatenate(([False], text_byte[:-1]))
-    after = np.concatenate((text_byte[1:], [False]))
-    starts = np.flatnonzero(text_byte & ~before)
-    ends = np.flatnonzero(text_byte & ~after) + 1
-    first_word = np.searchsorted(starts, doc_starts)
-    counts = np.diff(np.concatenate((first_word, [starts.size])))
-    return _segment_hashes(data, starts, ends), counts
+    """64-bit hashes of the shingle words (`shingle_words`) of a batch, concatenated.
+    Returns (hashes, words_per_doc)."""
+    words, counts, _ = hash_batch(texts, digests=False)
+    return words, counts
 
 
 def text_digests(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -127,6 +180,11 @@ def text_digests(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
         [_segment_hashes(words, starts, ends, salt=1), _segment_hashes(words ^ np.uint64(0x5851F42D4C957F2D), starts, ends, salt=2)],
         axis=1,
     )
+
+
+def exact_digests(texts: list[str]) -> np.ndarray:
+    """128-bit digests of `normalize_text` of each text (equal iff normalized texts are)."""
+    return hash_batch(texts)[2]
 
 
 def shingle_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -294,7 +352,7 @@ def optimal_bands(
 
 def shingle_set(text: str) -> set[str]:
     """Reference (pure Python) word-5-gram shingle set of a text, for tests and ground truth."""
-    words = normalize_text(text).split(" ") if text.strip() else []
+    words = shingle_words(text)
     if not words:
         return set()
     if len(words) < SHINGLE_WORDS:

@@ -1,0 +1,258 @@
+"""Near-duplicate removal: dsctl vs datasketch vs rensa on one planted corpus, one run.
+
+    python benchmarks/bench_dedup.py                 # 100k documents, ~1-2 minutes
+    python benchmarks/bench_dedup.py --docs 20000 --workers 2
+
+Every method sees the same texts and the same normalization and word-5-gram shingles,
+uses 128 permutations and the same LSH banding (16 bands × 8 rows, what threshold 0.8
+gives with false-negative weight 0.95 in both dsctl and datasketch), and runs as its own
+subprocess so its peak RSS is its own. Timed work, from texts already in memory:
+
+- dsctl (1 process): word/shingle hashing, MinHash signatures, band keys, candidate
+  pairs for the whole batch (`dsctl.data.dedup._scan_batch` + `candidate_pairs`).
+- datasketch / rensa per document: build the shingle strings, `MinHash`/`RMinHash`,
+  `lsh.query` then `lsh.insert` (the streaming dedup loop of both READMEs).
+- rensa bulk: shingle strings, `RMinHash.digest_matrix_from_token_sets` and
+  `RMinHashLSH.insert_matrix_and_query_duplicate_flags` (its fastest path).
+- dsctl stage pipeline: the dedup stage's whole job from JSONL files on disk with
+  `--workers` processes: read, exact + near dedup, true-Jaccard check, write outputs.
+
+Precision/recall are measured against the planted sidecar with
+`dsctl.data.dedup.planted_quality` (ground truth documented there): a planted near-dup
+of true Jaccard >= threshold must be merged with its original; a removal is correct
+when the survivor is in the removed row's planted family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, iter_rows  # noqa: E402
+from dsctl.data.dedup import (  # noqa: E402
+    DedupParams,
+    RunOptions,
+    _scan_batch,
+    find_duplicates,
+    planted_quality,
+    read_decisions,
+    synthetic_corpus,
+    write_decisions,
+)
+from dsctl.data.minhash import candidate_pairs, normalize_text  # noqa: E402
+
+THRESHOLD, NUM_PERM, BANDS, ROWS = 0.8, 128, 16, 8
+
+
+def shingles(text: str) -> list[str]:
+    words = normalize_text(text).split(" ")
+    return [" ".join(words[i : i + 5]) for i in range(max(len(words) - 4, 1))]
+
+
+def load(corpus: Path, limit: int) -> tuple[list[str], list[str]]:
+    ids, texts = [], []
+    for row in iter_rows(corpus_files(corpus), ReadStats()):
+        if limit and len(ids) >= limit:
+            break
+        ids.append(row["id"])
+        texts.append(row["text"])
+    return ids, texts
+
+
+def run_dsctl(texts: list[str], **_) -> dict:
+    import numpy as np
+
+    start = time.perf_counter()
+    keys = [_scan_batch((texts[i : i + 512], NUM_PERM, 1, BANDS, ROWS))[1] for i in range(0, len(texts), 512)]
+    pairs = candidate_pairs(np.concatenate(keys))
+    return {"seconds": time.perf_counter() - start, "candidate_pairs": int(len(pairs))}
+
+
+def run_streaming_peer(texts: list[str], ids: list[str], make_hash, lsh) -> tuple[float, dict]:
+    decisions: dict[str, tuple[str, str] | None] = {}
+    start = time.perf_counter()
+    for i, text in enumerate(texts):
+        m = make_hash(shingles(text))
+        found = lsh.query(m)
+        if found:
+            decisions[ids[i]] = ("near_duplicate", ids[min(found)])
+        else:
+            lsh.insert(i, m)
+            decisions[ids[i]] = None
+    return time.perf_counter() - start, decisions
+
+
+def run_datasketch(texts, ids, **_) -> dict:
+    from datasketch import MinHash, MinHashLSH
+
+    def make(sh):
+        m = MinHash(num_perm=NUM_PERM, seed=1)
+        m.update_batch([s.encode("utf-8") for s in sh])
+        return m
+
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, weights=(0.05, 0.95))
+    assert lsh.b == BANDS and lsh.r == ROWS, (lsh.b, lsh.r)
+    seconds, decisions = run_streaming_peer(texts, ids, make, lsh)
+    return {"seconds": seconds, "decisions": decisions}
+
+
+def run_rensa(texts, ids, **_) -> dict:
+    from rensa import RMinHash, RMinHashLSH
+
+    def make(sh):
+        m = RMinHash(num_perm=NUM_PERM, seed=1)
+        m.update(sh)
+        return m
+
+    seconds, decisions = run_streaming_peer(texts, ids, make, RMinHashLSH(THRESHOLD, NUM_PERM, BANDS))
+    return {"seconds": seconds, "decisions": decisions}
+
+
+def run_rensa_bulk(texts, **_) -> dict:
+    from rensa import RMinHash, RMinHashLSH
+
+    lsh = RMinHashLSH(THRESHOLD, NUM_PERM, BANDS)
+    start = time.perf_counter()
+    flagged = 0
+    for i in range(0, len(texts), 4096):
+        matrix = RMinHash.digest_matrix_from_token_sets([shingles(t) for t in texts[i : i + 4096]], NUM_PERM, 1)
+        flagged += sum(lsh.insert_matrix_and_query_duplicate_flags(matrix, start_key=i))
+    return {"seconds": time.perf_counter() - start, "flagged": flagged}
+
+
+def run_pipeline(corpus: Path, workers: int, out: Path) -> dict:
+    files = corpus_files(corpus)
+    start = time.perf_counter()
+    result = find_duplicates(files, DedupParams(threshold=THRESHOLD), RunOptions(workers=workers))
+    with ShardWriter(out / "data") as kept, ShardWriter(out / "rejected") as rejected:
+        write_decisions(files, result, kept, rejected)
+    seconds = time.perf_counter() - start
+    decisions = read_decisions(corpus_files(out), corpus_files(out, "rejected"))
+    return {"seconds": seconds, "decisions": decisions, "bands": [result.bands, result.rows]}
+
+
+def method_main(args: argparse.Namespace) -> None:
+    """One method in this (sub)process; prints one JSON line."""
+    corpus = Path(args.corpus)
+    if args.method == "pipeline":
+        res = run_pipeline(corpus, args.workers, Path(args.out))
+        docs = len(res["decisions"])
+    else:
+        ids, texts = load(corpus, args.limit)
+        runner = {"dsctl": run_dsctl, "datasketch": run_datasketch, "rensa": run_rensa, "rensa-bulk": run_rensa_bulk}
+        res = runner[args.method](texts=texts, ids=ids)
+        docs = len(texts)
+    decisions = res.pop("decisions", None)
+    if decisions is not None:
+        planted = {}
+        with open(corpus / "planted.jsonl") as fh:
+            for line in fh:
+                row = json.loads(line)
+                planted[row["id"]] = row
+        res["quality"] = planted_quality(planted, decisions, THRESHOLD)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    res.update(docs=docs, docs_per_s=docs / res["seconds"], peak_rss_mb=own / 1024, child_peak_rss_mb=children / 1024)
+    print(json.dumps(res))
+
+
+def build_corpus(n_docs: int, directory: Path) -> None:
+    try:  # the default world, when it can make a planted corpus of the requested size
+        from dsctl.data import world  # noqa: F401
+
+        print("note: dsctl.data.world exists; this benchmark still uses its own generator for a fixed size")
+    except ImportError:
+        pass
+    rows, planted = synthetic_corpus(n_docs, seed=0)
+    with ShardWriter(directory / "data", 25_000) as writer:
+        for row in rows:
+            writer.write(row)
+    with open(directory / "planted.jsonl", "w") as fh:
+        for row in planted:
+            fh.write(json.dumps(row) + "\n")
+
+
+def run_method(method: str, corpus: Path, limit: int, workers: int, out: Path) -> dict | None:
+    cmd = [sys.executable, __file__, "--method", method, "--corpus", str(corpus), "--limit", str(limit),
+           "--workers", str(workers), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"  {method}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--datasketch-docs", type=int, default=20_000,
+                        help="datasketch is ~10x slower: it runs on the first N documents (0 = all)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.method:
+        method_main(args)
+        return
+    report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        t0 = time.perf_counter()
+        build_corpus(args.docs, corpus)
+        print(f"corpus: {args.docs:,} docs (planted near/exact dups) built in {time.perf_counter() - t0:.1f}s; "
+              f"cpus={os.cpu_count()} workers={args.workers}")
+        try:
+            import rensa  # noqa: F401
+            from importlib.metadata import version
+
+            rensa_version = version("rensa")
+        except ImportError:
+            rensa_version = None
+        from importlib.metadata import version
+
+        plan = [("dsctl", "dsctl (1 process, in memory)", 0), ("datasketch", f"datasketch {version('datasketch')} per-doc", args.datasketch_docs)]
+        if rensa_version:
+            plan += [("rensa", f"rensa {rensa_version} per-doc", 0), ("rensa-bulk", f"rensa {rensa_version} bulk matrix", 0)]
+        else:
+            print("rensa is not installed (pip install rensa); skipped")
+        plan.append(("pipeline", f"dsctl stage pipeline ({args.workers} workers, from disk)", 0))
+        results = {}
+        for method, label, limit in plan:
+            res = run_method(method, corpus, limit, args.workers, Path(tmp) / f"out-{method}")
+            if res:
+                results[method] = (label, res)
+        print(f"\n{'method':48s} {'docs':>8s} {'docs/s':>10s} {'peak RSS MB':>12s} {'precision':>9s} {'recall':>7s}")
+        for method, (label, res) in results.items():
+            q = res.get("quality", {})
+            rss = max(res["peak_rss_mb"], res["child_peak_rss_mb"]) if method == "pipeline" else res["peak_rss_mb"]
+            prec = f"{q['precision']:.4f}" if q else "-"
+            rec = f"{q['recall']:.4f}" if q else "-"
+            print(f"{label:48s} {res['docs']:8,d} {res['docs_per_s']:10,.0f} {rss:12.0f} {prec:>9s} {rec:>7s}")
+        ours = results.get("dsctl", (None, {}))[1].get("docs_per_s")
+        print()
+        for method in ("datasketch", "rensa", "rensa-bulk"):
+            if ours and method in results:
+                print(f"dsctl / {method}: {ours / results[method][1]['docs_per_s']:.1f}x")
+        if ours and "pipeline" in results:
+            print(f"pipeline / datasketch: {results['pipeline'][1]['docs_per_s'] / results['datasketch'][1]['docs_per_s']:.1f}x")
+        if "pipeline" in results:
+            q = results["pipeline"][1]["quality"]
+            print(f"pipeline quality: {json.dumps(q)}")
+
+
+if __name__ == "__main__":
+    main()
