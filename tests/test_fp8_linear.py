@@ -68,7 +68,9 @@ def test_dgrad_tiles_dy_along_out_features_and_reuses_transposed_weight_blocks()
     _, grads = _grads(fp8, x, dy)
     dy_q, dy_s = ref.act_quant(dy)
     w_q, w_s = ref.weight_quant(lin.weight.detach())
-    assert torch.equal(grads["x"], ref.fp8_gemm(dy_q, dy_s, w_q.t(), w_s.t()))
+    # Not bit-equal: CPU BLAS may sum a contiguous and a transposed operand in different
+    # orders. Any other tiling would be off by percents, not by FP32 round-off.
+    assert _rel(grads["x"], ref.fp8_gemm(dy_q, dy_s, w_q.t(), w_s.t())) < 1e-6
 
 
 def test_wgrad_tiles_both_operands_along_tokens():
