@@ -1,0 +1,60 @@
+"""GRPO hyper-parameters. Where each default comes from:
+
+DeepSeekMath (Shao et al. 2024, §4.2) trained its 7B model with G = 64 samples per
+question, lr 1e-6, β = 0.04, batch 1024 (16 questions), one update per rollout (μ = 1) and
+ε = 0.2 (PPO's default, which their GRPO objective inherits). DeepSeek-R1 (2025) uses the
+same objective with rule-based accuracy + format rewards. Those numbers fit a 7B model
+that already solves many problems and weeks of GPU time; the CPU recipe has a ~6M-parameter
+SFT'd model and ~3 minutes on 2 cores, so the defaults below keep the algorithm and scale
+the budget: G = 8 (enough spread within a group for a non-zero advantage on most
+prompts), 4 prompts per step, short completions, and a much larger learning rate (a tiny
+model moves little per step at 1e-6; 2e-5 was the largest that did not collapse the
+format rate in our runs). ε, β and μ keep the papers' values where the papers give them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dsctl.train.config import TrainConfig
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    max_steps: int = 40
+    """GRPO steps; each step = one rollout batch and `update_epochs` optimizer updates."""
+    lr: float = 2e-5
+    """Peak AdamW learning rate (DeepSeekMath: 1e-6 for 7B; raised for a ~6M model on CPU)."""
+    warmup_steps: int = 0
+    """Warm-up steps (the policy starts from an SFT model, so there is nothing to warm)."""
+    schedule: Literal["cosine", "wsd", "constant"] = "constant"
+    """DeepSeekMath's RL used a constant learning rate."""
+    weight_decay: float = 0.0
+    """No decay: RL steps are few and the KL term already anchors the weights."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every this many GRPO steps (and at the end)."""
+    group_size: int = 8
+    """G, completions sampled per prompt (DeepSeekMath: 64)."""
+    prompts_per_step: int = 4
+    """Prompts per rollout batch (DeepSeekMath: 16 questions × 64 = 1024 samples)."""
+    max_new_tokens: int = 96
+    """Completion length cap; a cut completion has no closed answer and scores 0."""
+    temperature: float = 1.0
+    """Sampling temperature of rollouts (R1: 1.0); log-probs are scored at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling of rollouts; 1.0 keeps the sampled policy equal to the trained one."""
+    clip_eps: float = 0.2
+    """ε of the clipped importance ratio (DeepSeekMath/PPO: 0.2)."""
+    kl_coef: float = 0.04
+    """β, weight of the k3 KL to the reference policy (DeepSeekMath: 0.04; 0 skips the reference)."""
+    update_epochs: int = 1
+    """μ, optimizer updates per rollout batch (DeepSeekMath: 1). With μ > 1 the ratio moves
+    away from 1 and the clip starts to bite."""
+    ref_refresh_every: int = 0
+    """Copy the policy into the reference every this many steps (0 = keep the input
+    checkpoint as reference; DeepSeekMath's iterative RL refreshed it)."""
+    skip_uniform_groups: bool = True
+    """Leave groups whose G rewards are all equal out of the update: their advantages are 0,
+    so they carry no policy gradient and would only dilute the token average (DAPO's
+    dynamic-sampling observation) and cost a forward/backward."""

@@ -1,0 +1,95 @@
+"""The GRPO objective (DeepSeekMath §4.1, DeepSeek-R1 §2.2.1), one equation per function.
+
+For a prompt q, G completions o_1..o_G are sampled from the old policy and scored with
+rule-based rewards r_i. Then, per completion token t of o_i:
+
+    A_i       = (r_i − mean(r)) / (std(r) + eps)                  group-relative advantage
+    ratio_i,t = π_θ(o_i,t | q, o_i,<t) / π_old(o_i,t | q, o_i,<t)
+    surr_i,t  = min(ratio · A_i, clip(ratio, 1 − ε, 1 + ε) · A_i)  PPO clipped surrogate
+    kl_i,t    = π_ref/π_θ − log(π_ref/π_θ) − 1                     k3 estimator, ≥ 0
+    loss      = − Σ_i,t mask · (surr − β · kl) / Σ_i,t mask
+
+Normalization — token level (DAPO, Yu et al. 2025 §3.3), not DeepSeekMath's per-sequence
+mean then group mean. The per-sequence mean gives every completion the same total weight,
+so each token of a long completion counts less than a token of a short one: a long wrong
+answer is punished less per token than a short one, which pushes wrong answers to grow.
+Averaging over all completion tokens of the batch weights every token alike. (Dr. GRPO
+additionally drops the std division; we keep it, as DeepSeekMath/R1 do, because binary
+rewards on a small group make the raw spread vary a lot between prompts.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ADVANTAGE_EPS = 1e-4
+"""Added to the group std: a group whose rewards are all equal gets advantage 0, not NaN."""
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = ADVANTAGE_EPS) -> torch.Tensor:
+    """rewards (N·G,), consecutive groups of `group_size` -> advantages (N·G,).
+
+    The std is the population std (÷G), as in the reference implementations that
+    normalize a group of samples by its own spread.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    groups = rewards.float().view(-1, group_size)
+    mean = groups.mean(-1, keepdim=True)
+    std = groups.std(-1, unbiased=False, keepdim=True)
+    return ((groups - mean) / (std + eps)).view(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π_θ ‖ π_ref) (Schulman 2020): unbiased, always ≥ 0,
+    and exactly 0 where the two policies agree. The log-ratio is clamped so a token the
+    reference finds very unlikely cannot overflow exp()."""
+    log_ratio = (ref_logp - logp).clamp(-20.0, 20.0)
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+@dataclass
+class LossParts:
+    """The loss to backpropagate and what to log about it (plain floats but `loss`)."""
+
+    loss: torch.Tensor
+    policy_loss: float
+    """−mean clipped surrogate over completion tokens."""
+    kl: float
+    """Mean k3 KL to the reference over completion tokens."""
+    clip_fraction: float
+    """Share of completion tokens whose ratio was clipped (the clip changed the objective)."""
+    ratio_mean: float
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+              advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float, kl_coef: float) -> LossParts:
+    """Token-level GRPO loss. logp/old_logp/ref_logp/mask (B, C); advantages (B,).
+
+    mask is 1 on completion tokens (through the stop token) and 0 on padding.
+    ref_logp may be None when kl_coef is 0 (no reference forward needed).
+    """
+    mask = mask.to(logp.dtype)
+    n_tokens = mask.sum().clamp(min=1.0)
+    adv = advantages.to(logp.dtype)[:, None]
+    ratio = torch.exp(logp - old_logp)
+    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    surrogate = torch.minimum(ratio * adv, clipped * adv)
+    per_token = -surrogate
+    if kl_coef > 0 and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs reference log-probs")
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    if kl_coef > 0:
+        per_token = per_token + kl_coef * kl
+    loss = (per_token * mask).sum() / n_tokens
+    with torch.no_grad():
+        was_clipped = (clipped * adv < ratio * adv).to(mask.dtype)  # min() picked the clipped term
+        return LossParts(
+            loss=loss,
+            policy_loss=float((-surrogate * mask).sum() / n_tokens),
+            kl=float((kl * mask).sum() / n_tokens),
+            clip_fraction=float((was_clipped * mask).sum() / n_tokens),
+            ratio_mean=float((ratio * mask).sum() / n_tokens),
+        )

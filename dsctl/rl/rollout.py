@@ -1,0 +1,138 @@
+"""Rollouts for GRPO: pick prompts, sample a group of completions per prompt, score them
+with the rule-based rewards, and lay them out for log-prob scoring.
+
+    problems = step_problems(pool, n_prompts=4, seed=0, step=12)
+    ro = rollout(model, tokenizer, problems, group_size=8, max_new_tokens=96, seed=step_seed(0, 12))
+    batch = ro.batch(pad_id)            # left-padded prompts + right-padded completions
+    logp, balance = completion_logprobs(model, batch)   # (B, C) log π(o_t | q, o_<t)
+
+Everything random is a pure function of (seed, step): which prompts, and the sampler's
+generator seed. A run resumed at step s therefore samples exactly what an uninterrupted
+run would have sampled at step s.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dsctl.sampling import stop_token_ids
+from dsctl.tasks import Problem, reward
+
+
+def step_problems(pool: Sequence[Problem], n_prompts: int, seed: int, step: int) -> list[Problem]:
+    """`n_prompts` distinct problems of the training pool for step `step` (without
+    replacement within a step; a string seed, so it does not depend on Python's hash salt)."""
+    if n_prompts > len(pool):
+        raise ValueError(f"prompts_per_step={n_prompts} exceeds the training pool of {len(pool)} problems")
+    return random.Random(f"grpo-prompts:{seed}:{step}").sample(list(pool), n_prompts)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampler seed for step `step` of a run seeded `seed`."""
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1)
+
+
+@dataclass
+class ScoringBatch:
+    """(prompt, completion) rows laid out for one forward pass.
+
+    Prompts are left-padded to a common length P, completions right-padded to C, so every
+    completion starts at column P and its log-probs are one slice of the logits.
+    """
+
+    input_ids: torch.Tensor
+    """(B, P + C) token ids, pad where attention_mask is 0."""
+    attention_mask: torch.Tensor
+    """(B, P + C) 1 on real tokens (prompt and completion), 0 on padding."""
+    completion_mask: torch.Tensor
+    """(B, C) 1 on completion tokens up to and including the stop token."""
+    prompt_len: int
+    """P: the column where completions start."""
+
+
+def build_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> ScoringBatch:
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError("build_batch needs one completion per prompt and at least one row")
+    if any(len(c) == 0 for c in completions):
+        raise ValueError("every completion needs at least one token")
+    B, P, C = len(prompts), max(len(p) for p in prompts), max(len(c) for c in completions)
+    ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros(B, P + C, dtype=torch.long)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        ids[row, P - len(p):P] = torch.tensor(list(p), dtype=torch.long)
+        ids[row, P:P + len(c)] = torch.tensor(list(c), dtype=torch.long)
+        attn[row, P - len(p):P + len(c)] = 1
+    return ScoringBatch(ids, attn, attn[:, P:].clone(), P)
+
+
+def completion_logprobs(model, batch: ScoringBatch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(o_t | q, o_<t) for every completion column, (B, C), and the forward's MoE
+    balance loss. Completion token t sits at column P + t and is predicted by the logits at
+    P + t − 1, so only the last C + 1 positions need the output head. Logits are divided by
+    the sampling temperature so the scored policy is the one that was sampled from."""
+    device = model.embed_tokens.weight.device
+    ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
+    C = ids.shape[1] - batch.prompt_len
+    out = model(ids, attention_mask=attn, logits_to_keep=C + 1, return_outputs=True)
+    logits = out.logits[:, :-1].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    targets = ids[:, batch.prompt_len:]
+    logp = F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return logp, out.balance_loss
+
+
+@dataclass
+class Rollout:
+    """G completions for each of N prompts, group by group (row i belongs to prompt i // G)."""
+
+    problems: list[Problem]
+    """The problem of each row (each repeated G times)."""
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    """Generated ids, the stop token included when one ended the row."""
+    texts: list[str]
+    rewards: torch.Tensor
+    """(N·G,) total reward: correct + FORMAT_WEIGHT · format."""
+    correct: torch.Tensor
+    formatted: torch.Tensor
+    truncated: torch.Tensor
+    """(N·G,) 1 where max_new_tokens cut the completion."""
+    seconds: float
+
+    def batch(self, pad_id: int) -> ScoringBatch:
+        return build_batch(self.prompt_ids, self.completion_ids, pad_id)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+def rollout(model, tokenizer, problems: Sequence[Problem], *, group_size: int, max_new_tokens: int,
+            temperature: float, top_p: float, seed: int) -> Rollout:
+    """Sample `group_size` completions per problem (one batched generate call) and reward them."""
+    from dsctl.model import generate
+
+    rows = [p for p in problems for _ in range(group_size)]
+    prompt_ids = [tokenizer.chat_prompt(p.prompt) for p in rows]
+    started = time.perf_counter()
+    result = generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                      stop_token_ids=stop_token_ids(tokenizer), seed=seed)
+    seconds = time.perf_counter() - started
+    drop = {tokenizer.eos_id, getattr(tokenizer, "pad_id", None)}
+    texts = [tokenizer.decode([t for t in tokens if t not in drop]) for tokens in result.tokens]
+    scores = [reward(p, text) for p, text in zip(rows, texts)]
+    return Rollout(
+        problems=rows, prompt_ids=prompt_ids, completion_ids=[list(t) for t in result.tokens], texts=texts,
+        rewards=torch.tensor([s["total"] for s in scores], dtype=torch.float32),
+        correct=torch.tensor([s["correct"] for s in scores], dtype=torch.float32),
+        formatted=torch.tensor([s["format"] for s in scores], dtype=torch.float32),
+        truncated=torch.tensor([r == "length" for r in result.finish_reasons], dtype=torch.float32),
+        seconds=seconds,
+    )

@@ -1,0 +1,85 @@
+"""GRPO equations: group advantages, k3 KL, the clipped token-level objective."""
+
+import math
+
+import pytest
+import torch
+
+from dsctl.rl import group_advantages, grpo_loss, k3_kl
+
+
+def test_advantages_match_hand_computed_group():
+    # Group 1: rewards 1, 0, 0, 1.1 -> mean 0.525, population std = sqrt(mean of squared deviations).
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.1, 0.1, 0.1, 0.1, 0.1])
+    adv = group_advantages(rewards, group_size=4, eps=0.0 + 1e-12)
+    dev = [0.475, -0.525, -0.525, 0.575]
+    std = math.sqrt(sum(d * d for d in dev) / 4)
+    assert adv[:4].tolist() == pytest.approx([d / std for d in dev], rel=1e-5)
+    assert adv[4:].abs().max() == 0.0  # a uniform group gets zero advantage, not NaN
+
+
+def test_advantages_reject_a_partial_group():
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_advantages(torch.zeros(6), group_size=4)
+
+
+def test_k3_kl_is_zero_for_identical_policies_and_nonnegative_otherwise():
+    torch.manual_seed(0)
+    logp = torch.randn(4, 7)
+    assert k3_kl(logp, logp).abs().max() == 0.0
+    other = logp + torch.randn(4, 7)
+    assert (k3_kl(logp, other) >= 0).all()
+    assert k3_kl(logp, other).sum() > 0
+
+
+def test_clipped_objective_matches_hand_computation():
+    # One sequence, three tokens: ratios e^0.5 (clipped for A>0), 1, e^-0.5.
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.5, 0.0, -0.5], [0.5, 0.0, -0.5]])
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    parts = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2, kl_coef=0.0)
+    r = [math.exp(0.5), 1.0, math.exp(-0.5)]
+    # A = +1: min(r·A, clip(r)·A) per token = [1.2, 1, e^-0.5]; A = -2 (last token masked):
+    # min(-2r, -2 clip(r)) = [-2 e^0.5, -2].
+    surrogate = [1.2, 1.0, r[2], -2 * r[0], -2.0]
+    expected = -sum(surrogate) / 5  # token-level: every unmasked token weighs the same
+    assert float(parts.loss) == pytest.approx(expected, rel=1e-6)
+    assert parts.clip_fraction == pytest.approx(1 / 5)  # only token (0, 0) took the clipped branch
+
+
+def test_kl_term_is_added_with_weight_beta():
+    torch.manual_seed(1)
+    logp, ref = torch.randn(3, 4), torch.randn(3, 4)
+    mask = torch.ones(3, 4)
+    adv = torch.zeros(3)
+    parts = grpo_loss(logp, logp, ref, adv, mask, clip_eps=0.2, kl_coef=0.5)
+    assert float(parts.loss) == pytest.approx(0.5 * float(k3_kl(logp, ref).mean()), rel=1e-6)
+    assert parts.kl == pytest.approx(float(k3_kl(logp, ref).mean()), rel=1e-6)
+
+
+def test_equal_rewards_give_zero_policy_gradient():
+    torch.manual_seed(2)
+    logits = torch.randn(4, 5, 11, requires_grad=True)
+    targets = torch.randint(0, 11, (4, 5))
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    adv = group_advantages(torch.full((4,), 0.7), group_size=4)
+    # Reference = the policy itself: the KL term has zero gradient there too.
+    parts = grpo_loss(logp, logp.detach(), logp.detach(), adv, torch.ones(4, 5), clip_eps=0.2, kl_coef=0.04)
+    parts.loss.backward()
+    assert logits.grad.abs().max() == 0.0
+
+
+def test_unequal_rewards_give_a_policy_gradient_toward_the_better_completion():
+    logits = torch.zeros(2, 1, 3, requires_grad=True)
+    targets = torch.tensor([[0], [1]])
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    adv = group_advantages(torch.tensor([1.0, 0.0]), group_size=2)
+    grpo_loss(logp, logp.detach(), None, adv, torch.ones(2, 1), 0.2, 0.0).loss.backward()
+    # Descending the loss raises the rewarded token's logit and lowers the other one.
+    assert logits.grad[0, 0, 0] < 0 < logits.grad[1, 0, 1]
+
+
+def test_kl_coefficient_without_reference_is_an_error():
+    with pytest.raises(ValueError, match="reference"):
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), 0.2, 0.1)
