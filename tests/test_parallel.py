@@ -7,6 +7,7 @@ outputs and gradients; each test compares one of them with a single-process refe
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dsctl.parallel.data_parallel import all_reduce_grads, wrap_data_parallel
-from dsctl.parallel.dist import DistInfo, log_rank0
+from dsctl.parallel.dist import DistInfo, init_distributed, log_rank0
 from dsctl.parallel.expert_parallel import ExpertParallelMoE
 from dsctl.parallel.launch import spawn_workers
 
@@ -173,3 +174,40 @@ def test_expert_parallel_moe_equals_single_process_outputs_and_grads(job, case):
             torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6, msg=name)
             seen.add(name)
     assert seen == set(ref_grads)  # every expert lives on exactly one rank
+
+
+def test_init_without_torchrun_env_is_a_world_of_one(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    info = init_distributed()
+    assert (info.rank, info.world_size, info.backend) == (0, 1, None) and not dist.is_initialized()
+
+
+def test_init_with_partial_torchrun_env_names_the_missing_variables(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for var in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match=r"missing environment variables \['LOCAL_RANK', 'MASTER_ADDR'"):
+        init_distributed()
+
+
+def _fail_on_rank1_or_hang(info: DistInfo, hang: bool) -> int:
+    if hang:
+        time.sleep(120)
+    if info.rank == 1:
+        raise ValueError("rank one is broken")
+    dist.barrier()  # rank 0 would wait here forever without the launcher's clean-up
+    return info.rank
+
+
+def test_spawn_workers_surfaces_a_failing_rank_and_stops_the_others():
+    with pytest.raises(RuntimeError, match="(?s)rank1 failed first.*rank one is broken"):
+        spawn_workers(_fail_on_rank1_or_hang, 2, False, timeout_s=60)
+
+
+def test_spawn_workers_terminates_a_job_that_outlives_its_timeout():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish in time"):
+        spawn_workers(_fail_on_rank1_or_hang, 1, True, timeout_s=5)
+    assert time.monotonic() - start < 30

@@ -74,19 +74,23 @@ def spawn_workers(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s
 
 def _wait(procs: list, deadline: float, out_dir: Path) -> None:
     while any(p.is_alive() for p in procs):
-        errors = sorted(out_dir.glob("rank*.err"))
-        if errors:
-            raise RuntimeError(f"worker {errors[0].stem} failed:\n{errors[0].read_text()}")
+        _raise_failure(out_dir)
         if time.monotonic() > deadline:
             raise TimeoutError(f"distributed job did not finish in time; ranks still running: "
                                f"{[i for i, p in enumerate(procs) if p.is_alive()]}")
         time.sleep(0.05)
-    errors = sorted(out_dir.glob("rank*.err"))
-    if errors:
-        raise RuntimeError(f"worker {errors[0].stem} failed:\n{errors[0].read_text()}")
+    _raise_failure(out_dir)
     bad = [i for i, p in enumerate(procs) if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"workers {bad} exited with codes {[procs[i].exitcode for i in bad]}")
+
+
+def _raise_failure(out_dir: Path) -> None:
+    """Raise with the first rank to fail: the others usually only lost their peer."""
+    errors = sorted(out_dir.glob("rank*.err"), key=lambda f: f.stat().st_mtime)
+    if errors:
+        others = f" (later also failed: {', '.join(e.stem for e in errors[1:])})" if errors[1:] else ""
+        raise RuntimeError(f"worker {errors[0].stem} failed first{others}:\n{errors[0].read_text()}")
 
 
 def _stop(procs: list) -> None:
