@@ -145,6 +145,7 @@ def run(ctx: StageContext) -> dict:
         "rejected": total - counts["kept"],
         **{f"rejected_{name}": counts[name] for name in ("empty", *RULE_NAMES) if counts[name]},
         **stats.as_dict(),
+        "languages": ", ".join(f"{lang}={n}" for lang, n in cleaner.languages.most_common(8)),
         "docs_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
     }
     if quality is not None:

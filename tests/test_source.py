@@ -150,3 +150,15 @@ def test_local_datasets_load_from_disk_and_from_data_files(tmp_path):
 
     with pytest.raises(UserError, match="no column 'body'"):
         run_stage(source.STAGE, {"world": "none", "dataset": str(saved), "text_field": "body"}, {}, tmp_path / "w")
+
+
+def test_prose_harvest_ignores_stdlib_patches_in_this_process(monkeypatch):
+    import inspect
+
+    from dsctl.data.world_prose import docstring_documents
+
+    # Libraries such as torch replace stdlib functions when imported; the harvest runs
+    # in a fresh interpreter, so the world cannot depend on what this process imported.
+    monkeypatch.setattr(inspect, "getfile", lambda obj: "patched")
+    texts = "\n".join(text for _, text in docstring_documents())
+    assert "Work out which source or compiled file an object was defined in." in texts

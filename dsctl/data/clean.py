@@ -43,7 +43,7 @@ class Cleaner:
         if not text:
             reason: str | None = "empty"
         else:
-            doc = Doc(text, row)
+            doc = Doc(text)
             reason = next((name for name, check in self.checks if check(doc)), None)
         self.counts[reason or "kept"] += 1
         return reason, row

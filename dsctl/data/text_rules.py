@@ -63,7 +63,6 @@ class Doc:
     """One normalized document and the views the rules share (computed once, lazily)."""
 
     text: str
-    row: dict[str, Any]
     language: str | None = None
     """Set by language ID when it ran: English-only rules skip other languages."""
 

@@ -7,7 +7,10 @@ sessions, call signatures, indented code and argument tables, reST markup) and p
 remaining paragraphs into documents of a few hundred words.
 
 The text depends on the Python version (docstrings change between releases), so the
-source stage puts the version into its cache key.
+source stage puts the version into its cache key. It must not depend on anything else,
+yet libraries patch the stdlib when imported (torch, for one, replaces functions in
+`inspect`), so the harvest runs in a fresh isolated interpreter (`python -I -S` on this
+file, which imports nothing but the stdlib) rather than in the stage's own process.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import contextlib
 import importlib
 import inspect
 import io
+import json
 import pkgutil
 import re
+import subprocess
+import sys
 import warnings
 from types import ModuleType
 from typing import Iterator
@@ -139,6 +145,19 @@ def _is_prose(paragraph: str) -> bool:
 def docstring_documents(min_words: int = 40) -> list[tuple[str, str]]:
     """(source name, document text) pairs, deterministic for a given Python build.
 
+    Runs `harvest` in a fresh interpreter with no site-packages, so whatever this
+    process has imported or patched cannot change the result.
+    """
+    command = [sys.executable, "-I", "-S", __file__, str(min_words)]
+    done = subprocess.run(command, capture_output=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"harvesting stdlib docstrings failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    return [(name, text) for name, text in json.loads(done.stdout)]
+
+
+def harvest(min_words: int = 40) -> list[tuple[str, str]]:
+    """The harvest itself, in this process: (source name, document text) pairs.
+
     Paragraphs are packed in reading order into documents of at least `min_words` words
     (a single long paragraph may make a longer one), never across sources; a paragraph repeated verbatim elsewhere in the stdlib
     (inherited or copied docstrings) is kept only the first time, so the only exact and
@@ -183,3 +202,8 @@ def _module_docstrings(module: ModuleType) -> Iterator[str]:
             doc = inspect.getdoc(obj) if obj is module or inspect.isclass(obj) else obj.__doc__
         if isinstance(doc, str):
             yield inspect.cleandoc(doc)
+
+
+if __name__ == "__main__":
+    # ASCII-only JSON: the isolated child may run under any locale.
+    sys.stdout.write(json.dumps(harvest(int(sys.argv[1])), ensure_ascii=True))
