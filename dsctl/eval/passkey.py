@@ -1,0 +1,104 @@
+"""Passkey retrieval (Mohtashami & Jaggi 2023): can the model find one fact in a long haystack?
+
+A document is repetitive filler with one needle sentence at a chosen depth,
+
+    …filler… The pass key is 71432. Remember it. 71432 is the pass key. …filler…
+    What is the pass key? The pass key is 71432
+
+and the model must produce the key after the final "The pass key is". Documents are
+built in token space (filler units are concatenated as token ids) so a document is
+exactly as long as asked, whatever the tokenizer. The extend stage trains on these
+documents; extend and eval both measure retrieval accuracy with `passkey_accuracy`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "What is the pass key? The pass key is"
+KEY_DIGITS = 5
+
+
+class TextTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class PasskeyDocument:
+    prompt_ids: list[int]
+    """Filler, needle, filler, question: everything before the key's answer."""
+    answer_ids: list[int]
+    """The key as the model should continue the prompt (" 71432")."""
+    key: str
+    """The digits to retrieve."""
+    needle_start: int
+    """Token offset of the needle sentence inside prompt_ids."""
+
+
+def make_passkey_document(tokenizer: TextTokenizer, length: int, depth: float, key: str) -> PasskeyDocument:
+    """A document of `length` tokens (prompt + answer) with the needle at `depth` ∈ [0, 1]
+    of the filler (0 = right at the start, 1 = just before the question)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"passkey depth must be in [0, 1], got {depth}")
+    filler = tokenizer.encode(FILLER)
+    needle = tokenizer.encode(NEEDLE.format(key=key))
+    question = tokenizer.encode(QUESTION)
+    answer = tokenizer.encode(" " + key)
+    n_filler = length - len(needle) - len(question) - len(answer)
+    if n_filler < 0:
+        raise ValueError(f"a passkey document needs at least {length - n_filler} tokens; {length} were asked")
+    haystack = (filler * (n_filler // max(len(filler), 1) + 1))[:n_filler]
+    cut = round(depth * n_filler)
+    prompt = haystack[:cut] + needle + haystack[cut:] + question
+    return PasskeyDocument(prompt, answer, key, cut)
+
+
+def random_key(rng: random.Random) -> str:
+    """A KEY_DIGITS-digit key without a leading zero."""
+    return str(rng.randrange(10 ** (KEY_DIGITS - 1), 10**KEY_DIGITS))
+
+
+def spread_depths(n: int) -> list[float]:
+    """n needle depths evenly covering the haystack: the middle of n equal bins."""
+    return [(i + 0.5) / n for i in range(n)]
+
+
+def passkey_documents(tokenizer: TextTokenizer, length: int, n: int, seed: int) -> list[PasskeyDocument]:
+    """n trial documents of `length` tokens, needles spread over the context, seeded keys."""
+    rng = random.Random(f"passkey:{length}:{seed}")
+    return [make_passkey_document(tokenizer, length, depth, random_key(rng)) for depth in spread_depths(n)]
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def retrieved_key(text: str) -> str | None:
+    """The first run of digits the model produced, or None."""
+    found = _DIGITS.search(text)
+    return found.group(0) if found else None
+
+
+def passkey_accuracy(model: Any, tokenizer: TextTokenizer, length: int, trials: int, seed: int = 0,
+                     batch_size: int = 8) -> dict[str, Any]:
+    """Greedy retrieval accuracy over `trials` documents of `length` tokens.
+
+    Returns {"accuracy", "length", "trials", "by_depth": [(depth, correct), ...]}.
+    """
+    from dsctl.model import generate
+
+    docs = passkey_documents(tokenizer, length, trials, seed)
+    correct: list[bool] = []
+    for lo in range(0, len(docs), batch_size):
+        chunk = docs[lo:lo + batch_size]
+        max_new = max(len(d.answer_ids) for d in chunk) + 1
+        result = generate(model, [d.prompt_ids for d in chunk], max_new_tokens=max_new, temperature=0.0)
+        correct.extend(retrieved_key(tokenizer.decode(ids)) == d.key for ids, d in zip(result.tokens, chunk))
+    depths = spread_depths(trials)
+    return {"accuracy": sum(correct) / len(correct), "length": length, "trials": trials,
+            "by_depth": [[round(d, 3), int(c)] for d, c in zip(depths, correct)]}

@@ -1,0 +1,61 @@
+"""pass@k (unbiased), pass@1 and cons@k majority vote."""
+
+from itertools import combinations
+from math import comb
+
+import pytest
+
+from dsctl.eval.metrics import cons_at_k, majority_answer, pass_at_1, pass_at_k
+
+
+@pytest.mark.parametrize("n, c, k, expected", [
+    (5, 0, 1, 0.0),                          # nothing correct
+    (5, 5, 3, 1.0),                          # everything correct
+    (4, 1, 2, 1 - comb(3, 2) / comb(4, 2)),  # 1 - 3/6 = 0.5
+    (10, 3, 5, 1 - comb(7, 5) / comb(10, 5)),  # 1 - 21/252
+    (3, 1, 3, 1.0),                          # n - c < k: every subset has the correct one
+    (8, 2, 1, 0.25),                         # pass@1 = c / n
+])
+def test_pass_at_k_matches_hand_computed_cases(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_equals_share_of_k_subsets_with_a_correct_sample():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            samples = [True] * c + [False] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(combinations(samples, k))
+                share = sum(any(s) for s in subsets) / len(subsets)
+                assert pass_at_k(n, c, k) == pytest.approx(share, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(3, 1, 4)
+    with pytest.raises(ValueError, match="c <= n"):
+        pass_at_k(3, 4, 1)
+
+
+def test_pass_at_1_is_mean_correctness():
+    assert pass_at_1([True, False, False, True]) == 0.5
+    with pytest.raises(ValueError):
+        pass_at_1([])
+
+
+def test_majority_answer_breaks_ties_by_first_appearance_and_ignores_unparsed():
+    assert majority_answer(["3", "4", "4", "3", "5"]) == "3"  # 2–2 tie: "3" came first
+    assert majority_answer(["4", "3", "3", "4"]) == "4"
+    assert majority_answer([None, None, "7"]) == "7"      # None casts no vote
+    assert majority_answer([None, None]) is None
+
+
+def test_cons_at_k_scores_the_majority_of_the_first_k_samples():
+    answers = ["12", "11", "12", "11", "11"]
+    is_right = lambda a: a == "12"  # noqa: E731
+    assert cons_at_k(answers, is_right, 3) == 1.0   # 12 twice among the first 3
+    assert cons_at_k(answers, is_right, 5) == 0.0   # 11 wins 3–2 over all 5
+    assert cons_at_k(answers, is_right, 4) == 1.0   # 2–2 tie: 12 appeared first
+    assert cons_at_k([None, None], is_right, 2) == 0.0
+    with pytest.raises(ValueError):
+        cons_at_k(answers, is_right, 6)
