@@ -75,14 +75,14 @@ def _power_table(base: int, n: int) -> np.ndarray:
 
 # Bytes that str.split() treats as whitespace (ASCII range): the separators of the
 # normalized text that exact dedup compares.
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+WHITESPACE_BYTES = np.zeros(256, dtype=bool)
+WHITESPACE_BYTES[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
 # Bytes that are not part of a `\w+` word (every ASCII byte but [0-9A-Za-z_]): shingle
 # words ignore punctuation, as the default world's planted Jaccard does.
-_NON_WORD = np.ones(256, dtype=bool)
-_NON_WORD[128:] = False
+NON_WORD_BYTES = np.ones(256, dtype=bool)
+NON_WORD_BYTES[128:] = False
 for _lo, _hi in ((48, 57), (65, 90), (97, 122), (95, 95)):
-    _NON_WORD[_lo : _hi + 1] = False
+    NON_WORD_BYTES[_lo : _hi + 1] = False
 _WORD_RE = re.compile(r"\w+")
 
 
@@ -92,7 +92,7 @@ def shingle_words(text: str) -> list[str]:
 
 
 @dataclass
-class _Bytes:
+class ByteBatch:
     """A batch joined by newlines as one byte array, with each text's first byte and the
     prefix sums that give any segment's polynomial hash in O(1)."""
 
@@ -100,7 +100,7 @@ class _Bytes:
     doc_starts: np.ndarray
 
     @classmethod
-    def join(cls, texts: list[str]) -> "_Bytes":
+    def join(cls, texts: list[str]) -> "ByteBatch":
         lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         joined = "\n".join(texts).encode("utf-8")
         if len(joined) != lengths.sum() + max(len(texts) - 1, 0):  # some text was not ASCII
@@ -117,7 +117,7 @@ class _Bytes:
         starts = np.flatnonzero(inside & ~before)
         ends = np.flatnonzero(inside & ~after) + 1
         counts = np.diff(np.concatenate((np.searchsorted(starts, self.doc_starts), [starts.size])))
-        return _segment_hashes(self.data, starts, ends, prefix=self._prefix), counts
+        return segment_hashes(self.data, starts, ends, prefix=self._prefix), counts
 
     @property
     def _prefix(self) -> np.ndarray:
@@ -132,7 +132,7 @@ def _prefix_sums(values: np.ndarray) -> np.ndarray:
         return np.concatenate(([np.uint64(0)], np.cumsum(weighted, dtype=np.uint64)))
 
 
-def _segment_hashes(
+def segment_hashes(
     values: np.ndarray, starts: np.ndarray, ends: np.ndarray, salt: int = 0, prefix: np.ndarray | None = None
 ) -> np.ndarray:
     """Mixed polynomial hash of each segment values[s:e], independent of where it sits.
@@ -157,10 +157,10 @@ def hash_batch(texts: list[str], digests: bool = True) -> tuple[np.ndarray, np.n
     """
     folded = [t.casefold() for t in texts]
     ascii_only = all(t.isascii() for t in folded)
-    exact_bytes = _Bytes.join(folded if ascii_only else [" ".join(t.split()) for t in folded])
-    word_bytes = exact_bytes if ascii_only else _Bytes.join([" ".join(_WORD_RE.findall(t)) for t in folded])
-    words, counts = word_bytes.words(_NON_WORD)
-    digest = text_digests(*exact_bytes.words(_WHITESPACE)) if digests else None
+    exact_bytes = ByteBatch.join(folded if ascii_only else [" ".join(t.split()) for t in folded])
+    word_bytes = exact_bytes if ascii_only else ByteBatch.join([" ".join(_WORD_RE.findall(t)) for t in folded])
+    words, counts = word_bytes.words(NON_WORD_BYTES)
+    digest = text_digests(*exact_bytes.words(WHITESPACE_BYTES)) if digests else None
     return words, counts, digest
 
 
@@ -177,7 +177,7 @@ def text_digests(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
     ends = np.cumsum(counts)
     starts = ends - counts
     return np.stack(
-        [_segment_hashes(words, starts, ends, salt=1), _segment_hashes(words ^ np.uint64(0x5851F42D4C957F2D), starts, ends, salt=2)],
+        [segment_hashes(words, starts, ends, salt=1), segment_hashes(words ^ np.uint64(0x5851F42D4C957F2D), starts, ends, salt=2)],
         axis=1,
     )
 

@@ -1,0 +1,137 @@
+"""decontaminate: drop training documents that contain eval text (n-gram overlap).
+
+Reads a corpus, writes a corpus:
+
+    data/part-*.jsonl       documents that share no n-gram with any eval text
+    rejected/part-*.jsonl   the others, with reason "contaminated" and `eval_id`
+    planted.jsonl           copied through if the input has one
+
+Eval text comes from the eval split of the reasoning tasks (`dsctl.tasks`: prompt and
+worked solution of the first `eval_problems_per_family` problems of each family, with
+`eval_seed`) and from any JSONL/Parquet files named in `eval_files`.
+
+Matching (dsctl/data/decontaminate.py): text is compared as casefolded word and
+punctuation tokens. A document is contaminated when it contains any `n`-token window of
+an eval-file text, or, for an eval text shorter than `n` tokens, that whole text. Task
+problems are generated from templates, so their n-token windows recur across different
+problems; they are matched whole (the document must contain the entire prompt or the
+entire worked solution). Windows shared by more than `max_shared` distinct eval items
+are template text and are not used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+
+from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths, iter_rows
+from dsctl.data.decontaminate import NgramIndex, decontaminate_rows, file_eval_texts, task_eval_texts
+from dsctl.data.shards import file_sha256
+from dsctl.errors import UserError
+from dsctl.stage import Input, StageContext, StageSpec
+
+
+@dataclass
+class DecontaminateConfig:
+    n: int = 13
+    """Window length in tokens (casefolded words and punctuation marks)."""
+    task_families: list[str] | None = None
+    """Task families whose eval split is protected; None = all of dsctl.tasks, [] = none."""
+    eval_problems_per_family: int = 500
+    """Eval problems per family to protect: covers any eval run with as many or fewer
+    (eval problems are a stream: the first k of a larger draw are the same)."""
+    eval_seed: int | None = None
+    """Seed the eval stages draw problems with; None = this run's seed."""
+    eval_files: list[str] = ()
+    """JSONL/Parquet files or globs of other eval sets (a text field per row)."""
+    eval_text_field: str = "text"
+    """Field holding the text in `eval_files`."""
+    max_shared: int = 1
+    """A window shared by more than this many distinct eval items is template text and ignored."""
+    workers: int = 1
+    """Worker processes (0 = one per CPU core). Does not change the result."""
+    batch_size: int = 1024
+    """Documents per matching batch."""
+    rows_per_shard: int = 50_000
+    """Rows per output JSONL shard."""
+
+    def __post_init__(self) -> None:
+        self.eval_files = list(self.eval_files)
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.eval_problems_per_family < 0:
+            raise ValueError("eval_problems_per_family must be >= 0")
+
+
+def eval_index(cfg: DecontaminateConfig, seed: int) -> tuple[NgramIndex, dict[str, str]]:
+    """The n-gram index of every eval text the config names, and each eval id's source."""
+    from dsctl.tasks import FAMILIES
+
+    families = sorted(FAMILIES) if cfg.task_families is None else cfg.task_families
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise UserError(f"task_families: unknown family {unknown}; known: {', '.join(sorted(FAMILIES))}")
+    texts = task_eval_texts(families, cfg.eval_problems_per_family, seed if cfg.eval_seed is None else cfg.eval_seed)
+    if cfg.eval_files:
+        texts += list(file_eval_texts(expand_paths(cfg.eval_files), cfg.eval_text_field))
+    if not texts:
+        raise UserError("decontaminate has no eval text: set task_families or eval_files")
+    return NgramIndex.build(texts, cfg.n, cfg.max_shared), {t.id: t.source for t in texts}
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: DecontaminateConfig = ctx.config
+    source = ctx.input("corpus")
+    files = corpus_files(source.path)
+    if not files:
+        raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to decontaminate")
+    index, source_of = eval_index(cfg, ctx.seed)
+    stats = ReadStats()
+    by_source: Counter = Counter()
+    workers = cfg.workers or os.cpu_count() or 1
+    with ctx.progress(None, "match", unit="doc") as bar, \
+            ShardWriter(ctx.out / "data", cfg.rows_per_shard) as kept, \
+            ShardWriter(ctx.out / "rejected", cfg.rows_per_shard) as rejected:
+        for row, eval_id in decontaminate_rows(iter_rows(files, stats), index, workers, cfg.batch_size):
+            if eval_id is None:
+                kept.write(row)
+            else:
+                rejected.write({**row, "reason": "contaminated", "eval_id": eval_id})
+                by_source[source_of[eval_id]] += 1
+            bar.advance()
+    if (source.path / "planted.jsonl").exists():
+        shutil.copyfile(source.path / "planted.jsonl", ctx.out / "planted.jsonl")
+    contaminated = sum(by_source.values())
+    ctx.info(f"removed {contaminated:,} contaminated of {stats.rows:,} documents ({len(index):,} eval texts)")
+    return {
+        "contaminated": contaminated,
+        "kept": stats.rows - contaminated,
+        "documents": stats.rows,
+        "eval_texts": len(index),
+        "template_windows_ignored": index.templates,
+        **{f"contaminated_{name}": count for name, count in sorted(by_source.items())},
+        **stats.as_dict(),
+    }
+
+
+def fingerprint(cfg: DecontaminateConfig) -> dict:
+    """Eval files are outside the store: their content is part of the key."""
+    if not cfg.eval_files:
+        return {}
+    return {str(p): file_sha256(p) for p in expand_paths(cfg.eval_files)}
+
+
+STAGE = StageSpec(
+    name="decontaminate",
+    version=1,
+    config=DecontaminateConfig,
+    run=run,
+    output="corpus",
+    inputs={"corpus": Input("corpus", help="the corpus to decontaminate")},
+    help="Remove training documents that contain eval text: task eval problems matched whole, "
+    "other eval sets by shared n-token windows (default 13).",
+    fingerprint=fingerprint,
+    example="dsctl decontaminate --from mini_r1:dedup --set n=13",
+)
