@@ -2,10 +2,25 @@
 
     from dsctl.train import TrainConfig, Trainer
     Trainer(model, batches, config, ctx).fit()
+
+Names are loaded on first use, so a stage module can import `dsctl.train.config` for its
+config dataclass without paying for torch at CLI start-up.
 """
 
-from dsctl.train.batches import PackedExamples, PackedTokens, load_token_split
-from dsctl.train.config import TrainConfig
-from dsctl.train.loop import Trainer
+import importlib
 
-__all__ = ["PackedExamples", "PackedTokens", "TrainConfig", "Trainer", "load_token_split"]
+_EXPORTS = {
+    "TrainConfig": "dsctl.train.config",
+    "Trainer": "dsctl.train.loop",
+    "PackedExamples": "dsctl.train.batches",
+    "PackedTokens": "dsctl.train.batches",
+    "load_token_split": "dsctl.train.batches",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dsctl.train' has no attribute {name!r}")
