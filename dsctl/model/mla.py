@@ -123,11 +123,14 @@ class MultiHeadLatentAttention(nn.Module):
             mask = _causal_mask(T, S, c_kv.device)
         q = torch.cat((q_nope, q_pe), dim=-1).transpose(1, 2)  # (B, H, T, dn+dr)
         k = torch.cat((k_nope, k_pe[:, :, None, :].expand(B, S, self.n_heads, self.dr)), dim=-1).transpose(1, 2)
-        o = F.scaled_dot_product_attention(
-            q, k, v.transpose(1, 2), attn_mask=mask, is_causal=mask is None and T > 1,
-            scale=self.softmax_scale,
-        )
-        return o.transpose(1, 2)
+        v = v.transpose(1, 2)
+        if self.dv < self.dn + self.dr:
+            # SDPA's fused (flash) kernels want one head dim for q, k and v; zero-padding v
+            # costs little and lets causal attention skip masked blocks instead of computing them.
+            v = F.pad(v, (0, self.dn + self.dr - self.dv))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           scale=self.softmax_scale)
+        return o[..., : self.dv].transpose(1, 2)
 
     def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe, mask) -> torch.Tensor:
         """Attend in the latent space: W_UK folded into q, W_UV applied afterwards; (B, T, H, dv)."""

@@ -1,0 +1,127 @@
+"""Ours vs transformers' DeepseekV3 on the same config and weights, in one run.
+
+    python benchmarks/bench_model.py [--preset small] [--repeats 3]
+
+Prints, with ratios (ours / transformers):
+* training step (forward + backward of the LM loss) tokens/s,
+* batched greedy generation tokens/s (prompts of different lengths, left padding),
+* KV-cache bytes per token: ours, the MLA formula, a full per-head K/V cache, and
+  what transformers' cache actually held.
+Each measurement alternates ours and theirs and keeps the best of `repeats` runs, because
+the CPU is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from dsctl.model import DeepSeekV3, ModelConfig, compute_loss, generate
+from dsctl.model.hf import save_hf
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_training(ours, theirs, config, batch: int, seq: int, repeats: int) -> tuple[float, float]:
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    ours.train(), theirs.train()
+
+    def step_ours():
+        compute_loss(ours, ids, mtp_weight=0.0).loss.backward()
+
+    def step_theirs():
+        theirs(ids, labels=ids).loss.backward()
+
+    step_ours(), step_theirs()  # warm-up
+    t_ours = t_theirs = float("inf")
+    for _ in range(repeats):  # alternate so both see the same background load
+        t_ours = min(t_ours, _best_time(step_ours, 1))
+        t_theirs = min(t_theirs, _best_time(step_theirs, 1))
+    tokens = batch * seq
+    return tokens / t_ours, tokens / t_theirs
+
+
+def bench_generation(ours, theirs, config, batch: int, new_tokens: int, repeats: int):
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(2, config.vocab_size, (8 + 4 * i,), generator=g).tolist() for i in range(batch)]
+    L = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    ours.eval(), theirs.eval()
+    held = {}
+
+    def run_ours():
+        held["ours"] = generate(ours, prompts, max_new_tokens=new_tokens, temperature=0)
+
+    @torch.no_grad()
+    def run_theirs():
+        held["theirs"] = theirs.generate(
+            ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+
+    run_ours(), run_theirs()
+    t_ours = t_theirs = float("inf")
+    for _ in range(repeats):
+        t_ours = min(t_ours, _best_time(run_ours, 1))
+        t_theirs = min(t_theirs, _best_time(run_theirs, 1))
+    same = held["ours"].tokens == held["theirs"].sequences[:, L:].tolist()
+    cache = held["theirs"].past_key_values
+    hf_bytes = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    hf_per_token = hf_bytes / (batch * cache.get_seq_length())
+    return batch * new_tokens / t_ours, batch * new_tokens / t_theirs, same, hf_per_token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = ModelConfig.preset(args.preset, num_nextn_predict_layers=0)
+    ours = DeepSeekV3(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf(ours, tmp)
+        theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    print(f"config: preset={args.preset} params={config.num_parameters()} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__} transformers={transformers.__version__} attn={theirs.config._attn_implementation}")
+
+    tr_ours, tr_theirs = bench_training(ours, theirs, config, args.batch, args.seq, args.repeats)
+    print(f"train step  (B={args.batch}, T={args.seq}) tokens/s: ours {tr_ours:9.1f}  transformers "
+          f"{tr_theirs:9.1f}  ratio {tr_ours / tr_theirs:5.2f}x  (target >= 1.5x)")
+
+    gen_ours, gen_theirs, same, hf_per_token = bench_generation(
+        ours, theirs, config, args.batch, args.new_tokens, args.repeats)
+    print(f"generation  (B={args.batch}, {args.new_tokens} new, greedy) tokens/s: ours {gen_ours:9.1f}  "
+          f"transformers {gen_theirs:9.1f}  ratio {gen_ours / gen_theirs:5.2f}x  (target >= 3x); "
+          f"same tokens: {same}")
+
+    bytes_per = 4  # fp32
+    n = config.num_hidden_layers
+    mla = n * (config.kv_lora_rank + config.qk_rope_head_dim) * bytes_per
+    full = n * config.num_attention_heads * (config.qk_head_dim + config.v_head_dim) * bytes_per
+    from dsctl.model import LatentCache
+
+    ours_cache = LatentCache(config, n, 1, 1).bytes_per_token()
+    print(f"KV cache bytes/token (fp32): ours {ours_cache}  MLA formula {mla}  full K/V {full}  "
+          f"transformers' cache {hf_per_token:.0f}  (ours/full {ours_cache / full:.3f}; target ours <= formula)")
+
+
+if __name__ == "__main__":
+    main()
