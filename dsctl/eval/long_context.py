@@ -1,0 +1,99 @@
+"""Context extension with YaRN: the scaled RoPE config, and the long-sequence batches the
+extend stage fine-tunes on.
+
+YaRN as DeepSeek-V3 applies it (`dsctl.model.rope`): rotary pairs that turn more than
+β_fast times over the original context keep their frequency, pairs that turn fewer than
+β_slow times are slowed by the factor s, a ramp blends the pairs in between, and the
+attention logits are sharpened by mscale² = (0.1 · ln s + 1)². The weights do not
+change; a short fine-tune on long documents then teaches the model to use the range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import numpy as np
+
+from dsctl.eval.passkey import make_passkey_document, random_key
+
+IGNORE_INDEX = -100
+
+
+def trained_context(manifest: dict[str, Any], model_config: Any) -> int:
+    """The context a checkpoint was trained at: YaRN's scaled length if it was already
+    extended, else the `seq_len` its training stage used, else max_position_embeddings."""
+    rs = model_config.rope_scaling
+    if rs:
+        return int(rs["original_max_position_embeddings"] * rs["factor"])
+    seq_len = manifest.get("config", {}).get("seq_len")
+    return int(seq_len) if seq_len else int(model_config.max_position_embeddings)
+
+
+def yarn_rope_scaling(factor: float, original_context: int, beta_fast: float = 32.0,
+                      beta_slow: float = 1.0, mscale: float = 1.0) -> dict[str, Any]:
+    """The `rope_scaling` entry of config.json, with DeepSeek-V3's fields and values
+    (mscale = mscale_all_dim, so cos/sin stay unscaled and only the softmax sharpens)."""
+    if factor < 1:
+        raise ValueError(f"the YaRN factor must be >= 1, got {factor}")
+    return {"type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original_context),
+            "beta_fast": float(beta_fast), "beta_slow": float(beta_slow),
+            "mscale": float(mscale), "mscale_all_dim": float(mscale)}
+
+
+def with_yarn(model: Any, factor: float, original_context: int, **yarn: float) -> Any:
+    """A copy of `model` whose RoPE is YaRN-scaled by `factor` over `original_context`.
+
+    A model that is already scaled keeps its original context and gets the product of
+    both factors, so extending twice by 2 equals extending once by 4.
+    """
+    from dsctl.model import DeepSeekV3
+
+    old = model.config.rope_scaling
+    if old:
+        factor, original_context = factor * float(old["factor"]), int(old["original_max_position_embeddings"])
+    config = dataclasses.replace(model.config, rope_scaling=yarn_rope_scaling(factor, original_context, **yarn),
+                                 max_position_embeddings=int(round(original_context * factor)))
+    scaled = DeepSeekV3(config)
+    scaled.load_state_dict(model.state_dict())  # rope tables are buffers rebuilt from config
+    return scaled.to(next(model.parameters()).device)
+
+
+class LongContextBatches:
+    """Training batches for context extension; batch n is a pure function of (seed, n).
+
+    Each step is either a passkey step (with probability `passkey_fraction`) or a long-text
+    step. Long-text rows are `seq_len` windows of the packed corpus with continuous
+    positions across document boundaries, so every position up to seq_len is trained.
+    Passkey rows are passkey documents of random length in [seq_len/2, seq_len] with
+    the needle at a random depth, and only the answer is scored: the filler is trivially
+    predictable and the needle's digits are random, so neither teaches retrieval. Whole
+    steps of one kind keep the few answer tokens from being drowned in a per-token mean.
+    """
+
+    def __init__(self, corpus: Any, tokenizer: Any, seq_len: int, batch_size: int, seed: int,
+                 passkey_fraction: float, grad_accum: int = 1):
+        self.corpus, self.tokenizer = corpus, tokenizer
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.passkey_fraction, self.grad_accum = passkey_fraction, grad_accum
+
+    def is_passkey_step(self, step: int, micro: int = 0) -> bool:
+        return random.Random(f"{self.seed}:kind:{step}:{micro}").random() < self.passkey_fraction
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, Any]:
+        import torch
+
+        if not self.is_passkey_step(step, micro):
+            rows = self.corpus.batch(step, micro)["input_ids"]
+            return {"input_ids": rows, "labels": rows.clone()}
+        ids = np.full((self.batch_size, self.seq_len), getattr(self.tokenizer, "pad_id", 0) or 0, np.int64)
+        labels = np.full((self.batch_size, self.seq_len), IGNORE_INDEX, np.int64)
+        for b in range(self.batch_size):
+            rng = random.Random(f"{self.seed}:passkey:{step}:{micro}:{b}")
+            length = rng.randint(self.seq_len // 2, self.seq_len)
+            doc = make_passkey_document(self.tokenizer, length, rng.random(), random_key(rng))
+            tokens = doc.prompt_ids + doc.answer_ids
+            ids[b, :len(tokens)] = tokens
+            labels[b, len(doc.prompt_ids):len(tokens)] = doc.answer_ids
+        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}

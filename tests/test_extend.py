@@ -1,0 +1,88 @@
+"""extend: YaRN config, scaled model copies, long-context batches."""
+
+import pytest
+import torch
+
+from dsctl.eval.long_context import (IGNORE_INDEX, LongContextBatches, trained_context, with_yarn,
+                                     yarn_rope_scaling)
+from dsctl.model import DeepSeekV3, ModelConfig
+from dsctl.model.hf import load_hf, save_hf
+
+
+class ByteTokenizer:
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return DeepSeekV3(ModelConfig.preset("tiny", vocab_size=256, num_nextn_predict_layers=0))
+
+
+def test_yarn_rope_scaling_has_deepseek_v3_fields():
+    rs = yarn_rope_scaling(4, 256)
+    assert rs == {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 256, "beta_fast": 32.0,
+                  "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+    with pytest.raises(ValueError):
+        yarn_rope_scaling(0.5, 256)
+
+
+def test_with_yarn_keeps_weights_changes_rope_and_survives_hf_round_trip(tmp_path):
+    base = tiny_model()
+    scaled = with_yarn(base, 4, 64)
+    assert scaled.config.rope_scaling["factor"] == 4.0 and scaled.config.max_position_embeddings == 256
+    for (name, a), (_, b) in zip(base.state_dict().items(), scaled.state_dict().items()):
+        assert torch.equal(a, b), name
+    ids = torch.randint(0, 256, (1, 40))
+    assert not torch.allclose(base(ids), scaled(ids))  # slower rotations + sharper softmax
+    save_hf(scaled, tmp_path)
+    loaded = load_hf(tmp_path)
+    assert loaded.config.rope_scaling == scaled.config.rope_scaling
+    assert torch.allclose(loaded(ids), scaled(ids), atol=1e-5)
+
+
+def test_extending_twice_multiplies_factors_over_the_first_original_context():
+    twice = with_yarn(with_yarn(tiny_model(), 2, 64), 2, 128)
+    assert twice.config.rope_scaling["factor"] == 4.0
+    assert twice.config.rope_scaling["original_max_position_embeddings"] == 64
+    assert trained_context({}, twice.config) == 256
+
+
+def test_trained_context_prefers_the_training_seq_len():
+    cfg = tiny_model().config
+    assert trained_context({"config": {"seq_len": 128}}, cfg) == 128
+    assert trained_context({}, cfg) == cfg.max_position_embeddings
+
+
+class Windows:
+    """Corpus windows: row r of batch n holds the number n*B + r everywhere."""
+
+    def __init__(self, seq_len, batch_size):
+        self.seq_len, self.batch_size = seq_len, batch_size
+
+    def batch(self, step, micro=0):
+        start = step * self.batch_size
+        rows = torch.arange(start, start + self.batch_size)[:, None].expand(-1, self.seq_len).clone()
+        return {"input_ids": rows, "labels": rows, "doc_ids": torch.zeros_like(rows)}
+
+
+def test_long_context_batches_mix_kinds_deterministically_and_score_only_passkey_answers():
+    tok = ByteTokenizer()
+    batches = LongContextBatches(Windows(400, 2), tok, 400, 2, seed=1, passkey_fraction=0.5)
+    kinds = [batches.is_passkey_step(s) for s in range(40)]
+    assert 10 < sum(kinds) < 30
+    step = kinds.index(True)
+    batch = batches.batch(step)
+    assert torch.equal(batch["input_ids"], batches.batch(step)["input_ids"])  # pure function of the step
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        scored = labels[labels != IGNORE_INDEX]
+        assert 2 <= len(scored) <= 6 and tok.decode(scored.tolist()).strip().isdigit()
+        text = tok.decode([t for t in ids.tolist() if t])
+        assert f"The pass key is {tok.decode(scored.tolist()).strip()}." in text
+    corpus_step = kinds.index(False)
+    corpus = batches.batch(corpus_step)
+    assert "doc_ids" not in corpus  # one long context: positions run across documents
+    assert torch.equal(corpus["labels"], corpus["input_ids"])
