@@ -45,3 +45,28 @@ def tiny_train_config(**kw) -> dict:
     base = dict(max_steps=6, batch_size=4, seq_len=128, warmup_steps=1, checkpoint_every=3, eval_every=0,
                 eval_batches=1, device="cpu", precision="fp32", threads=1)
     return {**base, **kw}
+
+
+def memorized_checkpoint(out: Path, tok_dir: Path, problems, steps: int = 60, seed: int = 0) -> Path:
+    """A tiny checkpoint fine-tuned (real Trainer) until it answers `problems` by heart:
+    a model that solves known prompts, for tests of acceptance and accuracy."""
+    from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.progress import Reporter
+    from dsctl.sft import chat, encode_conversations
+    from dsctl.stage import StageContext, StageSpec
+    from dsctl.tasks import reasoning_target
+    from dsctl.tokenizer import Tokenizer
+    from dsctl.train import PackedExamples, TrainConfig, Trainer
+    from dsctl.train.artifacts import export_checkpoint
+
+    tokenizer = Tokenizer.load(tok_dir)
+    examples, _ = encode_conversations(tokenizer, [chat(p.prompt, reasoning_target(p)) for p in problems], 128)
+    cfg = TrainConfig(**tiny_train_config(max_steps=steps, lr=1e-2, checkpoint_every=10**6))
+    ctx = StageContext(StageSpec("memorize", 1, TrainConfig, lambda c: None, "checkpoint"), cfg, seed, {},
+                       out / "_train" / "artifact", out / "_train" / "scratch", Reporter(quiet=True), "memorize", "k")
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = DeepSeekV3(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
+    Trainer(model, PackedExamples(examples, 128, 4, tokenizer.pad_id, seed), cfg, ctx).fit()
+    export_checkpoint(model, out, tok_dir, None)
+    return out
