@@ -15,6 +15,9 @@ Nothing is dropped: every assignment is computed (DeepSeek-V3 uses no token drop
 The all-to-all is differentiable (its backward is the all-to-all with the splits
 swapped), so expert and input gradients flow as in a single-process MoE.
 
+``apply_expert_parallel(model)`` does this to every MoE layer of a ``dsctl.model``
+model in place (router and shared experts stay replicated).
+
 Backends: gloo implements ``all_to_all_single`` with uneven splits in torch 2.13 (CPU
 build, checked), and so does NCCL. For a backend without it, ``impl="p2p"`` does the
 same exchange with batched ``isend``/``irecv`` to every peer.
@@ -126,3 +129,33 @@ class ExpertParallelMoE(nn.Module):
         outs = [expert(chunk) for expert, chunk in zip(self.local_experts, rows[perm].split(sizes))]
         grouped = torch.cat(outs) if outs else rows[:0]
         return grouped[torch.argsort(perm)]  # back to arrival order
+
+
+def apply_expert_parallel(model: nn.Module, group: Optional[dist.ProcessGroup] = None,
+                          impl: str = "native") -> list[ExpertParallelMoE]:
+    """Shard the routed experts of every ``dsctl.model`` MoE layer in ``model`` over ``group``.
+
+    Each rank keeps experts ``[rank*L, (rank+1)*L)`` (renumbered ``experts.0..L-1`` in its
+    state dict) and routes tokens to their owners by all-to-all; router, shared experts
+    and everything else stay replicated. Every rank must call this on identically
+    initialised models and then run forward passes in lock-step (the all-to-all is a
+    collective). Returns the per-layer dispatchers.
+    """
+    from dsctl.model.moe import MoE
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    dispatchers = []
+    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+        num_experts = len(moe.experts)
+        if num_experts % world:
+            raise ValueError(f"n_routed_experts={num_experts} is not divisible by the {world} expert-parallel "
+                             "ranks; pick an expert-parallel size that divides it")
+        per_rank = num_experts // world
+        local = nn.ModuleList(moe.experts[rank * per_rank:(rank + 1) * per_rank])
+        ep = ExpertParallelMoE(local, num_experts, group, impl)
+        moe.experts = local
+        # MoE._dispatch(x, expert_ids, weights) is the single-device expert loop; the
+        # sharded dispatcher has the same contract, so it replaces it on this instance.
+        moe._dispatch = ep.forward
+        dispatchers.append(ep)
+    return dispatchers
