@@ -1,0 +1,32 @@
+"""Validation loss and perplexity of a checkpoint on held-out token shards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def validation_perplexity(model: Any, shards_dir: Path, eos_id: int, seq_len: int, batch_size: int,
+                          max_batches: int) -> dict[str, float]:
+    """Token-weighted mean next-token loss over the first `max_batches` windows of the
+    validation split (the train split when there is none), attention kept inside each
+    document as in pretraining; perplexity = exp(loss)."""
+    import torch
+
+    from dsctl.model import compute_loss
+    from dsctl.train.batches import PackedTokens, load_token_split
+
+    docs = load_token_split(shards_dir, "validation") or load_token_split(shards_dir, "train")
+    windows = PackedTokens(docs, seq_len, batch_size, eos_id, seed=0, shuffle=False)
+    n_batches = max(1, min(max_batches, windows.windows_per_epoch // batch_size))
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(n_batches):
+            batch = windows.batch(i)
+            out = compute_loss(model, batch["input_ids"], batch["labels"], doc_ids=batch["doc_ids"], mtp_weight=0.0)
+            total += float(out.lm_loss) * out.n_tokens
+            count += out.n_tokens
+    loss = total / max(count, 1)
+    return {"val_loss": round(loss, 4), "val_ppl": round(math.exp(loss), 3)}

@@ -1,0 +1,85 @@
+"""Accuracy on the held-out (eval) split of the reasoning task families.
+
+Per problem: one greedy completion, and `samples` completions at (temperature, top-p).
+From them, averaged over problems (overall and per family):
+
+    greedy   greedy completion correct
+    pass@1   mean correctness of the samples (DeepSeek-R1's way of reporting pass@1)
+    pass@k   Chen et al.'s unbiased estimator, for each k in `pass_ks` (k ≤ samples)
+    cons@n   majority vote over the parsed answers of all `samples` completions
+    format   share of samples with one think block then one answer
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dsctl.eval.metrics import cons_at_k, mean, pass_at_1, pass_at_k
+from dsctl.tasks import Problem, get_family, parse_answer, reward
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    samples: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+    batch_size: int = 64
+    pass_ks: tuple[int, ...] = (1, 4)
+    seed: int = 0
+
+
+def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], n: int, *, temperature: float,
+                       top_p: float, max_new_tokens: int, seed: int, batch_size: int) -> list[list[str]]:
+    """`n` decoded completions per prompt (chat template, stop at eos or </answer>).
+
+    The one place eval draws samples, kept behind this function so the sampler can change
+    without touching the metrics.
+    """
+    from dsctl.sampling import sample
+
+    out = sample(model, tokenizer, list(prompts), n=n, max_new_tokens=max_new_tokens,
+                 temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
+    return [[c.text for c in row] for row in out]
+
+
+def problem_scores(problem: Problem, greedy: str, samples: Sequence[str], pass_ks: Sequence[int]) -> dict[str, float]:
+    """Every metric for one problem, from its greedy completion and its samples."""
+    family = get_family(problem.family)
+    verdicts = [reward(problem, s) for s in samples]
+    correct = [bool(v["correct"]) for v in verdicts]
+    answers = [parse_answer(s) for s in samples]
+    scores = {"greedy": float(reward(problem, greedy)["correct"]), "pass@1": pass_at_1(correct)}
+    for k in pass_ks:
+        if k > 1:
+            scores[f"pass@{k}"] = pass_at_k(len(samples), sum(correct), k)
+    scores[f"cons@{len(samples)}"] = cons_at_k(answers, lambda a: family.verify(problem, a), len(samples))
+    scores["format"] = mean([float(v["format"]) for v in verdicts])
+    return scores
+
+
+def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem], settings: SamplingSettings) -> dict[str, float]:
+    """Metrics averaged over `problems`, overall and as "<family>/<metric>"."""
+    if any(k > settings.samples for k in settings.pass_ks):
+        raise ValueError(f"pass_ks {list(settings.pass_ks)} need at least {max(settings.pass_ks)} samples; "
+                         f"samples = {settings.samples}")
+    prompts = [p.prompt for p in problems]
+    greedy = sample_completions(model, tokenizer, prompts, 1, temperature=0.0, top_p=1.0,
+                                max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                                batch_size=settings.batch_size)
+    sampled = sample_completions(model, tokenizer, prompts, settings.samples, temperature=settings.temperature,
+                                 top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
+                                 seed=settings.seed + 1, batch_size=settings.batch_size)
+    per_problem = [problem_scores(p, g[0], s, settings.pass_ks) for p, g, s in zip(problems, greedy, sampled)]
+    by_family: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for p, scores in zip(problems, per_problem):
+        by_family[p.family].append(scores)
+    names = list(per_problem[0])
+    result = {name: round(mean([s[name] for s in per_problem]), 4) for name in names}
+    if len(by_family) > 1:
+        for family, rows in by_family.items():
+            result.update({f"{family}/{name}": round(mean([s[name] for s in rows]), 4) for name in names})
+    return result

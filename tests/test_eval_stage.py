@@ -1,0 +1,103 @@
+"""The eval stage end to end on tiny checkpoints, through the real runner and store.
+
+The builders here (a tiny tokenizer, checkpoint and shards) are shared with test_extend_stage.
+"""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsctl.stage import Artifact
+from dsctl.testing import run_stage
+
+FIXTURE_MC = Path(__file__).parent / "fixtures" / "mc_tiny.jsonl"
+
+
+def tiny_tokenizer(directory: Path):
+    from dsctl.eval.passkey import FILLER, NEEDLE, QUESTION
+    from dsctl.tasks import problem_document, split_problems
+    from dsctl.tokenizer import Tokenizer
+
+    rng = random.Random(0)
+    texts = [FILLER * 3, NEEDLE.format(key="12345") + QUESTION]
+    texts += [problem_document(p, rng) for p in split_problems("arithmetic", "train", 40, 0)]
+    return Tokenizer.train(texts, 400, directory, seed=0)
+
+
+def tiny_checkpoint(directory: Path, tokenizer, seed: int, context: int = 64) -> Path:
+    """A random tiny model trained (nominally) at `context` tokens, with its tokenizer."""
+    from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.train.artifacts import export_checkpoint
+
+    torch.manual_seed(seed)
+    config = ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=context,
+                                eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id)
+    export_checkpoint(DeepSeekV3(config), directory, tokenizer.directory, None)
+    return directory
+
+
+def tiny_shards(directory: Path, tokenizer) -> Path:
+    """Token shards (train + validation) of filler and arithmetic text, tokenizer inside."""
+    import shutil
+
+    from dsctl.data.shards import TokenShardWriter, write_index
+    from dsctl.eval.passkey import FILLER
+    from dsctl.tasks import problem_document, split_problems
+
+    rng = random.Random(1)
+    docs = [FILLER * 2] + [problem_document(p, rng) for p in split_problems("arithmetic", "train", 30, 1)]
+    splits = {}
+    for split, rows in (("train", docs[:24]), ("validation", docs[24:])):
+        writer = TokenShardWriter(directory, split)
+        for i, text in enumerate(rows):
+            writer.write(f"{split}-{i}", tokenizer.encode(text))
+        splits[split] = writer.close()
+    write_index(directory, tokenizer.vocab_size, splits)
+    shutil.copytree(tokenizer.directory, directory / "tokenizer")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    tok = tiny_tokenizer(root / "tok")
+    return {"tokenizer": tok, "base": tiny_checkpoint(root / "base", tok, seed=0),
+            "other": tiny_checkpoint(root / "other", tok, seed=1), "shards": tiny_shards(root / "shards", tok)}
+
+
+def test_checkpoint_labels_use_the_recipe_stage_name():
+    from stages.eval import checkpoint_labels
+
+    def art(label, key):
+        return Artifact(Path("/nonexistent"), key, "checkpoint", {}, label)
+
+    labels = checkpoint_labels([art("mini_r1:sft", "a" * 64), art("mini_r1:grpo", "b" * 64),
+                                art("other:sft", "c" * 64), art("", "d" * 64)])
+    assert labels == ["sft@aaaaaaaa", "grpo", "sft@cccccccc", "d" * 12]
+
+
+def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
+    from stages import eval as eval_stage
+
+    config = {"problems": 4, "samples": 2, "pass_ks": [1, 2], "max_new_tokens": 6, "ppl_seq_len": 32,
+              "ppl_batches": 1, "passkey_lengths": [80], "passkey_trials": 2, "mc_file": str(FIXTURE_MC)}
+    artifact = run_stage(eval_stage.STAGE, config,
+                         {"checkpoint": [tiny_world["base"], tiny_world["other"]], "shards": [tiny_world["shards"]]},
+                         tmp_path / "work")
+    report = json.loads((artifact.path / "report.json").read_text())
+    assert list(report["metrics"]) == ["base", "other"]
+    expected = {"greedy", "pass@1", "pass@2", "cons@2", "format", "val_loss", "val_ppl", "passkey@80",
+                "mc_acc", "mc_acc_norm"}
+    for values in report["metrics"].values():
+        assert set(values) == expected
+        assert all(0.0 <= values[k] <= 1.0 for k in expected - {"val_loss", "val_ppl"})
+        assert values["pass@1"] <= values["pass@2"] + 1e-9  # more draws never hurt
+        assert values["val_ppl"] > 1.0
+    assert report["settings"]["samples"] == 2 and report["settings"]["checkpoints"]["base"]["key"]
+    assert report["details"]["base"]["passkey@80"]["trials"] == 2
+    assert (artifact.path / "report.md").read_text().startswith("# eval")
+    assert (artifact.path / "report.png").is_file()
+    assert "base.pass@1" in artifact.metrics
