@@ -80,7 +80,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tok_dir = tokenizer_dir(student_art or teacher_art)
     tokenizer = Tokenizer.load(tok_dir)
     teacher = load_model(teacher_art)
-    use_kl = cfg.kl_weight > 0 and _tokenizers_match(ctx, teacher_art, student_art, teacher)
+    differences = tokenizer_differences(teacher_art, student_art, teacher)
+    if differences and cfg.kl_weight > 0:
+        _refuse_or_warn(ctx, teacher_art, student_art, differences)
+    use_kl = cfg.kl_weight > 0 and not differences
     examples, counts = _examples(ctx, tokenizer)
     train, val = split_validation(examples, cfg.val_fraction, ctx.seed)
     ctx.info(f"{len(train)} training / {len(val)} validation examples; KL term {'on' if use_kl else 'off'}")
@@ -95,8 +98,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if cfg.eval_problems:
         summary.update(_compare(ctx, trainer.model, teacher, tokenizer))
-    with torch.no_grad():
-        summary["val_kl_teacher_student"] = round(_validation_kl(trainer, teacher, cfg), 5)
+    if not differences:  # the KL is only defined over one vocabulary
+        with torch.no_grad():
+            summary["val_kl_teacher_student"] = round(_validation_kl(trainer, teacher, cfg), 5)
     summary.update(fit)
     summary.update(kl_used=use_kl, train_examples=len(train), val_examples=len(val), **counts,
                    student_params=trainer.model.num_parameters()[0], teacher_params=teacher.num_parameters()[0])
@@ -133,28 +137,30 @@ def make_distill_loss(teacher, kl_weight: float, temperature: float, doc_masking
     return loss_fn
 
 
-def _tokenizers_match(ctx: StageContext, teacher_art, student_art, teacher) -> bool:
-    """Whether the KL term is possible: same tokenizer files and the same vocab size."""
-    if student_art is None:
-        return True  # a fresh student is built on the teacher's tokenizer
+def tokenizer_differences(teacher_art, student_art, teacher) -> list[str]:
+    """What differs between the teacher's and the student's tokenizer (tokenizer files,
+    vocab size); [] for a fresh student, which is built on the teacher's tokenizer."""
+    import json
+
     from dsctl.train.artifacts import tokenizer_dir
 
+    if student_art is None:
+        return []
     a, b = tokenizer_dir(teacher_art), tokenizer_dir(student_art)
     differ = [n for n in TOKENIZER_IDENTITY_FILES
               if (a / n).is_file() != (b / n).is_file() or ((a / n).is_file() and (a / n).read_bytes() != (b / n).read_bytes())]
-    import json
-
     student_vocab = json.loads((student_art.path / "config.json").read_text()).get("vocab_size")
     if student_vocab != teacher.config.vocab_size:
         differ.append(f"vocab_size {student_vocab} vs {teacher.config.vocab_size}")
-    if not differ:
-        return True
-    message = (f"teacher {teacher_art.label} and student {student_art.label} tokenizers differ ({', '.join(differ)}): "
-               "the KL term needs one vocabulary")
+    return differ
+
+
+def _refuse_or_warn(ctx: StageContext, teacher_art, student_art, differences: list[str]) -> None:
+    message = (f"teacher {teacher_art.label} and student {student_art.label} tokenizers differ "
+               f"({', '.join(differences)}): the KL term needs one vocabulary")
     if ctx.config.on_tokenizer_mismatch == "error":
         raise UserError(message + "; set kl_weight=0 or on_tokenizer_mismatch='warn' to train on text only")
     ctx.warn(message + "; training on the samples' text only (kl_weight ignored)")
-    return False
 
 
 def _student(ctx: StageContext, tokenizer, student_art):
