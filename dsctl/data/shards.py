@@ -15,12 +15,16 @@ is what `datasets.Dataset.from_file` memory-maps.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+import numpy as np
 import pyarrow as pa
 
 T = TypeVar("T")
@@ -97,6 +101,19 @@ class TokenShardWriter:
         if len(self._ids) >= self.rows_per_batch:
             self._flush()
 
+    def write_flat(self, doc_ids: list[str], flat: np.ndarray, offsets: np.ndarray) -> None:
+        """Write len(doc_ids) documents at once: document i is flat[offsets[i]:offsets[i+1]]."""
+        if not doc_ids:
+            return
+        if self._writer is None or self._shard_tokens >= self.tokens_per_shard:
+            self._open_next()
+        self._flush()
+        values = pa.array(flat, pa.int32())
+        lists = pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), values[offsets[0] : offsets[-1]])
+        self._writer.write_batch(pa.record_batch([pa.array(doc_ids, pa.string()), lists], schema=SHARD_SCHEMA))
+        self._shard_docs += len(doc_ids)
+        self._shard_tokens += int(offsets[-1] - offsets[0])
+
     def _flush(self) -> None:
         if not self._ids:
             return
@@ -161,3 +178,80 @@ def iter_shard_rows(directory: Path, split: str = "train") -> Iterator[tuple[str
                 ids = batch.column("id").to_pylist()
                 tokens = batch.column("input_ids").to_pylist()
                 yield from zip(ids, tokens)
+
+
+# -- encoding a corpus into token shards ---------------------------------------------------
+
+
+def is_validation(doc_id: str, fraction: float) -> bool:
+    """Deterministic held-out assignment by a hash of the document id (not its position)."""
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64
+
+
+@lru_cache(maxsize=2)
+def _processor(model_path: str):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=model_path)
+
+
+def _encode_batch(job: tuple[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat int32 ids, offsets) of a batch; runs in a worker, one model load per process."""
+    model_path, texts = job
+    ids = _processor(model_path).encode(texts)
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+    return flat, np.concatenate(([0], np.cumsum(lengths)))
+
+
+@dataclass
+class EncodeStats:
+    documents: dict[str, int] = field(default_factory=lambda: {"train": 0, "validation": 0})
+    tokens: dict[str, int] = field(default_factory=lambda: {"train": 0, "validation": 0})
+    skipped_empty: int = 0
+    bytes: int = 0
+
+
+def encode_to_shards(
+    rows: Iterable[dict],
+    model_path: Path,
+    writers: dict[str, TokenShardWriter],
+    validation_fraction: float,
+    workers: int = 1,
+    batch_size: int = 256,
+    text_field: str = "text",
+    progress: Callable[[int], None] | None = None,
+) -> EncodeStats:
+    """Encode rows on `workers` processes (ordered) into the train/validation writers.
+
+    Documents that encode to nothing (empty text) are skipped and counted. Output does
+    not depend on the worker count; shard boundaries depend only on `batch_size`.
+    """
+    stats = EncodeStats()
+    pending: deque = deque()
+
+    def jobs() -> Iterator[tuple[str, list[str]]]:
+        for batch in batched(rows, batch_size):
+            pending.append([str(row.get("id", "")) for row in batch])
+            texts = [row[text_field] for row in batch]
+            stats.bytes += sum(len(t.encode("utf-8")) for t in texts)
+            yield str(model_path), texts
+
+    for flat, offsets in ordered_map(_encode_batch, jobs(), workers):
+        doc_ids = pending.popleft()
+        lengths = np.diff(offsets)
+        stats.skipped_empty += int((lengths == 0).sum())
+        held_out = np.array([is_validation(d, validation_fraction) for d in doc_ids], dtype=bool)
+        for split, mask in (("train", ~held_out), ("validation", held_out)):
+            keep = np.flatnonzero(mask & (lengths > 0))
+            if keep.size == 0:
+                continue
+            pieces = [flat[offsets[i] : offsets[i + 1]] for i in keep]
+            sub_offsets = np.concatenate(([0], np.cumsum(lengths[keep])))
+            writers[split].write_flat([doc_ids[i] for i in keep], np.concatenate(pieces), sub_offsets)
+            stats.documents[split] += int(keep.size)
+            stats.tokens[split] += int(sub_offsets[-1])
+        if progress:
+            progress(len(doc_ids))
+    return stats
