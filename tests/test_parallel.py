@@ -10,7 +10,6 @@ import logging
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from dsctl.parallel.data_parallel import all_reduce_grads, wrap_data_parallel

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -46,3 +51,27 @@ def test_spawn_workers_terminates_a_job_that_outlives_its_timeout():
     with pytest.raises(TimeoutError, match="did not finish in time"):
         spawn_workers(_fail_on_rank1_or_hang, 1, True, timeout_s=5)
     assert time.monotonic() - start < 30
+
+
+
+def _torchrun_demo(schedule: str, nproc: int, steps: int) -> list[float]:
+    # torchrun from the same venv, standalone rendezvous on localhost (the README command)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "dsctl.parallel.demo",
+           "--schedule", schedule, "--steps", str(steps), "--batch-size", "8", "--seq-len", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line)["loss"] for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow  # ~15-20 s: two interpreters importing torch and the model under torchrun
+def test_torchrun_launch_of_dualpipe_demo_trains():
+    losses = _torchrun_demo("dualpipe", 2, 3)
+    assert len(losses) == 3 and losses[2] < losses[1] < losses[0]
+
+
+@pytest.mark.slow
+def test_dualpipe_and_1f1b_follow_the_same_loss_curve_under_torchrun():
+    dual, onef1b = _torchrun_demo("dualpipe", 4, 3), _torchrun_demo("1f1b", 4, 3)
+    assert dual == pytest.approx(onef1b, rel=1e-4)
