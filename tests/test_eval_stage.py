@@ -83,7 +83,7 @@ def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
     from stages import eval as eval_stage
 
     config = {"problems": 4, "samples": 2, "pass_ks": [1, 2], "max_new_tokens": 6, "ppl_seq_len": 32,
-              "ppl_batches": 1, "passkey_lengths": [80], "passkey_trials": 2, "mc_file": str(FIXTURE_MC)}
+              "ppl_batches": 1, "passkey_lengths": [80], "passkey_trials": 2, "mc_file": str(FIXTURE_MC), "threads": 1}
     artifact = run_stage(eval_stage.STAGE, config,
                          {"checkpoint": [tiny_world["base"], tiny_world["other"]], "shards": [tiny_world["shards"]]},
                          tmp_path / "work")

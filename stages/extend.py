@@ -1,0 +1,146 @@
+"""extend: stretch a checkpoint's context with YaRN, then fine-tune briefly on long sequences.
+
+Reads a `checkpoint` (the base model) and `shards` (long text), writes a `checkpoint`
+whose config.json carries DeepSeek-V3's YaRN `rope_scaling` (factor s over the base's
+trained context). Training mixes packed long-text windows of s × the original context
+with synthetic passkey-retrieval documents, at a small learning rate, through the shared
+Trainer (exact resume). Passkey accuracy at 1×, 2×, 4× the original context is measured
+for the base, the base with YaRN and no training, and the extended model; the numbers go
+to the stage summary and `passkey.json` in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.train.config import TrainConfig
+
+
+@dataclass
+class ExtendConfig(TrainConfig):
+    factor: float = 4.0
+    """YaRN scale s: the new context is s × the base checkpoint's trained context."""
+    beta_fast: float = 32.0
+    """YaRN β_fast: rotary pairs turning more than this often over the original context keep their frequency."""
+    beta_slow: float = 1.0
+    """YaRN β_slow: pairs turning fewer times than this are interpolated (frequency / s)."""
+    mscale: float = 1.0
+    """YaRN mscale and mscale_all_dim (DeepSeek-V3: both 1.0, so logits sharpen by (0.1·ln s + 1)²)."""
+    passkey_fraction: float = 0.5
+    """Share of training steps made of passkey documents (the rest: packed long text)."""
+    passkey_multiples: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    """Context lengths, as multiples of the original context, at which passkey accuracy is reported."""
+    passkey_trials: int = 12
+    """Passkey documents per length, needles spread evenly over the context."""
+    passkey_batch_size: int = 4
+    """Passkey documents decoded together."""
+    max_steps: int = 40
+    """Optimizer steps to take (a short fine-tune: YaRN needs little)."""
+    batch_size: int = 4
+    """Long sequences per micro-batch."""
+    seq_len: int = 0
+    """Training sequence length; 0 = factor × the base's trained context."""
+    lr: float = 5e-4
+    """Peak learning rate: small, to adapt to the new positions without forgetting."""
+    warmup_steps: int = 5
+    """Linear warm-up steps."""
+    checkpoint_every: int = 20
+    """Save a resumable checkpoint every this many steps (and at the end)."""
+    eval_every: int = 0
+    """Validation loss every this many steps (0: only at the end)."""
+    eval_batches: int = 2
+    """Validation micro-batches per evaluation."""
+    doc_masking: bool = False
+    """Off: a packed window is one long context with continuous positions, which is the point."""
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import dataclasses
+
+    from dsctl.eval.long_context import LongContextBatches, trained_context, with_yarn
+    from dsctl.tokenizer import Tokenizer
+    from dsctl.train import PackedTokens, Trainer, load_token_split
+    from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
+    from dsctl.train.checkpoint import latest_checkpoint
+
+    import torch
+
+    cfg: ExtendConfig = ctx.config
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    checkpoint, shards = ctx.input("checkpoint"), ctx.input("shards")
+    tokenizer = Tokenizer.load(tokenizer_dir(checkpoint))
+    base = load_model(checkpoint)
+    original = trained_context(checkpoint.manifest, base.config)
+    seq_len = cfg.seq_len or int(round(original * cfg.factor))
+    ctx.info(f"YaRN s={cfg.factor:g}: context {original} -> {int(round(original * cfg.factor))}; training at {seq_len}")
+    yarn = dict(beta_fast=cfg.beta_fast, beta_slow=cfg.beta_slow, mscale=cfg.mscale)
+    lengths = [int(round(m * original)) for m in cfg.passkey_multiples]
+
+    before = ctx.load_state().get("passkey_before")
+    if before is None:  # measured once; a resumed attempt reuses it
+        before = {"base": passkey_row(ctx, base, tokenizer, lengths, "base"),
+                  "yarn": passkey_row(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, lengths, "yarn")}
+        ctx.save_state({"passkey_before": before})
+
+    train_cfg = dataclasses.replace(cfg, seq_len=seq_len)
+    corpus = PackedTokens(load_token_split(shards.path, "train"), seq_len, cfg.batch_size, tokenizer.eos_id,
+                          ctx.seed, grad_accum=cfg.grad_accum)
+    batches = LongContextBatches(corpus, tokenizer, seq_len, cfg.batch_size, ctx.seed, cfg.passkey_fraction,
+                                 grad_accum=cfg.grad_accum)
+    val_docs = load_token_split(shards.path, "validation")
+    val = PackedTokens(val_docs, seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False) if val_docs else None
+    trainer = Trainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
+    summary = trainer.fit()
+    after = passkey_row(ctx, trainer.model, tokenizer, lengths, "extended")
+
+    table = {**before, "extended": after}
+    export_checkpoint(trainer.model, ctx.out, tokenizer_dir(checkpoint), latest_checkpoint(trainer.ckpt_dir))
+    _write_json(ctx.out / "passkey.json", {"original_context": original, "factor": cfg.factor,
+                                           "trials": cfg.passkey_trials, "accuracy": table})
+    headline = {f"passkey_{model}_{_mult(m)}x": table[model][str(n)]["accuracy"]
+                for model in ("extended", "base", "yarn") for m, n in zip(cfg.passkey_multiples, lengths)}
+    return {**headline, **summary, "original_context": original, "context": int(round(original * cfg.factor)),
+            "train_seq_len": seq_len}
+
+
+def passkey_row(ctx: StageContext, model: Any, tokenizer: Any, lengths: list[int], name: str) -> dict[str, Any]:
+    """Passkey accuracy of one model at each length; logged and shown as it goes."""
+    from dsctl.eval.passkey import passkey_accuracy
+
+    cfg: ExtendConfig = ctx.config
+    row: dict[str, Any] = {}
+    with ctx.progress(len(lengths), f"passkey {name}", unit="length") as bar:
+        for n in lengths:
+            row[str(n)] = passkey_accuracy(model, tokenizer, n, cfg.passkey_trials, seed=ctx.seed,
+                                           batch_size=cfg.passkey_batch_size)
+            ctx.log(event="passkey", model=name, length=n, accuracy=row[str(n)]["accuracy"])
+            bar.advance(1)
+    ctx.info(f"passkey {name}: " + ", ".join(f"{n}: {r['accuracy']:.2f}" for n, r in row.items()))
+    return row
+
+
+def _mult(m: float) -> str:
+    return f"{m:g}".replace(".", "_")
+
+
+def _write_json(path, data) -> None:
+    import json
+
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+STAGE = StageSpec(
+    name="extend",
+    version=1,
+    config=ExtendConfig,
+    run=run,
+    output="checkpoint",
+    inputs={"checkpoint": Input("checkpoint", help="the base model (from pretrain)"),
+            "shards": Input("shards", help="token shards of long text (from tokenize)")},
+    help="Extend a checkpoint's context with YaRN (DeepSeek-V3's rope scaling) and a short fine-tune on "
+         "long text and passkey documents; reports passkey accuracy before and after.",
+    example="dsctl extend --ckpt mini_r1:pretrain --from mini_r1:tokenize --set factor=4 --set max_steps=40",
+)

@@ -1,0 +1,37 @@
+"""The extend stage end to end on a tiny checkpoint, through the real runner and store."""
+
+import json
+
+import pytest
+
+from dsctl.testing import run_stage
+from tests.test_eval_stage import tiny_checkpoint, tiny_shards, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def base_and_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extend")
+    tok = tiny_tokenizer(root / "tok")
+    return tiny_checkpoint(root / "base", tok, seed=0, context=96), tiny_shards(root / "shards", tok)
+
+
+def test_extend_writes_a_yarn_checkpoint_and_passkey_table(base_and_shards, tmp_path):
+    from dsctl.model.hf import load_hf
+    from stages import extend
+
+    base, shards = base_and_shards
+    config = {"factor": 2, "max_steps": 3, "batch_size": 2, "warmup_steps": 1, "passkey_fraction": 0.5,
+              "passkey_multiples": [1, 2], "passkey_trials": 2, "checkpoint_every": 2, "threads": 1}
+    artifact = run_stage(extend.STAGE, config, {"checkpoint": [base], "shards": [shards]}, tmp_path / "work")
+    hf = json.loads((artifact.path / "config.json").read_text())
+    assert hf["rope_scaling"] == {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 96,
+                                  "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+    assert hf["max_position_embeddings"] == 192
+    assert load_hf(artifact.path).config.rope_scaling["factor"] == 2.0
+    table = json.loads((artifact.path / "passkey.json").read_text())
+    assert set(table["accuracy"]) == {"base", "yarn", "extended"}
+    assert set(table["accuracy"]["extended"]) == {"96", "192"}
+    metrics = artifact.metrics
+    assert {"passkey_base_2x", "passkey_yarn_2x", "passkey_extended_2x", "steps"} <= set(metrics)
+    assert metrics["steps"] == 3 and metrics["train_seq_len"] == 192 and metrics["original_context"] == 96
+    assert (artifact.path / "tokenizer.model").is_file() and (artifact.path / "training_state").is_dir()
