@@ -111,11 +111,11 @@ class ByteBatch:
         """Hashes of the maximal runs of non-separator bytes, and runs per text."""
         if self.data.size == 0:
             return np.zeros(0, dtype=np.uint64), np.zeros(self.doc_starts.size, dtype=np.int64)
-        inside = ~separators[self.data]
-        before = np.concatenate(([False], inside[:-1]))
-        after = np.concatenate((inside[1:], [False]))
-        starts = np.flatnonzero(inside & ~before)
-        ends = np.flatnonzero(inside & ~after) + 1
+        inside = np.zeros(self.data.size + 2, dtype=np.int8)
+        np.logical_not(separators[self.data], out=inside[1:-1].view(bool))
+        edges = np.diff(inside)  # +1 where a word starts, -1 one past where it ends
+        starts = np.flatnonzero(edges == 1)
+        ends = np.flatnonzero(edges == -1)
         counts = np.diff(np.concatenate((np.searchsorted(starts, self.doc_starts), [starts.size])))
         return segment_hashes(self.data, starts, ends, prefix=self._prefix), counts
 
