@@ -14,6 +14,8 @@ import torch.distributed as dist
 from torch import nn
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
+from dsctl.parallel.data_parallel import all_reduce_grads
+from dsctl.parallel.dist import pipeline_data_groups
 from dsctl.parallel.dualpipe import DualPipe
 from dsctl.parallel.launch import spawn_workers
 from dsctl.parallel.model_stages import lm_loss, split_deepseek_v3
@@ -100,6 +102,20 @@ def _run_deepseek_case(group) -> dict:
                                     if p.grad is not None}}
 
 
+def _run_dp_x_pp_case() -> dict:
+    """2 replicas x DualPipe over 2 ranks: each replica trains on its half of the batch."""
+    groups = pipeline_data_groups(2)
+    stages = build_stages("mlp", 2)
+    x, y = make_batch("mlp", 16)
+    mine = slice(groups.dp_rank * 8, (groups.dp_rank + 1) * 8)
+    chunks = (stages[groups.pp_rank], stages[1 - groups.pp_rank])
+    loss = DualPipe(chunks, nn.functional.mse_loss, groups.pp).step(x[mine], y[mine], 4)
+    for chunk in chunks:
+        all_reduce_grads(chunk, groups.dp)
+    return {"pp_rank": groups.pp_rank, "dp_rank": groups.dp_rank, "loss": loss,
+            "grads": {s: [p.grad.clone() for p in stages[s].parameters()] for s in (0, 1)}}
+
+
 def _pipeline_job(info) -> dict:
     world = dist.group.WORLD
     pair = dist.new_group([0, 1])  # every rank must take part in creating a group
@@ -108,6 +124,7 @@ def _pipeline_job(info) -> dict:
         "dualpipe_p4_lm": _run_case("dualpipe", "lm", 4, 8, 8, world),
         "dualpipe_p4_nosync": _run_case("dualpipe", "mlp", 4, 16, 8, world, sync=False),
         "onef1b_p4": _run_case("onef1b", "mlp", 4, 12, 6, world),
+        "dp_x_pp": _run_dp_x_pp_case(),
     }
     if info.rank < 2:
         results["dualpipe_p2"] = _run_case("dualpipe", "mlp", 2, 12, 6, pair)
@@ -154,6 +171,15 @@ def test_dualpipe_routes_each_half_of_the_batch_through_its_own_direction(job):
             want = first if stage == rank else second
             for got, w in zip(grads, want["grads"][stage], strict=True):
                 torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_replicas_of_dualpipe_match_single_process_on_whole_batch(job):
+    ref = reference("mlp", 2, 16, 8)  # replica d's 4 micro-batches are micro-batches 4d..4d+3
+    assert [(r["dp_x_pp"]["dp_rank"], r["dp_x_pp"]["pp_rank"]) for r in job] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for res in (r["dp_x_pp"] for r in job):
+        for stage, grads in res["grads"].items():
+            for got, want in zip(grads, ref["grads"][stage], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_onef1b_four_ranks_matches_single_process(job):

@@ -112,3 +112,33 @@ class Rank0Filter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return is_rank0()
+
+
+@dataclass(frozen=True)
+class ParallelGroups:
+    """Process groups of a data x pipeline layout (torchtitan-style device mesh)."""
+
+    pp: dist.ProcessGroup
+    """This rank's pipeline: ``pp_size`` consecutive ranks (neighbours talk most)."""
+    dp: dist.ProcessGroup
+    """Ranks holding the same pipeline stage(s) in each replica; gradients average here."""
+    pp_rank: int
+    """Position in the pipeline."""
+    dp_rank: int
+    """Which data-parallel replica this rank belongs to (selects its slice of the batch)."""
+
+
+def pipeline_data_groups(pp_size: int, device_type: str = "cpu") -> ParallelGroups:
+    """Split the world into ``world / pp_size`` pipeline replicas (every rank must call it).
+
+    Rank ``r`` sits at pipeline position ``r % pp_size`` of replica ``r // pp_size``;
+    keeping a pipeline on consecutive ranks keeps its point-to-point traffic inside a node.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if pp_size < 1 or world % pp_size:
+        raise ValueError(f"pipeline size {pp_size} must divide the world size {world}")
+    mesh = init_device_mesh(device_type, (world // pp_size, pp_size), mesh_dim_names=("dp", "pp"))
+    return ParallelGroups(pp=mesh.get_group("pp"), dp=mesh.get_group("dp"),
+                          pp_rank=mesh.get_local_rank("pp"), dp_rank=mesh.get_local_rank("dp"))
