@@ -74,12 +74,12 @@ def test_bias_updates_reduce_max_load_violation_of_a_skewed_router():
         moe.gate.weight[:2] += 0.5 * moe.gate.weight[:2].sign()  # experts 0 and 1 attract most tokens
     x = torch.randint(0, c.vocab_size, (4, 32))
     violations = []
-    for _ in range(60):
+    for _ in range(30):
         with torch.no_grad():
             model(x)
-        violations.append(model.update_router_biases(speed=0.01)["max_load_violation"])
+        violations.append(model.update_router_biases(speed=0.02)["max_load_violation"])
     assert violations[0] > 1.0
-    assert min(violations[-10:]) < 0.5 * violations[0]
+    assert min(violations[-5:]) < 0.5 * violations[0]
     assert moe.expert_load.sum() == 0  # counters reset by each update
 
 
@@ -101,3 +101,17 @@ def test_balance_loss_is_minimal_for_uniform_routing_and_larger_when_skewed():
     skewed_scores = torch.tensor([0.9, 0.9, 0.1, 0.1]).expand(1, T, E)
     assert torch.isclose(sequence_balance_loss(uniform, ids, None), torch.tensor(1.0))
     assert sequence_balance_loss(skewed_scores, skewed_ids, None) > 1.5
+
+
+def test_inference_grouped_gemm_path_matches_training_path_and_sees_weight_updates():
+    moe = _moe().eval()
+    x = torch.randn(3, 5, moe.config.hidden_size)
+    with torch.no_grad():
+        fast, _ = moe(x)  # F.grouped_mm over stacked expert weights
+    slow, _ = moe(x)  # grad enabled: one call per expert module
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for e in moe.experts:
+            e.down_proj.weight.mul_(2.0)  # in place, like an optimizer step
+        again, _ = moe(x)
+    torch.testing.assert_close(again - moe.shared_experts(x), 2 * (fast - moe.shared_experts(x)), rtol=1e-5, atol=1e-6)

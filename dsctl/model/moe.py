@@ -102,12 +102,53 @@ class MoE(nn.Module):
         N, K = expert_ids.shape
         flat_ids = expert_ids.flatten()
         order = flat_ids.argsort(stable=True)
-        counts = torch.bincount(flat_ids, minlength=len(self.experts)).tolist()
+        counts = torch.bincount(flat_ids, minlength=len(self.experts))
         token_of = order // K  # source token of each sorted row
-        rows = x[token_of].split(counts)
-        outs = [self.experts[e](chunk) for e, chunk in enumerate(rows) if counts[e]]
-        routed = torch.cat(outs) * weights.flatten()[order, None]
+        rows = x[token_of]
+        if self._can_group(x):
+            routed = self._grouped_experts(rows, counts)
+        else:
+            sizes = counts.tolist()
+            routed = torch.cat([self.experts[e](chunk) for e, chunk in enumerate(rows.split(sizes)) if sizes[e]])
+        routed = routed * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, token_of, routed.to(x.dtype))
+
+    # ---- inference fast path: one grouped GEMM over all experts ---------------------------
+    def _can_group(self, x: torch.Tensor) -> bool:
+        """Without autograd, plain-Linear experts on CPU (or bf16 CUDA) use F.grouped_mm.
+
+        Training keeps one call per expert module so gradients reach each expert's own
+        nn.Linear, and so FP8 (or other) Linear replacements are always honoured.
+        """
+        if torch.is_grad_enabled() or not hasattr(F, "grouped_mm"):
+            return False
+        if x.device.type == "cuda" and not (x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)):
+            return False
+        if x.device.type not in ("cpu", "cuda"):
+            return False
+        first = self.experts[0].gate_proj
+        return type(first) is nn.Linear and first.weight.dtype == x.dtype
+
+    def _stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, d, 2I) gate|up and (E, I, d) down weights, rebuilt whenever any expert weight changed.
+
+        The key holds every weight's storage pointer and in-place version counter, so an
+        optimizer step, load_state_dict or .to() invalidates the copy.
+        """
+        weights = [p for e in self.experts for p in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
+        key = tuple((p.data_ptr(), p._version) for p in weights)
+        if getattr(self, "_stack_key", None) != key:
+            gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts])
+            down = torch.stack([e.down_proj.weight for e in self.experts])
+            self._stack = (gate_up.transpose(1, 2), down.transpose(1, 2))  # plain attribute: not in state_dict
+            self._stack_key = key
+        return self._stack
+
+    def _grouped_experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self._stacked_weights()
+        offs = counts.cumsum(0).to(torch.int32)
+        gate, up = F.grouped_mm(rows, gate_up, offs=offs).chunk(2, dim=-1)
+        return F.grouped_mm(F.silu(gate) * up, down, offs=offs)
 
     # ---- auxiliary-loss-free balancing ---------------------------------------------------
     def max_load_violation(self) -> float:
