@@ -33,6 +33,15 @@ class LossOutput:
     """Number of positions scored by the main head."""
 
 
+def _targets(labels: torch.Tensor, offset: int, doc_ids: torch.Tensor | None) -> torch.Tensor:
+    """labels[:, t+offset] for t < T-offset; −100 where the target lies in another document."""
+    T = labels.shape[1]
+    target = labels[:, offset:]
+    if doc_ids is not None:
+        target = target.masked_fill(doc_ids[:, offset:] != doc_ids[:, : T - offset], IGNORE_INDEX)
+    return target
+
+
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, offset: int,
                           doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Mean CE of logits[:, t] against labels[:, t+offset]; (loss, scored count).
@@ -42,14 +51,26 @@ def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, offset: in
     T = labels.shape[1]
     if T <= offset:
         return logits.sum() * 0.0, 0
-    target = labels[:, offset:]
-    if doc_ids is not None:
-        target = target.masked_fill(doc_ids[:, offset:] != doc_ids[:, : T - offset], IGNORE_INDEX)
+    target = _targets(labels, offset, doc_ids)
     pred = logits[:, : T - offset]
     total = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")
     count = int((target != IGNORE_INDEX).sum())
     return total / max(count, 1), count
+
+
+def _head_cross_entropy(head: torch.nn.Module, norm: torch.nn.Module, hidden: torch.Tensor,
+                        labels: torch.Tensor, offset: int, doc_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """shifted_cross_entropy, but the output head runs only on positions that are scored
+    (SFT prompts and padding cost no vocab projection)."""
+    T = labels.shape[1]
+    target = _targets(labels, offset, doc_ids) if T > offset else labels[:, :0]
+    scored = target != IGNORE_INDEX
+    count = int(scored.sum())
+    if count == 0:
+        return hidden.sum() * 0.0, 0
+    logits = head(norm(hidden[:, : T - offset][scored]))
+    return F.cross_entropy(logits.float(), target[scored], reduction="sum") / count, count
 
 
 def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -66,12 +87,13 @@ def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tenso
     weight = model.config.mtp_loss_weight if mtp_weight is None else mtp_weight
     use_mtp = weight > 0 and len(model.mtp) > 0
     out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
-                mtp=use_mtp, return_outputs=True)
-    lm_loss, n_tokens = shifted_cross_entropy(out.logits, labels, 1, doc_ids)
+                mtp=use_mtp, return_outputs=True, compute_logits=False)
+    lm_loss, n_tokens = _head_cross_entropy(model.lm_head, model.norm, out.hidden_states, labels, 1, doc_ids)
     mtp_loss = lm_loss.new_zeros(())
     if use_mtp:
-        depth_losses = [shifted_cross_entropy(lg, labels, k + 1, doc_ids)[0]
-                        for k, lg in enumerate(out.mtp_logits, start=1)]
+        depth_losses = [
+            _head_cross_entropy(model.lm_head, module.shared_head.norm, h, labels, k + 1, doc_ids)[0]
+            for k, (module, h) in enumerate(zip(model.mtp, out.mtp_hidden_states), start=1)]
         mtp_loss = torch.stack(depth_losses).mean()
     loss = lm_loss + weight * mtp_loss + out.balance_loss
     return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss,

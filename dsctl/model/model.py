@@ -25,14 +25,16 @@ from .rope import RotaryEmbedding
 class ModelOutput:
     """Everything a training loss needs from one forward pass."""
 
-    logits: torch.Tensor
-    """(B, T, vocab): position t predicts token t+1."""
+    logits: torch.Tensor | None
+    """(B, T, vocab): position t predicts token t+1 (None when compute_logits=False)."""
     hidden_states: torch.Tensor
     """(B, T, d): last block output before the final norm (the input of MTP depth 1)."""
     balance_loss: torch.Tensor
     """Scalar: α-weighted sequence-wise balance loss summed over MoE layers (0 in eval)."""
     mtp_logits: list[torch.Tensor] = field(default_factory=list)
     """Depth k = 1..D: (B, T, vocab), position t predicts token t+k+1 (empty unless mtp=True)."""
+    mtp_hidden_states: list[torch.Tensor] = field(default_factory=list)
+    """Depth k = 1..D: (B, T, d) MTP block outputs before their `shared_head.norm`."""
 
 
 @dataclass
@@ -72,7 +74,8 @@ class DeepSeekV3(nn.Module):
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
                 cache: LatentCache | None = None, attn_impl: str | None = None, mtp: bool = False,
-                logits_to_keep: int = 0, return_outputs: bool = False) -> torch.Tensor | ModelOutput:
+                logits_to_keep: int = 0, return_outputs: bool = False,
+                compute_logits: bool = True) -> torch.Tensor | ModelOutput:
         """input_ids (B, T) -> logits (B, T, vocab), or a ModelOutput if return_outputs.
 
         attention_mask: (B, S) 1 = real, 0 = pad (S = cached slots + T); for left padding.
@@ -84,6 +87,8 @@ class DeepSeekV3(nn.Module):
         attn_impl: "explicit" or "absorbed"; default absorbed when decoding past cached slots.
         mtp: also run the MTP modules (ModelOutput.mtp_logits).
         logits_to_keep: if > 0, only the last this-many positions get logits (saves the head).
+        compute_logits: False skips the output head (ModelOutput.logits is None); a loss that
+            scores only some positions applies the head to those alone.
         """
         past = cache.length if cache is not None else 0
         ctx = self.attention_context(input_ids, attention_mask, position_ids, doc_ids, past)
@@ -95,7 +100,9 @@ class DeepSeekV3(nn.Module):
             balance = balance + b
         if cache is not None:
             cache.length = max(cache.length, past + input_ids.shape[1])
-        logits = self.lm_head(self.norm(h[:, -logits_to_keep:] if logits_to_keep else h))
+        logits = None
+        if compute_logits or not return_outputs:
+            logits = self.lm_head(self.norm(h[:, -logits_to_keep:] if logits_to_keep else h))
         if not return_outputs:
             return logits
         out = ModelOutput(logits=logits, hidden_states=h, balance_loss=balance)
@@ -105,7 +112,9 @@ class DeepSeekV3(nn.Module):
                 ids = shift_left(ids)
                 h_k, b = module(h_k, self.embed_tokens(ids), ctx.rope, ctx.mask, ctx.token_mask, impl=impl)
                 out.balance_loss = out.balance_loss + b
-                out.mtp_logits.append(self.lm_head(module.shared_head.norm(h_k)))
+                out.mtp_hidden_states.append(h_k)
+                if compute_logits:
+                    out.mtp_logits.append(self.lm_head(module.shared_head.norm(h_k)))
         return out
 
     def mtp_step(self, depth: int, hidden: torch.Tensor, next_ids: torch.Tensor, *,
