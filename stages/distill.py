@@ -239,5 +239,5 @@ STAGE = StageSpec(
     },
     help="Distill a smaller student from a teacher: SFT on its rejection samples, plus an optional "
          "KL(teacher ∥ student) term on the completion tokens; reports student vs teacher accuracy and speed.",
-    example="dsctl distill --from mini_r1:rejection_sample --ckpt mini_r1:grpo --set kl_weight=0",
+    example="dsctl distill --from samples=mini_r1:rejection_sample --from teacher=mini_r1:grpo --set kl_weight=0",
 )

@@ -57,23 +57,23 @@ class SFTConfig(TrainConfig):
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
+    from dsctl.sft import split_validation
     from dsctl.tokenizer import Tokenizer
     from dsctl.train import PackedExamples, Trainer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
+    from dsctl.train.loop import resolve_device
 
     cfg: SFTConfig = ctx.config
     base = ctx.input("checkpoint")
     tok_dir = tokenizer_dir(base)
     tokenizer = Tokenizer.load(tok_dir)
     examples, counts = build_examples(ctx, tokenizer)
-    from dsctl.sft import split_validation
-
     train, val = split_validation(examples, cfg.val_fraction, ctx.seed)
     ctx.info(f"{len(train)} training / {len(val)} validation examples "
              f"({counts['too_long']} longer than seq_len={cfg.seq_len} dropped)")
     torch.manual_seed(ctx.seed)
-    model = load_model(base)
+    model = load_model(base).to(resolve_device(cfg.device))
     summary: dict[str, Any] = {}
     if cfg.eval_problems and cfg.eval_base:
         summary.update(_remember_base_eval(ctx, model, tokenizer))
