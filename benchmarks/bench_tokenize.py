@@ -1,6 +1,6 @@
 """Encode throughput: the tokenize stage's encode path vs sentencepiece's own batch encode.
 
-    python benchmarks/bench_tokenize.py               # ~20 MB of default-world text
+    python benchmarks/bench_tokenize.py               # 20 MB of default-world text
     python benchmarks/bench_tokenize.py --mb 50 --workers 4
 
 Same text, same model (a 4096-piece BPE trained here), same run:
@@ -36,14 +36,15 @@ from dsctl.tokenizer import Tokenizer  # noqa: E402
 
 
 def build_texts(target_mb: float) -> list[dict]:
-    from dsctl.data.world import WorldSizes, build_world
+    """Default-world documents (two seeds), repeated with new ids up to `target_mb`."""
+    from dsctl.data.world import build_world
 
-    rows, size, seed = [], 0, 0
+    base = [row["text"] for seed in (0, 1) for row in build_world(seed).rows]
+    rows, size = [], 0
     while size < target_mb * 1e6:
-        for row in build_world(seed, WorldSizes(max_prose_docs=1000)).rows:
-            rows.append({"id": f"s{seed}-{row['id']}", "text": row["text"]})
-            size += len(row["text"].encode("utf-8"))
-        seed += 1
+        text = base[len(rows) % len(base)]
+        rows.append({"id": f"doc-{len(rows)}", "text": text})
+        size += len(text.encode("utf-8"))
     return rows
 
 

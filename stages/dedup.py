@@ -34,12 +34,12 @@ class DedupConfig:
     num_perm: int = 128
     """MinHash permutations per document (more = better estimates, slower)."""
     bands: int = 0
-    """LSH bands; 0 chooses bands and rows from the threshold (16×8 at 0.8)."""
+    """LSH bands; 0 chooses bands and rows from the threshold (18×7 at 0.8)."""
     rows: int = 0
     """Signature values per LSH band; 0 chooses them with `bands`."""
     verify_jaccard: bool = True
     """Check each LSH candidate pair by its true shingle Jaccard before removing anything."""
-    false_negative_weight: float = 0.95
+    false_negative_weight: float = 0.99
     """When choosing bands×rows: weight of missed pairs vs. extra candidates (0..1)."""
     workers: int = 0
     """Worker processes; 0 = one per CPU core. Does not change the result."""

@@ -98,7 +98,7 @@ def test_minhash_agreement_estimates_true_jaccard():
 
 def test_optimal_bands_agree_with_datasketch():
     for threshold in (0.5, 0.7, 0.8, 0.9):
-        for weights in ((0.5, 0.5), (0.05, 0.95)):
+        for weights in ((0.5, 0.5), (0.05, 0.95), (0.01, 0.99)):
             assert optimal_bands(threshold, 128, *weights) == _optimal_param(threshold, 128, *weights)
 
 
