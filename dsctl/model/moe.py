@@ -140,7 +140,8 @@ class MoE(nn.Module):
         if getattr(self, "_stack_key", None) != key:
             gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts])
             down = torch.stack([e.down_proj.weight for e in self.experts])
-            self._stack = (gate_up.transpose(1, 2), down.transpose(1, 2))  # plain attribute: not in state_dict
+            # Contiguous (E, in, out): a transposed view would be re-packed by every tiny GEMM.
+            self._stack = (gate_up.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous())
             self._stack_key = key
         return self._stack
 
