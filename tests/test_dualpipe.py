@@ -109,7 +109,7 @@ def _run_dp_x_pp_case() -> dict:
     x, y = make_batch("mlp", 16)
     mine = slice(groups.dp_rank * 8, (groups.dp_rank + 1) * 8)
     chunks = (stages[groups.pp_rank], stages[1 - groups.pp_rank])
-    loss = DualPipe(chunks, nn.functional.mse_loss, groups.pp).step(x[mine], y[mine], 4)
+    loss = DualPipe(chunks, nn.functional.mse_loss, groups.pp, groups.links).step(x[mine], y[mine], 4)
     for chunk in chunks:
         all_reduce_grads(chunk, groups.dp)
     return {"pp_rank": groups.pp_rank, "dp_rank": groups.dp_rank, "loss": loss,

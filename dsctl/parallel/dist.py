@@ -18,6 +18,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from dsctl.parallel.pipeline import LinkGroups
+
 _ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -126,6 +128,8 @@ class ParallelGroups:
     """Position in the pipeline."""
     dp_rank: int
     """Which data-parallel replica this rank belongs to (selects its slice of the batch)."""
+    links: LinkGroups
+    """Per-direction point-to-point groups of this rank's pipeline (pass to DualPipe/OneF1B)."""
 
 
 def pipeline_data_groups(pp_size: int, device_type: str = "cpu") -> ParallelGroups:
@@ -140,5 +144,12 @@ def pipeline_data_groups(pp_size: int, device_type: str = "cpu") -> ParallelGrou
     if pp_size < 1 or world % pp_size:
         raise ValueError(f"pipeline size {pp_size} must divide the world size {world}")
     mesh = init_device_mesh(device_type, (world // pp_size, pp_size), mesh_dim_names=("dp", "pp"))
-    return ParallelGroups(pp=mesh.get_group("pp"), dp=mesh.get_group("dp"),
-                          pp_rank=mesh.get_local_rank("pp"), dp_rank=mesh.get_local_rank("dp"))
+    links = None
+    for replica in range(world // pp_size):  # new_group is collective: all ranks create all
+        ranks = list(range(replica * pp_size, (replica + 1) * pp_size))
+        pair = LinkGroups(dist.new_group(ranks), dist.new_group(ranks))
+        if dist.get_rank() in ranks:
+            links = pair
+    assert links is not None
+    return ParallelGroups(pp=mesh.get_group("pp"), dp=mesh.get_group("dp"), pp_rank=mesh.get_local_rank("pp"),
+                          dp_rank=mesh.get_local_rank("dp"), links=links)

@@ -65,7 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.parallel.pipeline import PipelineExecutor, global_rank
+from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor, global_rank
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
 
 
@@ -188,6 +188,7 @@ class DualPipe:
         chunks: tuple[nn.Module, nn.Module],
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         group: Optional[dist.ProcessGroup] = None,
+        links: Optional[LinkGroups] = None,
         sync_mirror_grads: bool = True,
     ) -> None:
         self.chunks = chunks
@@ -195,6 +196,11 @@ class DualPipe:
         self.group = group if group is not None else dist.group.WORLD
         self.rank = dist.get_rank(self.group)
         self.num_ranks = dist.get_world_size(self.group)
+        if links is None:
+            # Over the whole world every rank is here, so creating groups is safe; a
+            # sub-group pipeline gets its links from pipeline_data_groups (or shares one group).
+            links = LinkGroups.create(self.group) if self.group is dist.group.WORLD else LinkGroups.single(self.group)
+        self.links = links
         if self.num_ranks % 2:
             raise ValueError(f"DualPipe needs an even number of pipeline ranks, got a group of {self.num_ranks}")
         self.sync_mirror_grads = sync_mirror_grads
@@ -213,7 +219,8 @@ class DualPipe:
         first half enters at rank 0, the second half at rank ``P-1``.
         """
         schedule = dualpipe_schedule(self.num_ranks, num_microbatches)
-        executor = PipelineExecutor(schedule, {0: self.chunks[0], 1: self.chunks[1]}, self.loss_fn, self.group)
+        executor = PipelineExecutor(schedule, {0: self.chunks[0], 1: self.chunks[1]}, self.loss_fn, self.group,
+                                    self.links)
         loss_sum = executor.run(inputs, labels)
         if self.sync_mirror_grads:
             self.sum_mirror_grads()

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.parallel.pipeline import PipelineExecutor
+from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
 
 
@@ -58,12 +58,18 @@ class OneF1B:
         stage: nn.Module,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         group: Optional[dist.ProcessGroup] = None,
+        links: Optional[LinkGroups] = None,
     ) -> None:
         self.stage = stage
         self.loss_fn = loss_fn
         self.group = group if group is not None else dist.group.WORLD
         self.rank = dist.get_rank(self.group)
         self.num_ranks = dist.get_world_size(self.group)
+        if links is None:
+            # Over the whole world every rank is here, so creating groups is safe; a
+            # sub-group pipeline gets its links from pipeline_data_groups (or shares one group).
+            links = LinkGroups.create(self.group) if self.group is dist.group.WORLD else LinkGroups.single(self.group)
+        self.links = links
 
     def step(
         self,
@@ -77,7 +83,8 @@ class OneF1B:
         None); both are split along dim 0 into ``num_microbatches`` micro-batches.
         """
         schedule = onef1b_schedule(self.num_ranks, num_microbatches)
-        executor = PipelineExecutor(schedule, {0: self.stage}, self.loss_fn, self.group)
+        executor = PipelineExecutor(schedule, {0: self.stage}, self.loss_fn, self.group,
+                                    self.links)
         loss_sum = executor.run(inputs, labels)
         if self.rank != self.num_ranks - 1:
             return None

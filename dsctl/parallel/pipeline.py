@@ -11,10 +11,15 @@ matching never relies on tags. With gloo the only way to block is to wait for a 
 the sender has not yet produced, so a schedule that the simulator plays without
 deadlock runs without one (tested on CPU for P=2 and P=4).
 
-NCCL caveat (not tested here: no multi-GPU machine): NCCL runs a pair's sends and
-receives on one stream, so an unmatched send can hold back a later receive from the same
-peer. A GPU run should batch each slot's receives with the previous slot's sends
-(``batch_isend_irecv``), as DeepSeek's DualPipe does; this executor does not yet.
+Traffic towards higher ranks and towards lower ranks can travel on two separate process
+groups (:class:`LinkGroups`). NCCL runs each pair's operations of one group on one
+stream, so with a single group a send still waiting for its receiver could hold back a
+later receive from that same peer; split this way every (group, pair) stream carries one
+direction only, and the argument above holds there too. DualPipe/OneF1B over the whole
+world create the split themselves; for sub-group pipelines pass the ``links`` that
+:func:`dsctl.parallel.dist.pipeline_data_groups` builds (group creation is collective
+over the world, so it cannot happen inside one pipeline). Checked on gloo only: no
+multi-GPU machine was available.
 
 Each message is a small int64 header (dtype, shape) followed by the payload, so stage
 boundaries may change shape between micro-batches (e.g. a shorter last micro-batch).
@@ -23,6 +28,7 @@ boundaries may change shape between micro-batches (e.g. a shorter last micro-bat
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Optional
 
@@ -42,6 +48,28 @@ class _Msg(str, enum.Enum):
 
 
 _MsgKey = tuple[_Msg, int, int]  # (kind, direction, microbatch)
+
+
+@dataclass(frozen=True)
+class LinkGroups:
+    """Two communicators over the same ranks: one for sends to higher ranks, one for lower."""
+
+    up: dist.ProcessGroup
+    down: dist.ProcessGroup
+
+    @classmethod
+    def create(cls, group: dist.ProcessGroup) -> LinkGroups:
+        """Collective over the *whole world* (``new_group``): every rank must call it, in order."""
+        ranks = dist.get_process_group_ranks(group)
+        return cls(dist.new_group(ranks), dist.new_group(ranks))
+
+    @classmethod
+    def single(cls, group: dist.ProcessGroup) -> LinkGroups:
+        """Both directions on ``group`` itself: fine for gloo, see the NCCL note above."""
+        return cls(group, group)
+
+    def between(self, src: int, dst: int) -> dist.ProcessGroup:
+        return self.up if dst > src else self.down
 
 
 def global_rank(group: dist.ProcessGroup, group_rank: int) -> int:
@@ -98,8 +126,10 @@ class PipelineExecutor:
         chunks: dict[int, nn.Module],
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         group: dist.ProcessGroup,
+        links: Optional[LinkGroups] = None,
     ) -> None:
         self.schedule, self.chunks, self.loss_fn, self.group = schedule, chunks, loss_fn, group
+        self.links = links if links is not None else LinkGroups.single(group)
         self.rank = dist.get_rank(group)
         if dist.get_world_size(group) != schedule.num_ranks:
             raise ValueError(f"{schedule.name} built for {schedule.num_ranks} ranks but the process group has "
@@ -126,20 +156,24 @@ class PipelineExecutor:
                 sent = _sent_message(self.schedule, op)
                 if sent is not None and sent[1] == self.rank:
                     expected.setdefault(src, []).append(sent[0])
-        return {src: _Inbox(global_rank(self.group, src), keys, self.group, self.device)
-                for src, keys in expected.items()}
+        inboxes = {}
+        for src, keys in expected.items():
+            link = self.links.between(src, self.rank)
+            inboxes[src] = _Inbox(global_rank(link, src), keys, link, self.device)
+        return inboxes
 
     def _send(self, op: Op, tensor: torch.Tensor) -> None:
         sent = _sent_message(self.schedule, op)
         assert sent is not None
-        dst = global_rank(self.group, sent[1])
+        link = self.links.between(self.rank, sent[1])
+        dst = global_rank(link, sent[1])
         payload = tensor.detach().contiguous()
         if payload.dim() > _HEADER_LEN - 2:
             raise ValueError(f"pipeline boundary tensors may have at most {_HEADER_LEN - 2} dims, got {payload.dim()}")
         dims = list(payload.shape) + [0] * (_HEADER_LEN - 2 - payload.dim())
         header = torch.tensor([_DTYPES.index(payload.dtype), payload.dim(), *dims], device=self.device)
         for t in (header, payload):
-            self._sends.append((dist.isend(t, dst=dst, group=self.group), t))
+            self._sends.append((dist.isend(t, dst=dst, group=link), t))
 
     def _recv(self, kind: _Msg, op: Op, from_stage: int) -> torch.Tensor:
         src = self.schedule.rank_of(op.direction, from_stage)
