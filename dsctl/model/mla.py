@@ -27,8 +27,10 @@ from .rope import apply_rope, softmax_scale
 
 
 class LatentCache:
-    """Preallocated per-layer (c_kv, k_pe) buffers; slot = index along the sequence.
+    """Preallocated per-layer latent cache [c_kv ; k_pe]; slot = index along the sequence.
 
+    One tensor (layers, B, slots, kv_lora_rank + qk_rope_head_dim) holds both parts side by
+    side, so the absorbed decode path reads its latent keys as a view, with no per-step copy.
     `length` is the number of slots written so far. A caller may also write a chunk at an
     explicit start slot (speculative decoding re-uses slots) and mask slots out instead of
     deleting them.
@@ -36,27 +38,37 @@ class LatentCache:
 
     def __init__(self, config: ModelConfig, num_layers: int, batch_size: int, max_slots: int,
                  *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        self.c_kv = torch.zeros(num_layers, batch_size, max_slots, config.kv_lora_rank, dtype=dtype, device=device)
-        self.k_pe = torch.zeros(num_layers, batch_size, max_slots, config.qk_rope_head_dim, dtype=dtype, device=device)
+        self.kv_lora_rank = config.kv_lora_rank
+        width = config.kv_lora_rank + config.qk_rope_head_dim
+        self.kv = torch.zeros(num_layers, batch_size, max_slots, width, dtype=dtype, device=device)
         self.length = 0
 
     @property
-    def max_slots(self) -> int:
-        return self.c_kv.shape[2]
+    def c_kv(self) -> torch.Tensor:
+        """(layers, B, slots, kv_lora_rank) view of the cached latents."""
+        return self.kv[..., : self.kv_lora_rank]
 
-    def write(self, layer: int, start: int, c_kv: torch.Tensor, k_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, T, r) / (B, T, dr) at [start, start+T); return all slots [0, start+T)."""
+    @property
+    def k_pe(self) -> torch.Tensor:
+        """(layers, B, slots, qk_rope_head_dim) view of the cached rotated RoPE keys."""
+        return self.kv[..., self.kv_lora_rank :]
+
+    @property
+    def max_slots(self) -> int:
+        return self.kv.shape[2]
+
+    def write(self, layer: int, start: int, c_kv: torch.Tensor, k_pe: torch.Tensor) -> torch.Tensor:
+        """Store (B, T, r) / (B, T, dr) at [start, start+T); return [c_kv; k_pe] of slots [0, start+T)."""
         end = start + c_kv.shape[1]
         if end > self.max_slots:
             raise ValueError(f"LatentCache is full: writing up to slot {end} of {self.max_slots}; allocate more slots.")
-        self.c_kv[layer, :, start:end] = c_kv
-        self.k_pe[layer, :, start:end] = k_pe
-        return self.c_kv[layer, :, :end], self.k_pe[layer, :, :end]
+        self.kv[layer, :, start:end, : self.kv_lora_rank] = c_kv
+        self.kv[layer, :, start:end, self.kv_lora_rank :] = k_pe
+        return self.kv[layer, :, :end]
 
     def bytes_per_token(self) -> int:
         """Cache bytes one token costs across all layers this cache holds."""
-        per_layer = self.c_kv.shape[-1] + self.k_pe.shape[-1]
-        return self.c_kv.shape[0] * per_layer * self.c_kv.element_size()
+        return self.kv.shape[0] * self.kv.shape[-1] * self.kv.element_size()
 
 
 class MultiHeadLatentAttention(nn.Module):
@@ -105,11 +117,13 @@ class MultiHeadLatentAttention(nn.Module):
         q_nope, q_pe = self._queries(x, cos, sin)
         c_kv, k_pe = self._latent(x, cos, sin)
         if cache is not None:
-            c_kv, k_pe = cache.write(layer, cache_start, c_kv, k_pe)
+            latent = cache.write(layer, cache_start, c_kv, k_pe)  # (B, S, r + dr), past included
+            c_kv, k_pe = latent.split([self.kv_lora_rank, self.dr], dim=-1)
         if impl == "explicit":
             o = self._attend_explicit(q_nope, q_pe, c_kv, k_pe, mask)
         elif impl == "absorbed":
-            o = self._attend_absorbed(q_nope, q_pe, c_kv, k_pe, mask)
+            latent = torch.cat((c_kv, k_pe), dim=-1) if cache is None else latent
+            o = self._attend_absorbed(q_nope, q_pe, latent, mask)
         else:
             raise ValueError(f"MLA impl must be 'explicit' or 'absorbed', got {impl!r}.")
         return self.o_proj(o.flatten(2))
@@ -132,22 +146,26 @@ class MultiHeadLatentAttention(nn.Module):
                                            scale=self.softmax_scale)
         return o[..., : self.dv].transpose(1, 2)
 
-    def _attend_absorbed(self, q_nope, q_pe, c_kv, k_pe, mask) -> torch.Tensor:
+    def _attend_absorbed(self, q_nope, q_pe, latent, mask) -> torch.Tensor:
         """Attend in the latent space: W_UK folded into q, W_UV applied afterwards; (B, T, H, dv)."""
         B, T, H, _ = q_nope.shape
         w = self.kv_b_proj.weight.view(H, self.dn + self.dv, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # (H, dn, r), (H, dv, r)
-        q_latent = torch.einsum("bthd,hdr->bthr", q_nope, w_uk)
+        q_latent = torch.matmul(q_nope.transpose(1, 2), w_uk)  # (B, H, T, r) = q_nope · W_UK per head
         # Every head shares one latent key [c_kv; k_pe] and value c_kv (like MQA), so the
         # T*H (time, head) queries form one long query axis of a single-head attention.
-        q = torch.cat((q_latent, q_pe), dim=-1).reshape(B, 1, T * H, -1)
-        k = torch.cat((c_kv, k_pe), dim=-1)[:, None]  # (B, 1, S, r+dr)
+        q = torch.cat((q_latent, q_pe.transpose(1, 2)), dim=-1).transpose(1, 2).reshape(B, T * H, -1)
+        scores = torch.matmul(q, latent.transpose(1, 2)) * self.softmax_scale  # (B, T*H, S)
         if mask is None and T > 1:
-            mask = _causal_mask(T, c_kv.shape[1], c_kv.device)
-        if mask is not None and T > 1:
-            mask = mask.repeat_interleave(H, dim=2)  # rows follow the (t, h) query order
-        o_latent = F.scaled_dot_product_attention(q, k, c_kv[:, None], attn_mask=mask, scale=self.softmax_scale)
-        return torch.einsum("bthr,hdr->bthd", o_latent.view(B, T, H, self.kv_lora_rank), w_uv)
+            mask = _causal_mask(T, latent.shape[1], latent.device)
+        if mask is not None:
+            # (B|1, 1, T, S) -> rows in (t, h) order. Plain matmul + softmax rather than SDPA:
+            # with one latent "head" of odd width SDPA takes its slow math path.
+            mask = mask[:, 0].repeat_interleave(H, dim=1) if T > 1 else mask[:, 0]
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(-1).to(latent.dtype)
+        o_latent = torch.matmul(probs, latent[..., : self.kv_lora_rank]).view(B, T, H, self.kv_lora_rank)
+        return torch.matmul(o_latent.transpose(1, 2), w_uv.transpose(1, 2)).transpose(1, 2)  # · W_UV
 
 
 def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
