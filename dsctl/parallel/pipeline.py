@@ -21,6 +21,12 @@ world create the split themselves; for sub-group pipelines pass the ``links`` th
 over the world, so it cannot happen inside one pipeline). Checked on gloo only: no
 multi-GPU machine was available.
 
+Split backward: a ``b`` op is ``autograd.grad`` w.r.t. the stage input only (the weight
+GEMMs are skipped), a ``W`` op later differentiates w.r.t. the parameters from the
+retained graph. Generic modules cannot reuse b's intermediate input gradients, so W
+repeats the input-gradient chain inside the stage: correct, but a W costs about a full
+backward here rather than DeepSeek's weight-GEMMs-only W (which needs layer-level hooks).
+
 Each message is a small int64 header (dtype, shape) followed by the payload, so stage
 boundaries may change shape between micro-batches (e.g. a shorter last micro-batch).
 """
