@@ -97,6 +97,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     after = passkey_row(ctx, trainer.model, tokenizer, lengths, "extended")
 
     table = {**before, "extended": after}
+    for name, row in table.items():  # logged now: the Trainer starts metrics.jsonl afresh
+        for n, result in row.items():
+            ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"])
     export_checkpoint(trainer.model, ctx.out, tokenizer_dir(checkpoint), latest_checkpoint(trainer.ckpt_dir))
     _write_json(ctx.out / "passkey.json", {"original_context": original, "factor": cfg.factor,
                                            "trials": cfg.passkey_trials, "accuracy": table})
@@ -116,7 +119,6 @@ def passkey_row(ctx: StageContext, model: Any, tokenizer: Any, lengths: list[int
         for n in lengths:
             row[str(n)] = passkey_accuracy(model, tokenizer, n, cfg.passkey_trials, seed=ctx.seed,
                                            batch_size=cfg.passkey_batch_size)
-            ctx.log(event="passkey", model=name, length=n, accuracy=row[str(n)]["accuracy"])
             bar.advance(1)
     ctx.info(f"passkey {name}: " + ", ".join(f"{n}: {r['accuracy']:.2f}" for n, r in row.items()))
     return row

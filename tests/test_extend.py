@@ -71,18 +71,21 @@ class Windows:
 
 def test_long_context_batches_mix_kinds_deterministically_and_score_only_passkey_answers():
     tok = ByteTokenizer()
-    batches = LongContextBatches(Windows(400, 2), tok, 400, 2, seed=1, passkey_fraction=0.5)
+    batches = LongContextBatches(Windows(1600, 2), tok, 1600, 2, seed=1, passkey_fraction=0.5)
     kinds = [batches.is_passkey_step(s) for s in range(40)]
     assert 10 < sum(kinds) < 30
-    step = kinds.index(True)
-    batch = batches.batch(step)
-    assert torch.equal(batch["input_ids"], batches.batch(step)["input_ids"])  # pure function of the step
-    for ids, labels in zip(batch["input_ids"], batch["labels"]):
-        scored = labels[labels != IGNORE_INDEX]
-        assert 2 <= len(scored) <= 6 and tok.decode(scored.tolist()).strip().isdigit()
-        text = tok.decode([t for t in ids.tolist() if t])
-        assert f"The pass key is {tok.decode(scored.tolist()).strip()}." in text
-    corpus_step = kinds.index(False)
-    corpus = batches.batch(corpus_step)
+    steps = [s for s, k in enumerate(kinds) if k][:3]
+    for step in steps:
+        batch = batches.batch(step)
+        assert torch.equal(batch["input_ids"], batches.batch(step)["input_ids"])  # pure function of the step
+        rows, length = batch["input_ids"].shape
+        assert 200 <= length <= 1600 and rows * length >= 2 * 1600 - length  # same token budget
+        for ids, labels in zip(batch["input_ids"], batch["labels"]):
+            scored = labels[labels != IGNORE_INDEX]
+            key = tok.decode(scored.tolist())
+            assert len(scored) == 6 and key.startswith(" ") and key.strip().isdigit()
+            assert torch.equal(ids[-6:], scored)  # the answer ends the document
+            assert f"The pass key is{key}." in tok.decode(ids.tolist())
+    corpus = batches.batch(kinds.index(False))
     assert "doc_ids" not in corpus  # one long context: positions run across documents
-    assert torch.equal(corpus["labels"], corpus["input_ids"])
+    assert torch.equal(corpus["labels"], corpus["input_ids"]) and corpus["input_ids"].shape == (2, 1600)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dsctl.eval.passkey import make_passkey_document, random_key
+from dsctl.eval.passkey import make_passkey_document, minimum_length, random_key
 
 IGNORE_INDEX = -100
 
@@ -66,10 +66,14 @@ class LongContextBatches:
     Each step is either a passkey step (with probability `passkey_fraction`) or a long-text
     step. Long-text rows are `seq_len` windows of the packed corpus with continuous
     positions across document boundaries, so every position up to seq_len is trained.
-    Passkey rows are passkey documents of random length in [seq_len/2, seq_len] with
-    the needle at a random depth, and only the answer is scored: the filler is trivially
-    predictable and the needle's digits are random, so neither teaches retrieval. Whole
-    steps of one kind keep the few answer tokens from being drowned in a per-token mean.
+
+    A passkey step draws one length L in [seq_len/8, seq_len] and holds
+    batch_size · seq_len / L documents of exactly L tokens (the same token budget as a
+    long-text step), each with its needle at a random depth. Short documents teach the
+    retrieval itself cheaply, long ones teach it at the new positions. Only the answer is
+    scored: the filler is trivially predictable and the needle's digits are random, so
+    neither teaches retrieval; whole steps of one kind keep the few answer tokens from
+    being drowned in a per-token mean.
     """
 
     def __init__(self, corpus: Any, tokenizer: Any, seq_len: int, batch_size: int, seed: int,
@@ -77,6 +81,9 @@ class LongContextBatches:
         self.corpus, self.tokenizer = corpus, tokenizer
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.passkey_fraction, self.grad_accum = passkey_fraction, grad_accum
+        self.min_length = max(seq_len // 8, 2 * minimum_length(tokenizer))
+        if self.min_length > seq_len:
+            raise ValueError(f"seq_len {seq_len} is too short for a passkey document ({self.min_length} tokens)")
 
     def is_passkey_step(self, step: int, micro: int = 0) -> bool:
         return random.Random(f"{self.seed}:kind:{step}:{micro}").random() < self.passkey_fraction
@@ -87,13 +94,14 @@ class LongContextBatches:
         if not self.is_passkey_step(step, micro):
             rows = self.corpus.batch(step, micro)["input_ids"]
             return {"input_ids": rows, "labels": rows.clone()}
-        ids = np.full((self.batch_size, self.seq_len), getattr(self.tokenizer, "pad_id", 0) or 0, np.int64)
-        labels = np.full((self.batch_size, self.seq_len), IGNORE_INDEX, np.int64)
-        for b in range(self.batch_size):
-            rng = random.Random(f"{self.seed}:passkey:{step}:{micro}:{b}")
-            length = rng.randint(self.seq_len // 2, self.seq_len)
+        rng = random.Random(f"{self.seed}:passkey:{step}:{micro}")
+        length = rng.randint(self.min_length, self.seq_len)
+        n_rows = max(self.batch_size, self.batch_size * self.seq_len // length)
+        ids = np.zeros((n_rows, length), np.int64)
+        labels = np.full((n_rows, length), IGNORE_INDEX, np.int64)
+        for b in range(n_rows):
             doc = make_passkey_document(self.tokenizer, length, rng.random(), random_key(rng))
-            tokens = doc.prompt_ids + doc.answer_ids
-            ids[b, :len(tokens)] = tokens
-            labels[b, len(doc.prompt_ids):len(tokens)] = doc.answer_ids
+            ids[b] = doc.prompt_ids + doc.answer_ids
+            labels[b, len(doc.prompt_ids):] = doc.answer_ids
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
+

@@ -59,6 +59,12 @@ def make_passkey_document(tokenizer: TextTokenizer, length: int, depth: float, k
     return PasskeyDocument(prompt, answer, key, cut)
 
 
+def minimum_length(tokenizer: TextTokenizer) -> int:
+    """Tokens of a passkey document with no filler (for a key of repeated digits)."""
+    key = "5" * KEY_DIGITS
+    return sum(len(tokenizer.encode(t)) for t in (NEEDLE.format(key=key), QUESTION, " " + key))
+
+
 def random_key(rng: random.Random) -> str:
     """A KEY_DIGITS-digit key without a leading zero."""
     return str(rng.randrange(10 ** (KEY_DIGITS - 1), 10**KEY_DIGITS))
