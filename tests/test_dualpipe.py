@@ -68,13 +68,15 @@ def reference(kind: str, num_stages: int, batch: int, num_mb: int, only_mbs: ran
     return {"loss": torch.stack(losses).mean(), "grads": [[p.grad.clone() for p in s.parameters()] for s in stages]}
 
 
-def _run_case(schedule: str, kind: str, num_ranks: int, batch: int, num_mb: int, group, sync: bool = True) -> dict:
+def _run_case(schedule: str, kind: str, num_ranks: int, batch: int, num_mb: int, group, sync: bool = True,
+              defer: bool = True) -> dict:
     rank = dist.get_rank(group)
     stages = build_stages(kind, num_ranks)
     x, y = make_batch(kind, batch)
     if schedule == "dualpipe":
         mine = {rank: stages[rank], num_ranks - 1 - rank: stages[num_ranks - 1 - rank]}
-        pipe = DualPipe((stages[rank], stages[num_ranks - 1 - rank]), loss_fn_for(kind), group, sync_mirror_grads=sync)
+        pipe = DualPipe((stages[rank], stages[num_ranks - 1 - rank]), loss_fn_for(kind), group,
+                        sync_mirror_grads=sync, defer_weight_grad=defer)
     else:
         mine = {rank: stages[rank]}
         pipe = OneF1B(stages[rank], loss_fn_for(kind), group)
@@ -123,6 +125,7 @@ def _pipeline_job(info) -> dict:
         "dualpipe_p4": _run_case("dualpipe", "mlp", 4, 16, 8, world),
         "dualpipe_p4_lm": _run_case("dualpipe", "lm", 4, 8, 8, world),
         "dualpipe_p4_nosync": _run_case("dualpipe", "mlp", 4, 16, 8, world, sync=False),
+        "dualpipe_p4_eager_w": _run_case("dualpipe", "mlp", 4, 16, 8, world, defer=False),
         "onef1b_p4": _run_case("onef1b", "mlp", 4, 12, 6, world),
         "dp_x_pp": _run_dp_x_pp_case(),
     }
@@ -152,6 +155,10 @@ def _assert_matches(per_rank: list[dict], ref: dict, loss_ranks: list[int]) -> N
 
 def test_dualpipe_four_ranks_matches_single_process(job):
     _assert_matches([r["dualpipe_p4"] for r in job], reference("mlp", 4, 16, 8), loss_ranks=[0, 3])
+
+
+def test_dualpipe_with_weight_grads_at_backward_time_matches_single_process(job):
+    _assert_matches([r["dualpipe_p4_eager_w"] for r in job], reference("mlp", 4, 16, 8), loss_ranks=[0, 3])
 
 
 def test_dualpipe_token_model_with_embedding_first_and_head_last(job):

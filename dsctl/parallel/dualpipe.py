@@ -182,6 +182,11 @@ class DualPipe:
     labels)`` runs after the last stage, on rank ``P-1`` for direction 0 and on rank 0
     for direction 1. After :meth:`step` every chunk holds the gradient of the batch's
     mean loss, as a single process running all micro-batches would produce.
+
+    ``sync_mirror_grads=False`` leaves each copy with its own direction's gradient (sum
+    them yourself, e.g. fused with a data-parallel all-reduce). ``defer_weight_grad=False``
+    computes weight gradients at the split backwards instead of at the W ops (see
+    ``pipeline.py``: saves repeated work when there is no wait to fill).
     """
 
     def __init__(
@@ -191,6 +196,7 @@ class DualPipe:
         group: Optional[dist.ProcessGroup] = None,
         links: Optional[LinkGroups] = None,
         sync_mirror_grads: bool = True,
+        defer_weight_grad: bool = True,
     ) -> None:
         self.chunks = chunks
         self.loss_fn = loss_fn
@@ -205,6 +211,7 @@ class DualPipe:
         if self.num_ranks % 2:
             raise ValueError(f"DualPipe needs an even number of pipeline ranks, got a group of {self.num_ranks}")
         self.sync_mirror_grads = sync_mirror_grads
+        self.defer_weight_grad = defer_weight_grad
         self.mirror = self.num_ranks - 1 - self.rank
 
     def step(
@@ -221,7 +228,7 @@ class DualPipe:
         """
         schedule = dualpipe_schedule(self.num_ranks, num_microbatches)
         executor = PipelineExecutor(schedule, {0: self.chunks[0], 1: self.chunks[1]}, self.loss_fn, self.group,
-                                    self.links)
+                                    self.links, self.defer_weight_grad)
         loss_sum = executor.run(inputs, labels)
         if self.sync_mirror_grads:
             self.sum_mirror_grads()

@@ -26,6 +26,8 @@ GEMMs are skipped), a ``W`` op later differentiates w.r.t. the parameters from t
 retained graph. Generic modules cannot reuse b's intermediate input gradients, so W
 repeats the input-gradient chain inside the stage: correct, but a W costs about a full
 backward here rather than DeepSeek's weight-GEMMs-only W (which needs layer-level hooks).
+``defer_weight_grad=False`` computes both gradients at ``b`` (no repeated work, W a no-op):
+the better choice when no communication wait is there to hide, as on CPU.
 
 Each message is a small int64 header (dtype, shape) followed by the payload, so stage
 boundaries may change shape between micro-batches (e.g. a shorter last micro-batch).
@@ -133,8 +135,10 @@ class PipelineExecutor:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         group: dist.ProcessGroup,
         links: Optional[LinkGroups] = None,
+        defer_weight_grad: bool = True,
     ) -> None:
         self.schedule, self.chunks, self.loss_fn, self.group = schedule, chunks, loss_fn, group
+        self.defer_weight_grad = defer_weight_grad
         self.links = links if links is not None else LinkGroups.single(group)
         self.rank = dist.get_rank(group)
         if dist.get_world_size(group) != schedule.num_ranks:
@@ -210,7 +214,7 @@ class PipelineExecutor:
         last = op.stage == self.schedule.num_stages - 1
         grad = None if last else self._recv(_Msg.GRAD, op, op.stage + 1)
         needs_input_grad = op.stage > 0
-        if op.split:
+        if op.split and self.defer_weight_grad:
             # Backward for input only; the weight gradient waits for the matching W op.
             if needs_input_grad:
                 (gx,) = torch.autograd.grad(out, x, grad, retain_graph=True, allow_unused=True)
@@ -222,6 +226,8 @@ class PipelineExecutor:
             self._send(op, x.grad if x.grad is not None else torch.zeros_like(x))
 
     def _weight(self, op: Op) -> None:
+        if not self.defer_weight_grad:
+            return  # its b already computed the weight gradient
         out, grad = self._deferred.pop((op.direction, op.microbatch))
         params = [p for p in self.chunks[op.direction].parameters() if p.requires_grad]
         torch.autograd.backward(out, grad, inputs=params)
