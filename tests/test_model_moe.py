@@ -1,5 +1,6 @@
 """DeepSeekMoE routing, dispatch and auxiliary-loss-free balancing."""
 
+import pytest
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig
@@ -115,3 +116,15 @@ def test_inference_grouped_gemm_path_matches_training_path_and_sees_weight_updat
             e.down_proj.weight.mul_(2.0)  # in place, like an optimizer step
         again, _ = moe(x)
     torch.testing.assert_close(again - moe.shared_experts(x), 2 * (fast - moe.shared_experts(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_router_bias_and_load_counts_keep_full_precision_in_a_bf16_model():
+    model = DeepSeekV3(ModelConfig.preset("tiny")).to(torch.bfloat16).train()
+    moe = model.moe_layers()[0]
+    assert moe.gate.e_score_correction_bias.dtype == torch.float32
+    assert moe.expert_load.dtype == torch.long
+    model(torch.randint(0, 2048, (2, 300)))
+    assert int(moe.expert_load.sum()) == 600 * model.config.num_experts_per_tok
+    before = moe.gate.e_score_correction_bias.clone()
+    model.update_router_biases(speed=0.001)
+    assert (moe.gate.e_score_correction_bias - before).abs().max() == pytest.approx(0.001)

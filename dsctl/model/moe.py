@@ -42,6 +42,12 @@ class Router(nn.Module):
         # A buffer, not a parameter: moved by the balancing rule, saved in checkpoints.
         self.register_buffer("e_score_correction_bias", torch.zeros(config.n_routed_experts))
 
+    def _apply(self, fn, recurse=True):
+        # Keep the bias fp32 through model.to(bf16): steps of γ = 0.001 vanish in bf16.
+        super()._apply(fn, recurse)
+        self.e_score_correction_bias = self.e_score_correction_bias.float()
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, d) -> scores (N, E) fp32, chosen expert ids (N, K), gate weights (N, K) fp32."""
         c = self.config
@@ -74,7 +80,8 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList(MLP(d, e) for _ in range(config.n_routed_experts))
         self.shared_experts = MLP(d, e * config.n_shared_experts) if config.n_shared_experts else None
         # Tokens routed to each expert since the last bias update (training forwards only).
-        self.register_buffer("expert_load", torch.zeros(config.n_routed_experts), persistent=False)
+        # Integer, so model.to(bf16) cannot round the counts.
+        self.register_buffer("expert_load", torch.zeros(config.n_routed_experts, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, d) -> (output (B, T, d), sequence-wise balance loss · α (scalar)).
@@ -154,7 +161,7 @@ class MoE(nn.Module):
     # ---- auxiliary-loss-free balancing ---------------------------------------------------
     def max_load_violation(self) -> float:
         """max_load / mean_load − 1 over the load counted since the last update (0 = balanced)."""
-        load = self.expert_load
+        load = self.expert_load.float()
         return float(load.max() / load.mean() - 1) if load.sum() > 0 else 0.0
 
     @torch.no_grad()
@@ -163,10 +170,10 @@ class MoE(nn.Module):
 
         Data-parallel callers all-reduce `expert_load` across ranks before calling this.
         """
-        load = self.expert_load
+        load = self.expert_load.float()
         if load.sum() > 0:
             self.gate.e_score_correction_bias += speed * torch.sign(load.mean() - load)
-        load.zero_()
+        self.expert_load.zero_()
 
 
 def sequence_balance_loss(scores: torch.Tensor, expert_ids: torch.Tensor,
