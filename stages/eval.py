@@ -26,8 +26,8 @@ class EvalConfig:
     """Task families to score (keys of dsctl.tasks.FAMILIES); [] skips task accuracy."""
     problems: int = 48
     """Held-out problems in all, spread evenly over the families."""
-    difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-family difficulty overrides, e.g. {arithmetic = {digits = 2}}; use what training used."""
+    difficulty: dict[str, dict[str, Any]] = field(default_factory=lambda: {"arithmetic": {"max_digits": 2}})
+    """Per-family difficulty overrides (as sft/grpo's): evaluate at the difficulty trained on."""
     samples: int = 4
     """Sampled completions per problem for pass@1 / pass@k / cons@k."""
     temperature: float = 0.6
@@ -36,7 +36,7 @@ class EvalConfig:
     """Nucleus sampling threshold (DeepSeek-R1: 0.95)."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 4])
     """k values for unbiased pass@k (each ≤ samples); pass@1 is always reported."""
-    max_new_tokens: int = 96
+    max_new_tokens: int = 128
     """Longest completion; a reasoning trace cut here counts as wrong."""
     batch_size: int = 64
     """Sequences decoded together."""

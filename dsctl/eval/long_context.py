@@ -70,10 +70,12 @@ class LongContextBatches:
     A passkey step draws one length L in [seq_len/8, seq_len] and holds
     batch_size · seq_len / L documents of exactly L tokens (the same token budget as a
     long-text step), each with its needle at a random depth. Short documents teach the
-    retrieval itself cheaply, long ones teach it at the new positions. Only the answer is
-    scored: the filler is trivially predictable and the needle's digits are random, so
-    neither teaches retrieval; whole steps of one kind keep the few answer tokens from
-    being drowned in a per-token mean.
+    retrieval itself cheaply, long ones teach it at the new positions. The needle, the
+    question and the answer are scored, the filler is not: it is trivially predictable and
+    would drown the few tokens that matter in the per-token mean. The needle states the key
+    twice ("…is 71432. Remember it. 71432 is…"), so its second copy is a short-range copy
+    that teaches the same mechanism the answer needs across the whole context. Whole steps
+    of one kind keep passkey and long-text tokens from diluting each other.
     """
 
     def __init__(self, corpus: Any, tokenizer: Any, seq_len: int, batch_size: int, seed: int,
@@ -102,6 +104,7 @@ class LongContextBatches:
         for b in range(n_rows):
             doc = make_passkey_document(self.tokenizer, length, rng.random(), random_key(rng))
             ids[b] = doc.prompt_ids + doc.answer_ids
-            labels[b, len(doc.prompt_ids):] = doc.answer_ids
+            labels[b, doc.needle_start:doc.needle_end] = ids[b, doc.needle_start:doc.needle_end]
+            labels[b, doc.question_start:] = ids[b, doc.question_start:]
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
 

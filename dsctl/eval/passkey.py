@@ -39,6 +39,10 @@ class PasskeyDocument:
     """The digits to retrieve."""
     needle_start: int
     """Token offset of the needle sentence inside prompt_ids."""
+    needle_end: int
+    """Token offset just past the needle sentence."""
+    question_start: int
+    """Token offset of the question (the rest of prompt_ids)."""
 
 
 def make_passkey_document(tokenizer: TextTokenizer, length: int, depth: float, key: str) -> PasskeyDocument:
@@ -56,7 +60,7 @@ def make_passkey_document(tokenizer: TextTokenizer, length: int, depth: float, k
     haystack = (filler * (n_filler // max(len(filler), 1) + 1))[:n_filler]
     cut = round(depth * n_filler)
     prompt = haystack[:cut] + needle + haystack[cut:] + question
-    return PasskeyDocument(prompt, answer, key, cut)
+    return PasskeyDocument(prompt, answer, key, cut, cut + len(needle), len(prompt) - len(question))
 
 
 def minimum_length(tokenizer: TextTokenizer) -> int:
