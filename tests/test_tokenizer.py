@@ -123,3 +123,8 @@ def test_tokenizer_dir_holds_the_contract_files(tok):
     names = set(os.listdir(tok.directory))
     assert {"tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json"} <= names
     assert Path(tok.directory / "tokenizer.json").stat().st_size > 0
+
+
+def test_training_on_an_empty_corpus_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="tokenizer training failed"):
+        Tokenizer.train(["", "\n\n"], 500, tmp_path)
