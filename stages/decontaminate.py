@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths, iter_rows
 from dsctl.data.decontaminate import NgramIndex, decontaminate_rows, file_eval_texts, task_eval_texts
@@ -44,6 +45,11 @@ class DecontaminateConfig:
     (eval problems are a stream: the first k of a larger draw are the same)."""
     eval_seed: int | None = None
     """Seed the eval stages draw problems with; None = this run's seed."""
+    eval_difficulties: list[dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: [{}, {"arithmetic": {"max_digits": 2}}]
+    )
+    """Difficulty override sets (family -> knobs, as eval/sft/grpo take) whose eval problems
+    are protected; the default covers the families' defaults and the recipe's eval setting."""
     eval_files: list[str] = ()
     """JSONL/Parquet files or globs of other eval sets (a text field per row)."""
     eval_text_field: str = "text"
@@ -73,7 +79,14 @@ def eval_index(cfg: DecontaminateConfig, seed: int) -> tuple[NgramIndex, dict[st
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise UserError(f"task_families: unknown family {unknown}; known: {', '.join(sorted(FAMILIES))}")
-    texts = task_eval_texts(families, cfg.eval_problems_per_family, seed if cfg.eval_seed is None else cfg.eval_seed)
+    seed = seed if cfg.eval_seed is None else cfg.eval_seed
+    texts = []
+    for difficulty in cfg.eval_difficulties or [{}]:
+        try:
+            texts += task_eval_texts(families, cfg.eval_problems_per_family, seed, difficulty)
+        except ValueError as exc:
+            raise UserError(f"eval_difficulties {difficulty}: {exc}") from None
+    texts = list(dict.fromkeys(texts))  # a family a variant does not override repeats the default
     if cfg.eval_files:
         texts += list(file_eval_texts(expand_paths(cfg.eval_files), cfg.eval_text_field))
     if not texts:

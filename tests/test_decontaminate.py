@@ -121,3 +121,18 @@ def test_stage_names_an_unknown_task_family(corpus_dir):
 
     with pytest.raises((UserError, StageFailed), match="unknown family"):
         run_stage(decontaminate.STAGE, {"task_families": ["algebra"]}, {"corpus": [corpus_dir / "src"]}, corpus_dir / "w")
+
+
+def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
+    from dsctl.sampling import task_problems
+    from dsctl.tasks import problem_document
+    from stages.decontaminate import DecontaminateConfig, eval_index
+
+    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=100), seed=0)
+    # What stages/eval.py evaluates by default: 2-digit arithmetic among the families.
+    from stages.eval import EvalConfig
+
+    cfg = EvalConfig()
+    problems = task_problems(cfg.families, "eval", cfg.problems, 0, cfg.difficulty)
+    rng = random.Random(0)
+    assert all(m is not None for m in index.match([problem_document(p, rng) for p in problems]))

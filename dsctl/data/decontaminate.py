@@ -161,15 +161,17 @@ def _specific(window: np.ndarray, eval_code: np.ndarray, max_shared: int) -> np.
     return ~np.isin(window, hashes[sharing > max_shared])
 
 
-def task_eval_texts(families: Iterable[str], per_family: int, seed: int) -> list[EvalText]:
+def task_eval_texts(
+    families: Iterable[str], per_family: int, seed: int, difficulty: dict[str, dict] | None = None
+) -> list[EvalText]:
     """Prompt and worked solution of the first `per_family` eval problems of each family
-    (`split_problems` is a stream, so any eval run with n <= per_family and this seed is
-    covered)."""
+    at `difficulty` (family -> overrides). `split_problems` is a stream, so any eval run
+    with n <= per_family, this seed and this difficulty is covered."""
     from dsctl.tasks import split_problems
 
     texts = []
     for family in families:
-        for p in split_problems(family, "eval", per_family, seed):
+        for p in split_problems(family, "eval", per_family, seed, (difficulty or {}).get(family)):
             texts.append(EvalText(f"{family}:{p.id}", p.prompt, family, whole=True))
             texts.append(EvalText(f"{family}:{p.id}", p.solution, family, whole=True))
     return texts
