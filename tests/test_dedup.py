@@ -209,3 +209,27 @@ def test_dedup_stage_writes_corpus_rejected_and_planted(planted_corpus, tmp_path
     assert (art.path / "planted.jsonl").read_text() == (src / "planted.jsonl").read_text()
     rejected = [json.loads(line) for p in sorted((art.path / "rejected").glob("*.jsonl")) for line in open(p)]
     assert {r["reason"] for r in rejected} == {"exact_duplicate", "near_duplicate"}
+
+
+def test_union_find_labels_each_component_with_its_smallest_member():
+    from dsctl.data.dedup import _smallest_in_component
+
+    rng = np.random.default_rng(0)
+    n = 500
+    edges = np.sort(rng.integers(0, n, size=(300, 2)), axis=1)
+    labels = _smallest_in_component(n, edges)
+    # Reference: plain sequential union-find.
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges.tolist():
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    assert labels.tolist() == [find(i) for i in range(n)]
+    chain = np.array([[i, i + 1] for i in range(999, 0, -1)])  # a long path, given backwards
+    assert (_smallest_in_component(1001, chain)[1:] == 1).all()

@@ -10,7 +10,7 @@ Three passes over the input files, with only fixed-size per-document numbers in 
    of word-5-gram shingle sets, read back only for documents that are in some pair.
    Pairs at or above the threshold are edges. With verification off, every LSH
    candidate pair is an edge (faster, less precise).
-3. decide + write: connected components of the edges (union-find); the survivor of a
+3. decide + write: connected components of the edges (vectorized union-find); the survivor of a
    cluster is its member that comes first in input order, so the result does not depend
    on the worker count or batch size. Every other member is rejected with reason
    "near_duplicate" (exact copies: "exact_duplicate") and `duplicate_of` = the final
@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from dsctl.data.corpus import ReadStats, ShardWriter, iter_rows
 from dsctl.data.minhash import (
@@ -197,15 +195,29 @@ def _verified(files: list[Path], pairs: np.ndarray, threshold: float, options: R
 def _cluster_survivors(representative: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Survivor position of every row: the smallest position in its near-dup cluster
     (for an exact copy, the survivor of the row it copies)."""
-    n = representative.size
-    survivor = np.arange(n, dtype=np.int64)
-    if edges.size:
-        graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
-        _, label = connected_components(graph, directed=False)
-        smallest = np.full(label.max() + 1, n, dtype=np.int64)
-        np.minimum.at(smallest, label, np.arange(n))
-        survivor = smallest[label]
-    return survivor[representative]
+    return _smallest_in_component(representative.size, edges)[representative]
+
+
+def _smallest_in_component(n: int, edges: np.ndarray) -> np.ndarray:
+    """Union-find over all edges at once: each node's label is the smallest node it is
+    connected to. Every round hooks both ends of each edge to the smaller of their labels
+    (`np.minimum.at`), then compresses paths by pointer jumping until labels are stable."""
+    label = np.arange(n, dtype=np.int64)
+    if edges.size == 0:
+        return label
+    a, b = edges[:, 0], edges[:, 1]
+    while True:
+        low = np.minimum(label[a], label[b])
+        before = label.copy()
+        np.minimum.at(label, label[a], low)  # hook the roots, as union-by-smaller-id does
+        np.minimum.at(label, label[b], low)
+        while True:  # path compression
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
+        if np.array_equal(label, before):
+            return label
 
 
 def write_decisions(
