@@ -129,3 +129,34 @@ def iter_shard_rows_from(path):
     with pa.ipc.open_stream(str(path)) as reader:
         for batch in reader:
             yield from zip(batch.column("id").to_pylist(), batch.column("input_ids").to_pylist())
+
+
+def test_killed_encode_resumes_from_its_checkpoint_with_identical_output(corpus, tmp_path, monkeypatch):
+    import dsctl.data.shards as shards_module
+    from dsctl.errors import StageFailed
+
+    root, _ = corpus
+    config = {**CONFIG, "checkpoint_every_docs": 64, "tokens_per_shard": 10**9}
+    clean = run_stage(tokenize.STAGE, config, {"corpus": [root]}, tmp_path / "clean")
+
+    real, calls = shards_module._encode_batch, {"n": 0}
+
+    def dies_mid_way(job):
+        calls["n"] += 1
+        if calls["n"] == 7:  # batches of 32: checkpoints at 64, 128 and 192 rows are done
+            raise KeyboardInterrupt("simulated kill")
+        return real(job)
+
+    monkeypatch.setattr(shards_module, "_encode_batch", dies_mid_way)
+    with pytest.raises((StageFailed, KeyboardInterrupt)):
+        run_stage(tokenize.STAGE, config, {"corpus": [root]}, tmp_path / "work")
+    monkeypatch.setattr(shards_module, "_encode_batch", real)
+    calls["n"] = 0
+    monkeypatch.setattr(shards_module, "_encode_batch", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1])
+    resumed = run_stage(tokenize.STAGE, config, {"corpus": [root]}, tmp_path / "work")
+    assert calls["n"] == 13 - 6, "the resumed attempt must start after the 192-row checkpoint"
+    assert len(read_index(clean.path)["splits"]["train"]) > 1
+    for path in sorted(clean.path.rglob("*")):
+        if path.is_file() and path.name not in ("manifest.json", "metrics.jsonl"):
+            rel = path.relative_to(clean.path)
+            assert (resumed.path / rel).read_bytes() == path.read_bytes(), rel

@@ -78,12 +78,17 @@ class TokenShardWriter:
     """Writes `<split>-00000.arrow`, `<split>-00001.arrow`, ... of at most
     `tokens_per_shard` tokens each (a document is never cut across shards)."""
 
-    def __init__(self, directory: Path, split: str, tokens_per_shard: int = 50_000_000, rows_per_batch: int = 1024):
+    def __init__(
+        self, directory: Path, split: str, tokens_per_shard: int = 50_000_000, rows_per_batch: int = 1024,
+        finished: list[dict[str, Any]] | None = None,
+    ):
+        """`finished`: index entries of shards a previous attempt completed (resume);
+        numbering continues after them."""
         self.directory = directory
         self.split = split
         self.tokens_per_shard = tokens_per_shard
         self.rows_per_batch = rows_per_batch
-        self.files: list[dict[str, Any]] = []
+        self.files: list[dict[str, Any]] = [dict(f) for f in finished or []]
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._ids: list[str] = []
         self._rows: list[list[int]] = []
@@ -140,6 +145,11 @@ class TokenShardWriter:
         entry = self.files[-1]
         entry.update(documents=self._shard_docs, tokens=self._shard_tokens)
         entry["sha256"] = file_sha256(self.directory / entry["file"])
+
+    def checkpoint(self) -> list[dict[str, Any]]:
+        """Finish the open shard (the next write starts a new one); the finished shards."""
+        self._close_current()
+        return [dict(f) for f in self.files]
 
     def close(self) -> list[dict[str, Any]]:
         """Finish the last shard; an empty split still gets one (empty) shard file so
@@ -222,13 +232,23 @@ def encode_to_shards(
     batch_size: int = 256,
     text_field: str = "text",
     progress: Callable[[int], None] | None = None,
+    stats: EncodeStats | None = None,
+    first_row: int = 0,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, EncodeStats, dict[str, list[dict[str, Any]]]], None] | None = None,
 ) -> EncodeStats:
     """Encode rows on `workers` processes (ordered) into the train/validation writers.
 
     Documents that encode to nothing (empty text) are skipped and counted. Output does
-    not depend on the worker count; shard boundaries depend only on `batch_size`.
+    not depend on the worker count; shard boundaries depend only on `batch_size` and
+    `checkpoint_every`: after each batch that completes another `checkpoint_every` rows,
+    both writers finish their shards and `on_checkpoint(rows done, stats, finished shard
+    entries per split)` runs, so a
+    resumed run (`rows` starting at row `first_row` = a checkpoint's rows done, `stats`
+    restored) writes exactly what an unbroken one does.
     """
-    stats = EncodeStats()
+    stats = stats or EncodeStats()
+    consumed = first_row
     pending: deque = deque()
 
     def jobs() -> Iterator[tuple[str, list[str]]]:
@@ -254,4 +274,7 @@ def encode_to_shards(
             stats.tokens[split] += int(sub_offsets[-1])
         if progress:
             progress(len(doc_ids))
+        before, consumed = consumed, consumed + len(doc_ids)
+        if checkpoint_every and on_checkpoint and consumed // checkpoint_every > before // checkpoint_every:
+            on_checkpoint(consumed, stats, {split: w.checkpoint() for split, w in writers.items()})
     return stats
