@@ -1,0 +1,89 @@
+"""pretrain: train a DeepSeek-V3-style model (MLA, DeepSeekMoE, MTP) on token shards.
+
+Reads a `shards` artifact (from tokenize), writes a `checkpoint`: HF DeepseekV3 weights +
+config + tokenizer, with the optimizer/RNG/loop state under training_state/. Resumes
+exactly from its last checkpoint after a crash or SIGKILL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.train.config import TrainConfig
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    model: str = "small"
+    """Model preset: "tiny" (tests), "small" (the CPU recipe, ~6M params), "100m" (one GPU)."""
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """DeepseekV3Config keys that replace the preset's, e.g. {num_hidden_layers = 6}."""
+    mtp_depth: int = 1
+    """Multi-token prediction modules (num_nextn_predict_layers); DeepSeek-V3 uses 1."""
+    mtp_weight: float = 0.3
+    """λ, the weight of the MTP loss (DeepSeek-V3: 0.3 early in training, then 0.1)."""
+    nproc: int = 1
+    """Processes to train with (torchrun on this machine: data parallel or a pipeline)."""
+    pipeline: Literal["none", "dualpipe", "1f1b"] = "none"
+    """Pipeline schedule across the `nproc` ranks; "none" = data parallel."""
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg: PretrainConfig = ctx.config
+    if cfg.nproc > 1 or cfg.pipeline != "none":
+        from dsctl.train.distributed import launch
+
+        return launch(ctx)
+    return train_single(ctx)
+
+
+def train_single(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.tokenizer import Tokenizer
+    from dsctl.train import PackedTokens, Trainer, load_token_split
+    from dsctl.train.artifacts import export_checkpoint, tokenizer_dir, unigram_loss
+    from dsctl.train.checkpoint import latest_checkpoint
+
+    cfg: PretrainConfig = ctx.config
+    shards = ctx.input("shards")
+    tok_dir = tokenizer_dir(shards)
+    tokenizer = Tokenizer.load(tok_dir)
+    overrides = {"vocab_size": tokenizer.vocab_size, "num_nextn_predict_layers": cfg.mtp_depth,
+                 "mtp_loss_weight": cfg.mtp_weight, **cfg.model_overrides}
+    model_config = ModelConfig.preset(cfg.model, **overrides)
+    torch.manual_seed(ctx.seed)
+    model = DeepSeekV3(model_config)
+    total, active = model.num_parameters()
+    ctx.info(f"model {cfg.model}: {total / 1e6:.2f}M parameters ({active / 1e6:.2f}M active per token)")
+
+    train_docs = load_token_split(shards.path, "train")
+    val_docs = load_token_split(shards.path, "validation") or train_docs[-max(1, len(train_docs) // 20):]
+    batches = PackedTokens(train_docs, cfg.seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, grad_accum=cfg.grad_accum)
+    val = PackedTokens(val_docs, cfg.seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False)
+    epochs = cfg.max_steps * cfg.batch_size * cfg.grad_accum / batches.windows_per_epoch
+    ctx.info(f"{batches.tokens_per_epoch:,} training tokens per epoch; {cfg.max_steps} steps = {epochs:.2f} epochs")
+
+    trainer = Trainer(model, batches, cfg, ctx, val_batches=val)
+    summary = trainer.fit()
+    eval_targets = torch.cat([val.batch(i)["input_ids"][:, 1:].flatten() for i in range(cfg.eval_batches)]).numpy()
+    summary["unigram_val_loss"] = round(unigram_loss(train_docs, eval_targets, tokenizer.vocab_size, tokenizer.eos_id), 6)
+    summary.update(params=total, active_params=active, model=cfg.model)
+    export_checkpoint(trainer.model, ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
+    return summary
+
+
+STAGE = StageSpec(
+    name="pretrain",
+    version=1,
+    config=PretrainConfig,
+    run=run,
+    output="checkpoint",
+    inputs={"shards": Input("shards", help="token shards from `tokenize`")},
+    help="Pretrain a DeepSeek-V3-style model (MLA + DeepSeekMoE + MTP) on token shards; "
+         "FP8, data parallel and DualPipe are options. Resumes exactly after a kill.",
+    example="dsctl pretrain --from mini_r1:tokenize --max-steps 200 --precision fp8",
+)
