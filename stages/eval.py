@@ -121,12 +121,13 @@ def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[d
 
 
 def checkpoint_labels(artifacts: list[Any]) -> list[str]:
-    """Short unique labels: "mini_r1:sft" -> "sft", a path -> its directory name, a key
-    -> its first 12 characters; a label used twice gets the key prefix appended."""
+    """Short unique labels: "mini_r1:sft" -> "sft"; a directory -> the stage that made it
+    (from its manifest) or its name; a bare key -> its first 12 characters. A label used
+    twice gets the key prefix appended."""
     def short(a: Any) -> str:
         ref = a.label or a.key[:12]
         if Path(ref).exists():
-            return Path(ref).name
+            return a.manifest.get("stage") or Path(ref).name
         return ref.rsplit(":", 1)[-1]
 
     names = [short(a) for a in artifacts]

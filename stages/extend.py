@@ -36,6 +36,9 @@ class ExtendConfig(TrainConfig):
     """Passkey documents per length, needles spread evenly over the context."""
     passkey_batch_size: int = 4
     """Passkey documents decoded together."""
+    length_eval_batches: int = 2
+    """Batches (of batch_size windows) of validation text scored at each passkey length
+    without document masking: loss vs context length (0 skips it)."""
     max_steps: int = 40
     """Optimizer steps to take (a short fine-tune: YaRN needs little)."""
     batch_size: int = 4
@@ -59,13 +62,13 @@ class ExtendConfig(TrainConfig):
 def run(ctx: StageContext) -> dict[str, Any]:
     import dataclasses
 
+    import torch
+
     from dsctl.eval.long_context import LongContextBatches, trained_context, with_yarn
     from dsctl.tokenizer import Tokenizer
     from dsctl.train import PackedTokens, Trainer, load_token_split
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
-
-    import torch
 
     cfg: ExtendConfig = ctx.config
     if cfg.threads:
@@ -81,8 +84,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     before = ctx.load_state().get("passkey_before")
     if before is None:  # measured once; a resumed attempt reuses it
-        before = {"base": passkey_row(ctx, base, tokenizer, lengths, "base"),
-                  "yarn": passkey_row(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, lengths, "yarn")}
+        before = {"base": context_row(ctx, base, tokenizer, shards.path, lengths, "base"),
+                  "yarn": context_row(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, shards.path,
+                                      lengths, "yarn")}
         ctx.save_state({"passkey_before": before})
 
     train_cfg = dataclasses.replace(cfg, seq_len=seq_len)
@@ -94,24 +98,31 @@ def run(ctx: StageContext) -> dict[str, Any]:
     val = PackedTokens(val_docs, seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False) if val_docs else None
     trainer = Trainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
     summary = trainer.fit()
-    after = passkey_row(ctx, trainer.model, tokenizer, lengths, "extended")
+    after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, "extended")
 
     table = {**before, "extended": after}
     for name, row in table.items():  # logged now: the Trainer starts metrics.jsonl afresh
         for n, result in row.items():
-            ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"])
+            ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"],
+                    val_loss=result.get("val_loss"))
     export_checkpoint(trainer.model, ctx.out, tokenizer_dir(checkpoint), latest_checkpoint(trainer.ckpt_dir))
     _write_json(ctx.out / "passkey.json", {"original_context": original, "factor": cfg.factor,
                                            "trials": cfg.passkey_trials, "accuracy": table})
+    longest_first = sorted(zip(cfg.passkey_multiples, lengths), reverse=True)  # headline: extended at s×
     headline = {f"passkey_{model}_{_mult(m)}x": table[model][str(n)]["accuracy"]
-                for model in ("extended", "base", "yarn") for m, n in zip(cfg.passkey_multiples, lengths)}
+                for model in ("extended", "base", "yarn") for m, n in longest_first}
+    if cfg.length_eval_batches:
+        headline.update({f"val_loss_{model}_{_mult(m)}x": table[model][str(n)]["val_loss"]
+                         for model in ("extended", "base", "yarn") for m, n in longest_first})
     return {**headline, **summary, "original_context": original, "context": int(round(original * cfg.factor)),
             "train_seq_len": seq_len}
 
 
-def passkey_row(ctx: StageContext, model: Any, tokenizer: Any, lengths: list[int], name: str) -> dict[str, Any]:
-    """Passkey accuracy of one model at each length; logged and shown as it goes."""
+def context_row(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, lengths: list[int],
+                name: str) -> dict[str, Any]:
+    """Passkey accuracy (and long-window validation loss) of one model at each length."""
     from dsctl.eval.passkey import passkey_accuracy
+    from dsctl.eval.perplexity import validation_perplexity
 
     cfg: ExtendConfig = ctx.config
     row: dict[str, Any] = {}
@@ -119,8 +130,13 @@ def passkey_row(ctx: StageContext, model: Any, tokenizer: Any, lengths: list[int
         for n in lengths:
             row[str(n)] = passkey_accuracy(model, tokenizer, n, cfg.passkey_trials, seed=ctx.seed,
                                            batch_size=cfg.passkey_batch_size)
+            if cfg.length_eval_batches:
+                loss = validation_perplexity(model, shards_dir, tokenizer.eos_id, n, cfg.batch_size,
+                                             cfg.length_eval_batches, doc_masking=False)
+                row[str(n)]["val_loss"] = loss["val_loss"]
             bar.advance(1)
-    ctx.info(f"passkey {name}: " + ", ".join(f"{n}: {r['accuracy']:.2f}" for n, r in row.items()))
+    ctx.info(f"{name}: " + ", ".join(f"@{n} passkey {r['accuracy']:.2f} loss {r.get('val_loss', float('nan')):.3f}"
+                                     for n, r in row.items()))
     return row
 
 

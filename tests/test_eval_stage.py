@@ -71,12 +71,13 @@ def tiny_world(tmp_path_factory):
 def test_checkpoint_labels_use_the_recipe_stage_name():
     from stages.eval import checkpoint_labels
 
-    def art(label, key):
-        return Artifact(Path("/nonexistent"), key, "checkpoint", {}, label)
+    def art(label, key, manifest=None):
+        return Artifact(Path("/nonexistent"), key, "checkpoint", manifest or {}, label)
 
     labels = checkpoint_labels([art("mini_r1:sft", "a" * 64), art("mini_r1:grpo", "b" * 64),
-                                art("other:sft", "c" * 64), art("", "d" * 64)])
-    assert labels == ["sft@aaaaaaaa", "grpo", "sft@cccccccc", "d" * 12]
+                                art("other:sft", "c" * 64), art("", "d" * 64),
+                                art(str(Path(__file__).parent), "e" * 64, {"stage": "distill"})])
+    assert labels == ["sft@aaaaaaaa", "grpo", "sft@cccccccc", "d" * 12, "distill"]
 
 
 def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):

@@ -8,10 +8,14 @@ from typing import Any
 
 
 def validation_perplexity(model: Any, shards_dir: Path, eos_id: int, seq_len: int, batch_size: int,
-                          max_batches: int) -> dict[str, float]:
-    """Token-weighted mean next-token loss over the first `max_batches` windows of the
-    validation split (the train split when there is none), attention kept inside each
-    document as in pretraining; perplexity = exp(loss)."""
+                          max_batches: int, doc_masking: bool = True) -> dict[str, float]:
+    """Token-weighted mean next-token loss over the first `max_batches` batches of windows
+    of the validation split (the train split when there is none); perplexity = exp(loss).
+
+    doc_masking=True keeps attention inside each document as in pretraining; False makes
+    each window one context with positions 0..seq_len-1, which is how long-context
+    perplexity is measured (documents shorter than the window still share it).
+    """
     import torch
 
     from dsctl.model import compute_loss
@@ -25,7 +29,8 @@ def validation_perplexity(model: Any, shards_dir: Path, eos_id: int, seq_len: in
     with torch.no_grad():
         for i in range(n_batches):
             batch = windows.batch(i)
-            out = compute_loss(model, batch["input_ids"], batch["labels"], doc_ids=batch["doc_ids"], mtp_weight=0.0)
+            out = compute_loss(model, batch["input_ids"], batch["labels"], doc_ids=batch["doc_ids"] if doc_masking else None,
+                               mtp_weight=0.0)
             total += float(out.lm_loss) * out.n_tokens
             count += out.n_tokens
     loss = total / max(count, 1)
