@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[256, 1024],
                         help="training sequence lengths; the batch keeps 2048 tokens per step")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--prompt-lens", type=int, nargs="+", default=[8, 384],
-                        help="shortest prompt of each generation run (short chat vs long reasoning context)")
+    parser.add_argument("--prompt-lens", type=int, nargs="+", default=[8, 384, 896],
+                        help="shortest prompt of each generation run (short chat .. long reasoning context)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

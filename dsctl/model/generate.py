@@ -97,7 +97,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # like no_grad, minus autograd's per-op version bookkeeping
 def generate(model: DeepSeekV3, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              stop_token_ids: Sequence[int] = (), stop_strings: Sequence[str] = (),
