@@ -163,7 +163,7 @@ class MultiHeadLatentAttention(nn.Module):
             # with one latent "head" of odd width SDPA takes its slow math path.
             mask = mask[:, 0].repeat_interleave(H, dim=1) if T > 1 else mask[:, 0]
             scores = scores.masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(-1).to(latent.dtype)
+        probs = scores.float().softmax(-1).to(latent.dtype)  # fp32 softmax, as HF, when running bf16
         o_latent = torch.matmul(probs, latent[..., : self.kv_lora_rank]).view(B, T, H, self.kv_lora_rank)
         return torch.matmul(o_latent.transpose(1, 2), w_uv.transpose(1, 2)).transpose(1, 2)  # · W_UV
 

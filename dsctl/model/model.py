@@ -198,8 +198,8 @@ class DeepSeekV3(nn.Module):
 
 def _default_positions(B: int, T: int, past: int, attention_mask: torch.Tensor | None,
                        doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """RoPE positions: count real tokens (left padding), restart per document, else 0..S-1."""
-    if attention_mask is not None:
+    """RoPE positions: restart per document, else count real tokens (left padding), else 0..S-1."""
+    if doc_ids is None and attention_mask is not None:
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
     if doc_ids is not None:
         idx = torch.arange(T, device=device).expand(B, T)
