@@ -83,3 +83,24 @@ def test_unequal_rewards_give_a_policy_gradient_toward_the_better_completion():
 def test_kl_coefficient_without_reference_is_an_error():
     with pytest.raises(ValueError, match="reference"):
         grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), 0.2, 0.1)
+
+
+def test_micro_batches_with_a_shared_normalizer_add_up_to_the_whole_batch():
+    torch.manual_seed(3)
+    logits = torch.randn(6, 4, 9, requires_grad=True)
+    targets = torch.randint(0, 9, (6, 4))
+    mask = torch.tensor([[1, 1, 1, 0]] * 3 + [[1, 0, 0, 0]] * 3)
+    adv, ref = torch.randn(6), torch.randn(6, 4) - 2
+
+    def logp_of(rows):
+        return torch.log_softmax(logits[rows], -1).gather(-1, targets[rows][..., None]).squeeze(-1)
+
+    old = logp_of(slice(0, 6)).detach() + 0.1
+    whole = grpo_loss(logp_of(slice(0, 6)), old, ref, adv, mask, 0.2, 0.04)
+    (grad_whole,) = torch.autograd.grad(whole.loss, logits)
+    n = float(mask.sum())
+    parts = [grpo_loss(logp_of(slice(lo, lo + 2)), old[lo:lo + 2], ref[lo:lo + 2], adv[lo:lo + 2], mask[lo:lo + 2],
+                       0.2, 0.04, n_tokens=n) for lo in (0, 2, 4)]
+    (grad_split,) = torch.autograd.grad(sum(p.loss for p in parts), logits)
+    torch.testing.assert_close(grad_split, grad_whole)
+    assert sum(p.kl for p in parts) == pytest.approx(whole.kl, rel=1e-5)

@@ -26,6 +26,10 @@ class GRPOConfig(TrainConfig):
     """GRPO steps; each step = one rollout batch and `update_epochs` optimizer updates."""
     lr: float = 2e-5
     """Peak AdamW learning rate (DeepSeekMath: 1e-6 for 7B; raised for a ~6M model on CPU)."""
+    batch_size: int = 32
+    """Rows (completions) per forward/backward micro-batch of an update; a rollout batch of
+    prompts_per_step × group_size rows is split into such micro-batches and their gradients
+    summed, so this bounds memory without changing the result."""
     warmup_steps: int = 0
     """Warm-up steps (the policy starts from an SFT model, so there is nothing to warm)."""
     schedule: Literal["cosine", "wsd", "constant"] = "constant"
@@ -34,6 +38,15 @@ class GRPOConfig(TrainConfig):
     """No decay: RL steps are few and the KL term already anchors the weights."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every this many GRPO steps (and at the end)."""
+    grad_accum: int = 1
+    """Not used by grpo: an update always covers its whole rollout batch (see batch_size)."""
+    seq_len: int = 256
+    """Not used by grpo: rows are a prompt plus at most max_new_tokens of completion."""
+    eval_every: int = 0
+    """Not used by grpo (held-out accuracy is measured before and after)."""
+    spike_factor: float = 3.0
+    """Not used by grpo: RL losses change sign and scale by design; only non-finite
+    gradients skip an update."""
     group_size: int = 8
     """G, completions sampled per prompt (DeepSeekMath: 64)."""
     prompts_per_step: int = 4

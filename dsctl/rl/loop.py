@@ -100,43 +100,60 @@ class GRPOTrainer:
         return metrics
 
     def _update(self, batch: ScoringBatch, advantages: torch.Tensor, lr: float, step: int) -> dict[str, Any]:
-        """μ optimizer updates on one rollout batch; returns the last update's metrics."""
+        """μ optimizer updates on one rollout batch; returns the last update's metrics.
+
+        The batch is cut into micro-batches of `batch_size` rows whose gradients add up to
+        the whole batch's (token-level normalization over the whole batch)."""
         cfg, model = self.cfg, self.model
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        mask = batch.completion_mask.to(self.device)
+        spans = [(lo, min(lo + cfg.batch_size, len(advantages))) for lo in range(0, len(advantages), cfg.batch_size)]
+        n_tokens = float(batch.completion_mask.sum())
         advantages = advantages.to(self.device)
-        ref_logp = None
+        ref_logp: list[torch.Tensor | None] = [None] * len(spans)
         if cfg.kl_coef > 0:
             with torch.no_grad(), self._autocast():
-                ref_logp, _ = completion_logprobs(self.reference, batch, cfg.temperature)
-        old_logp = None
+                ref_logp = [completion_logprobs(self.reference, batch.rows(lo, hi), cfg.temperature)[0] for lo, hi in spans]
+        old_logp: list[torch.Tensor] = []
         out: dict[str, Any] = {}
         model.train()
         for epoch in range(cfg.update_epochs):
-            with self._autocast():
-                logp, balance = completion_logprobs(model, batch, cfg.temperature)
-            # The first update runs on the very weights that sampled the batch, so its own
-            # (detached) log-probs are the old policy's: no extra scoring pass needed.
-            if old_logp is None:
-                old_logp = logp.detach()
-            parts = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg.clip_eps, cfg.kl_coef)
-            (parts.loss + balance).backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-            out = {"loss": round(float(parts.loss), 6), "policy_loss": round(parts.policy_loss, 6),
-                   "kl": round(parts.kl, 6), "clip_fraction": round(parts.clip_fraction, 4),
-                   "ratio_mean": round(parts.ratio_mean, 5), "balance_loss": round(float(balance), 6),
-                   "grad_norm": round(grad_norm, 5), "update_tokens": int(mask.sum())}
-            if math.isfinite(float(parts.loss)) and math.isfinite(grad_norm):
-                self.optimizer.step()
-                out.update({k: round(v, 4) for k, v in model.update_router_biases().items()})
-            else:  # never step on a NaN/inf: drop this update's gradients and load counts
-                self.state["skipped"] += 1
-                model.update_router_biases(speed=0.0)
-                out["event"] = "skipped"
-                self.ctx.warn(f"step {step + 1} update {epoch + 1}: non-finite loss or gradient; update skipped")
-            self.optimizer.zero_grad(set_to_none=True)
+            totals = dict.fromkeys(("loss", "policy_loss", "kl", "clip_fraction", "ratio_mean", "balance_loss"), 0.0)
+            for i, (lo, hi) in enumerate(spans):
+                micro = batch.rows(lo, hi)
+                with self._autocast():
+                    logp, balance = completion_logprobs(model, micro, cfg.temperature)
+                # The first update runs on the very weights that sampled the batch, so its own
+                # (detached) log-probs are the old policy's: no extra scoring pass needed.
+                if epoch == 0:
+                    old_logp.append(logp.detach())
+                parts = grpo_loss(logp, old_logp[i], ref_logp[i], advantages[lo:hi], micro.completion_mask.to(self.device),
+                                  cfg.clip_eps, cfg.kl_coef, n_tokens=n_tokens)
+                balance = balance * (hi - lo) / len(advantages)
+                (parts.loss + balance).backward()
+                for key, value in (("loss", float(parts.loss)), ("policy_loss", parts.policy_loss), ("kl", parts.kl),
+                                   ("clip_fraction", parts.clip_fraction), ("ratio_mean", parts.ratio_mean),
+                                   ("balance_loss", float(balance))):
+                    totals[key] += value
+            out = {k: round(v, 6) for k, v in totals.items()}
+            out.update(self._optimizer_step(step, epoch), update_tokens=int(n_tokens))
+        return out
+
+    def _optimizer_step(self, step: int, epoch: int) -> dict[str, Any]:
+        """Clip, step (unless the gradient is not finite), move router biases, zero grads."""
+        cfg, model = self.cfg, self.model
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        out: dict[str, Any] = {"grad_norm": round(grad_norm, 5)}
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            out.update({k: round(v, 4) for k, v in model.update_router_biases().items()})
+        else:  # never step on a NaN/inf: drop this update's gradients and load counts
+            self.state["skipped"] += 1
+            model.update_router_biases(speed=0.0)
+            out["event"] = "skipped"
+            self.ctx.warn(f"step {step + 1} update {epoch + 1}: non-finite gradient; update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
         return out
 
     # -- reference -------------------------------------------------------------------------

@@ -65,14 +65,18 @@ class LossParts:
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float, kl_coef: float) -> LossParts:
+              advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float, kl_coef: float,
+              n_tokens: float | None = None) -> LossParts:
     """Token-level GRPO loss. logp/old_logp/ref_logp/mask (B, C); advantages (B,).
 
     mask is 1 on completion tokens (through the stop token) and 0 on padding.
     ref_logp may be None when kl_coef is 0 (no reference forward needed).
+    n_tokens: the normalizer, default this batch's completion tokens. A caller that splits
+    a rollout batch into micro-batches passes the whole batch's count, so the summed
+    micro-batch losses (and logged parts) equal the loss of the batch in one piece.
     """
     mask = mask.to(logp.dtype)
-    n_tokens = mask.sum().clamp(min=1.0)
+    n_tokens = mask.sum().clamp(min=1.0) if n_tokens is None else max(float(n_tokens), 1.0)
     adv = advantages.to(logp.dtype)[:, None]
     ratio = torch.exp(logp - old_logp)
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)

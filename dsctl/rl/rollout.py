@@ -55,6 +55,11 @@ class ScoringBatch:
     prompt_len: int
     """P: the column where completions start."""
 
+    def rows(self, lo: int, hi: int) -> "ScoringBatch":
+        """Rows lo..hi-1 (a micro-batch), same column layout."""
+        return ScoringBatch(self.input_ids[lo:hi], self.attention_mask[lo:hi], self.completion_mask[lo:hi],
+                            self.prompt_len)
+
 
 def build_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> ScoringBatch:
     if len(prompts) != len(completions) or not prompts:
