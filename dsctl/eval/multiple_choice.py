@@ -111,11 +111,8 @@ def loglikelihoods(model: Any, requests: list[tuple[list[int], list[int]]], max_
 def score_multiple_choice(model: Any, tokenizer: Any, questions: list[ChoiceQuestion],
                           max_length: int = 1024, batch_size: int = 16) -> dict[str, Any]:
     """{"acc", "acc_norm", "n", "per_question": [...]} over `questions`."""
-    requests, owners = [], []
-    for q_index, q in enumerate(questions):
-        for choice in q.choices:
-            requests.append(continuation_tokens(tokenizer, q.question, TARGET_DELIMITER + choice))
-            owners.append(q_index)
+    requests = [continuation_tokens(tokenizer, q.question, TARGET_DELIMITER + choice)
+                for q in questions for choice in q.choices]
     lls = loglikelihoods(model, requests, max_length, batch_size)
     per_question, offset = [], 0
     for q in questions:
