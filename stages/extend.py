@@ -22,6 +22,9 @@ from dsctl.train.config import TrainConfig
 class ExtendConfig(TrainConfig):
     factor: float = 4.0
     """YaRN scale s: the new context is s × the base checkpoint's trained context."""
+    original_context: int = 0
+    """The base's trained context; 0 = read it from the checkpoint (its training stage's
+    seq_len, else config.json's max_position_embeddings). Set it for outside checkpoints."""
     beta_fast: float = 32.0
     """YaRN β_fast: rotary pairs turning more than this often over the original context keep their frequency."""
     beta_slow: float = 1.0
@@ -76,7 +79,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     checkpoint, shards = ctx.input("checkpoint"), ctx.input("shards")
     tokenizer = Tokenizer.load(tokenizer_dir(checkpoint))
     base = load_model(checkpoint)
-    original = trained_context(checkpoint.manifest, base.config)
+    original = cfg.original_context or trained_context(checkpoint.manifest, base.config)
     seq_len = cfg.seq_len or int(round(original * cfg.factor))
     ctx.info(f"YaRN s={cfg.factor:g}: context {original} -> {int(round(original * cfg.factor))}; training at {seq_len}")
     yarn = dict(beta_fast=cfg.beta_fast, beta_slow=cfg.beta_slow, mscale=cfg.mscale)
