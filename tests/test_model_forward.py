@@ -83,3 +83,14 @@ def test_training_loss_adds_mtp_and_balance_terms_and_trains_every_part():
     out.loss.backward()
     for name in ("embed_tokens.weight", "lm_head.weight", "mtp.0.eh_proj.weight", "layers.1.mlp.gate.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def test_bad_mask_shapes_are_named_in_the_error():
+    import pytest
+
+    model = _model()
+    ids = torch.randint(0, 2048, (2, 5))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="doc_ids"):
+        model(ids, doc_ids=torch.zeros(2, 3, dtype=torch.long))

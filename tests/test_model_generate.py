@@ -101,3 +101,15 @@ def test_generate_restores_training_mode_and_counts_no_load():
     model = _model().train()
     generate(model, PROMPTS, max_new_tokens=3, temperature=0)
     assert model.training and all(m.expert_load.sum() == 0 for m in model.moe_layers())
+
+
+def test_generate_rejects_unusable_arguments_with_a_reason():
+    import pytest
+
+    model = _model()
+    with pytest.raises(ValueError, match="prompt"):
+        generate(model, [[1], []], max_new_tokens=2)
+    with pytest.raises(ValueError, match="decode"):
+        generate(model, [[1]], max_new_tokens=2, stop_strings=["x"])
+    with pytest.raises(ValueError, match="temperature=0"):
+        generate(model, [[1]], max_new_tokens=2, temperature=0.5, speculative=True)

@@ -130,7 +130,7 @@ def generate(model: DeepSeekV3, prompts: Sequence[Sequence[int]], *, max_new_tok
     return result
 
 
-def _left_pad(model: DeepSeekV3, prompts: list[list[int]], extra_slots: int):
+def _left_pad(model: DeepSeekV3, prompts: list[list[int]], extra_slots: int, with_mtp: bool = False):
     """(ids (B, L), mask (B, L + extra_slots) with the prompt part filled, cache, L)."""
     device = model.embed_tokens.weight.device
     B, L = len(prompts), max(len(p) for p in prompts)
@@ -139,7 +139,7 @@ def _left_pad(model: DeepSeekV3, prompts: list[list[int]], extra_slots: int):
     for row, p in enumerate(prompts):
         ids[row, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
         mask[row, L - len(p):L] = 1
-    n_layers = model.config.num_hidden_layers + len(model.mtp)
+    n_layers = model.config.num_hidden_layers + (len(model.mtp) if with_mtp else 0)
     cache = LatentCache(model.config, n_layers, B, L + extra_slots,
                         dtype=model.embed_tokens.weight.dtype, device=device)
     return ids, mask, cache, L
@@ -165,7 +165,7 @@ def _sampling_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> 
 
 def _speculative_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
     # Each verify step uses two slots: [next token, draft]; allocate for the worst case.
-    ids, mask, cache, L = _left_pad(model, prompts, 2 * stopper.max_new_tokens + 2)
+    ids, mask, cache, L = _left_pad(model, prompts, 2 * stopper.max_new_tokens + 2, with_mtp=True)
     stopper.start(len(prompts))
     out = model(ids, attention_mask=mask[:, :L], cache=cache, return_outputs=True)
     cur = out.logits[:, -1].argmax(-1)  # the first generated token, not yet fed to the model
