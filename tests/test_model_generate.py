@@ -23,8 +23,8 @@ def _argmax_reference(model: DeepSeekV3, prompt: list[int], n: int) -> list[int]
 
 def test_batched_greedy_equals_step_by_step_argmax_of_the_full_forward():
     model = _model(q_lora_rank=16)
-    result = generate(model, PROMPTS, max_new_tokens=10, temperature=0)
-    assert result.tokens == [_argmax_reference(model, p, 10) for p in PROMPTS]
+    result = generate(model, PROMPTS, max_new_tokens=6, temperature=0)
+    assert result.tokens == [_argmax_reference(model, p, 6) for p in PROMPTS]
     assert result.finish_reasons == ["length"] * 3
 
 
