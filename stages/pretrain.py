@@ -35,18 +35,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.nproc > 1 or cfg.pipeline != "none":
         from dsctl.train.distributed import launch
 
-        return launch(ctx)
+        return launch(ctx, prepare="stages.pretrain:prepare_training")
     return train_single(ctx)
 
 
 def train_single(ctx: StageContext) -> dict[str, Any]:
+    from dsctl.train import Trainer
+
+    job = prepare_training(ctx)
+    trainer = Trainer(job.model, job.batches, ctx.config, ctx, val_batches=job.val_batches)
+    return job.finish(trainer, trainer.fit())
+
+
+def prepare_training(ctx: StageContext, data_world: int = 1):
+    """Model, batches and the export step of a pretrain run, shared by the single-process
+    and the torchrun paths. `data_world` data-parallel ranks each take a 1/data_world share
+    of `data_world × grad_accum` micro-batches per step (see dsctl.train.distributed)."""
     import torch
 
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train import PackedTokens, Trainer, load_token_split
+    from dsctl.train import PackedTokens, load_token_split
     from dsctl.train.artifacts import export_checkpoint, tokenizer_dir, unigram_loss
     from dsctl.train.checkpoint import latest_checkpoint
+    from dsctl.train.distributed import TrainJob
 
     cfg: PretrainConfig = ctx.config
     shards = ctx.input("shards")
@@ -62,18 +74,20 @@ def train_single(ctx: StageContext) -> dict[str, Any]:
 
     train_docs = load_token_split(shards.path, "train")
     val_docs = load_token_split(shards.path, "validation") or train_docs[-max(1, len(train_docs) // 20):]
-    batches = PackedTokens(train_docs, cfg.seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, grad_accum=cfg.grad_accum)
+    batches = PackedTokens(train_docs, cfg.seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed,
+                           grad_accum=cfg.grad_accum * data_world)
     val = PackedTokens(val_docs, cfg.seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False)
-    epochs = cfg.max_steps * cfg.batch_size * cfg.grad_accum / batches.windows_per_epoch
+    epochs = cfg.max_steps * cfg.batch_size * cfg.grad_accum * data_world / batches.windows_per_epoch
     ctx.info(f"{batches.tokens_per_epoch:,} training tokens per epoch; {cfg.max_steps} steps = {epochs:.2f} epochs")
 
-    trainer = Trainer(model, batches, cfg, ctx, val_batches=val)
-    summary = trainer.fit()
-    eval_targets = torch.cat([val.batch(i)["input_ids"][:, 1:].flatten() for i in range(cfg.eval_batches)]).numpy()
-    summary["unigram_val_loss"] = round(unigram_loss(train_docs, eval_targets, tokenizer.vocab_size, tokenizer.eos_id), 6)
-    summary.update(params=total, active_params=active, model=cfg.model)
-    export_checkpoint(trainer.model, ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
-    return summary
+    def finish(trainer, summary: dict[str, Any]) -> dict[str, Any]:
+        eval_targets = torch.cat([val.batch(i)["input_ids"][:, 1:].flatten() for i in range(cfg.eval_batches)]).numpy()
+        summary["unigram_val_loss"] = round(unigram_loss(train_docs, eval_targets, tokenizer.vocab_size, tokenizer.eos_id), 6)
+        summary.update(params=total, active_params=active, model=cfg.model)
+        export_checkpoint(trainer.model, ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
+        return summary
+
+    return TrainJob(model, batches, val, finish)
 
 
 STAGE = StageSpec(

@@ -55,9 +55,54 @@ def default_loss(cfg: TrainConfig) -> LossFn:
     return loss_fn
 
 
+class StepStrategy:
+    """How one optimizer step computes its loss and gradients: here, one process running
+    `grad_accum` micro-batches. `dsctl.train.distributed` swaps in data-parallel and
+    pipeline versions; the loop around them (lr, bad-step checks, optimizer, router
+    biases, metrics, validation, checkpoints) stays the same."""
+
+    def bind(self, trainer: "Trainer") -> None:
+        """Called once the trainer has placed the model (after any fp8 conversion)."""
+
+    def forward_backward(self, trainer: "Trainer", step: int) -> tuple[dict[str, float], int]:
+        """Accumulate the step's gradients; returns (mean losses by name, tokens seen)."""
+        return self.run_micro_batches(trainer, step, range(trainer.cfg.grad_accum))
+
+    def run_micro_batches(self, trainer: "Trainer", step: int, micros) -> tuple[dict[str, float], int]:
+        """Forward/backward micro-batches `micros` of `step`, each loss weighted 1/len(micros)."""
+        totals = {"loss": 0.0, "lm_loss": 0.0, "mtp_loss": 0.0, "balance_loss": 0.0}
+        tokens, count = 0, len(micros)
+        for micro in micros:
+            batch = {k: v.to(trainer.device) for k, v in trainer.batches.batch(step, micro).items()}
+            with trainer._autocast():
+                out = trainer.loss_fn(trainer.model, batch)
+            (out.loss / count).backward()
+            for key in totals:
+                value = getattr(out, key, None)
+                if value is not None:
+                    totals[key] += float(value.detach() if torch.is_tensor(value) else value) / count
+            tokens += int(batch["input_ids"].numel())
+        return totals, tokens
+
+    def clip_grad_norm(self, trainer: "Trainer", max_norm: float) -> float:
+        """Clip to `max_norm` (inf = measure only); returns the norm before clipping."""
+        params = [p for p in trainer.model.parameters() if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def sync_router_load(self, model: nn.Module) -> None:
+        """Make every replica's MoE load counts the step's global counts (before a bias update)."""
+
+    def sync_model(self, trainer: "Trainer") -> None:
+        """Make this process's model and optimizer whole (before validation or a checkpoint)."""
+
+    def save_checkpoint(self, trainer: "Trainer") -> None:
+        save_checkpoint(trainer.ckpt_dir, trainer.model, trainer.optimizer, trainer.state)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, batches: BatchSource, cfg: TrainConfig, ctx: StageContext, *,
-                 val_batches: BatchSource | None = None, loss_fn: LossFn | None = None):
+                 val_batches: BatchSource | None = None, loss_fn: LossFn | None = None,
+                 strategy: StepStrategy | None = None):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg, self.ctx, self.batches, self.val_batches = cfg, ctx, batches, val_batches
@@ -74,6 +119,8 @@ class Trainer:
         self.ckpt_dir = ctx.scratch / "checkpoints"
         self.state: dict[str, Any] = {"step": 0, "tokens": 0, "skipped": 0, "rollbacks": 0,
                                       "consecutive_bad": 0, "recent_losses": [], "val_loss": None}
+        self.strategy = strategy or StepStrategy()
+        self.strategy.bind(self)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -86,12 +133,16 @@ class Trainer:
                 self.state["step"] = step + 1
                 self.state["last_loss"] = metrics["lm_loss"]
                 done = self.state["step"] == cfg.max_steps
-                if self.val_batches is not None and ((cfg.eval_every and self.state["step"] % cfg.eval_every == 0) or done):
+                validate = self.val_batches is not None and ((cfg.eval_every and self.state["step"] % cfg.eval_every == 0) or done)
+                checkpoint = self.state["step"] % cfg.checkpoint_every == 0 or done
+                if validate or checkpoint:
+                    self.strategy.sync_model(self)
+                if validate:
                     metrics["val_loss"] = self.state["val_loss"] = self.validation_loss()
                 if step % cfg.log_every == 0 or done or "val_loss" in metrics or "event" in metrics:
                     self.ctx.log(**metrics)
-                if self.state["step"] % cfg.checkpoint_every == 0 or done:
-                    save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.state)
+                if checkpoint:
+                    self.strategy.save_checkpoint(self)
                 bar.advance(1, loss=metrics["loss"], lr=metrics["lr"])
         return self._summary()
 
@@ -107,20 +158,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        totals = {"loss": 0.0, "lm_loss": 0.0, "mtp_loss": 0.0, "balance_loss": 0.0}
-        tokens = 0
-        for micro in range(cfg.grad_accum):
-            batch = {k: v.to(self.device) for k, v in self.batches.batch(step, micro).items()}
-            with self._autocast():
-                out = self.loss_fn(model, batch)
-            (out.loss / cfg.grad_accum).backward()
-            for key in totals:
-                value = getattr(out, key, None)
-                if value is not None:
-                    totals[key] += float(value.detach() if torch.is_tensor(value) else value) / cfg.grad_accum
-            tokens += int(batch["input_ids"].numel())
-        params = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        totals, tokens = self.strategy.forward_backward(self, step)
+        grad_norm = self.strategy.clip_grad_norm(self, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         metrics: dict[str, Any] = {"step": step + 1, **{k: round(v, 6) for k, v in totals.items()},
                                    "lr": lr, "grad_norm": round(grad_norm, 6)}
         problem = self._problem(totals["loss"], grad_norm)
@@ -133,6 +172,7 @@ class Trainer:
             recent.append(totals["loss"])
             del recent[:-SPIKE_WINDOW]
             if hasattr(model, "update_router_biases"):
+                self.strategy.sync_router_load(model)
                 metrics.update({k: round(v, 4) for k, v in model.update_router_biases().items()})
         self.optimizer.zero_grad(set_to_none=True)
         self.state["tokens"] += tokens
