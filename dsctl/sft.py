@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from dsctl.errors import UserError
 from dsctl.tasks import reasoning_target
 
 Conversation = list[dict[str, str]]
@@ -127,6 +128,8 @@ def artifact_conversations(root: Path, stats: RowStats) -> list[Conversation]:
     from dsctl.data.corpus import corpus_files
 
     files = [root / "samples.jsonl"] if (root / "samples.jsonl").is_file() else corpus_files(root)
+    if not files:
+        raise UserError(f"{root} has neither samples.jsonl nor JSONL/Parquet rows under data/")
     out: list[Conversation] = []
     for path in files:
         out.extend(read_conversations(path, stats))

@@ -104,7 +104,7 @@ def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
     stats = RowStats()
     extra = ctx.maybe_input("data")
     if extra is not None:
-        if extra.kind not in ("samples", "corpus"):
+        if extra.kind not in ("samples", "corpus", "any"):  # "any": a directory given by path
             raise UserError(f"sft's 'data' input must be a samples or corpus artifact; {extra.label} is a {extra.kind}")
         from_artifact = artifact_conversations(extra.path, stats)
         counts["artifact_examples"] = len(from_artifact)

@@ -143,3 +143,17 @@ def test_sft_without_any_examples_is_a_clear_error(tmp_path, tok_dir):
     with pytest.raises(UserError, match="no usable examples"):
         run_stage(sft.STAGE, {**tiny_train_config(), "train_problems": 0, "eval_problems": 0},
                   {"checkpoint": [ckpt]}, tmp_path / "work")
+
+
+def test_sft_reads_a_samples_artifact_and_skips_rejected_rows(tmp_path, tok_dir):
+    ckpt = make_checkpoint(tmp_path / "base", tok_dir)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    rows = [{"prompt": "What is 2 + 2?", "completion": "<think>2 + 2 = 4.</think><answer>4</answer>", "correct": True},
+            {"prompt": "What is 2 + 3?", "completion": "<think>guess</think><answer>7</answer>", "correct": False},
+            {"prompt": "What is 5 + 3?", "completion": "<think>5 + 3 = 8.</think><answer>8</answer>", "correct": True}]
+    (samples / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {**tiny_train_config(max_steps=2), "train_problems": 0, "eval_problems": 0}
+    art = run_stage(sft.STAGE, config, {"checkpoint": [ckpt], "data": [samples]}, tmp_path / "work")
+    assert art.metrics["artifact_examples"] == 2 and art.metrics["rejected_sample_rows"] == 1
+    assert art.metrics["task_examples"] == 0
