@@ -3,6 +3,7 @@
 import json
 import random
 import signal
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -131,3 +132,12 @@ def test_every_command_has_help_with_an_example(cli_env, dsctl_cmd):
         assert "Example" in out, command
     out = _dsctl(dsctl_cmd, {**cli_env, "COLUMNS": "200"}, "t_upper", "--help").stdout
     assert "--suffix" in out and "Appended to every row" in out
+
+
+def test_cli_start_up_does_not_import_torch(cli_env):
+    """Stage modules import heavy libraries inside run(), so `dsctl --help` stays fast."""
+    code = ("import sys, dsctl.cli; from dsctl.stage import StageRegistry; StageRegistry.discover(); "
+            "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -5,15 +5,23 @@
     summary = trainer.fit()
 
 objective.py holds the equations, rollout.py the sampling and log-prob scoring, loop.py
-the resumable training loop that ties them together.
+the resumable training loop that ties them together. Names load on first use, so the grpo
+stage's config can be imported without torch (the CLI starts fast).
 """
 
-from dsctl.rl.config import GRPOConfig
-from dsctl.rl.loop import GRPOTrainer
-from dsctl.rl.objective import LossParts, group_advantages, grpo_loss, k3_kl
-from dsctl.rl.rollout import Rollout, ScoringBatch, build_batch, completion_logprobs, rollout, step_problems, step_seed
+import importlib
 
-__all__ = [
-    "GRPOConfig", "GRPOTrainer", "LossParts", "Rollout", "ScoringBatch", "build_batch", "completion_logprobs",
-    "group_advantages", "grpo_loss", "k3_kl", "rollout", "step_problems", "step_seed",
-]
+_EXPORTS = {
+    "GRPOConfig": "config", "GRPOTrainer": "loop",
+    "LossParts": "objective", "group_advantages": "objective", "grpo_loss": "objective", "k3_kl": "objective",
+    "Rollout": "rollout", "ScoringBatch": "rollout", "build_batch": "rollout", "completion_logprobs": "rollout",
+    "rollout": "rollout", "step_problems": "rollout", "step_seed": "rollout",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dsctl.rl.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dsctl.rl' has no attribute {name!r}")
