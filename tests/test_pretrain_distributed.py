@@ -144,13 +144,17 @@ def _job_processes(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigkilled_data_parallel_run_resumes_to_identical_weights(tokenized, dsctl_cmd, cli_env):
+@pytest.mark.parametrize("name, config", [
+    ("tinyddp", dict(SMALL_RUN, max_steps=6, checkpoint_every=2, nproc=2)),
+    ("tinydualpipe", dict(PIPELINE_RUN, max_steps=6, checkpoint_every=2, nproc=2, pipeline="dualpipe")),
+], ids=["data-parallel", "dualpipe"])
+def test_sigkilled_distributed_run_resumes_to_identical_weights(tokenized, dsctl_cmd, cli_env, name, config):
     base, _ = tokenized
     root = base.parent
-    recipe = root / "tinyddp.toml"
-    recipe.write_text(SOURCE_AND_TOKENIZE.format(name="tinyddp") + "\n[stages.pretrain]\nfrom = \"tokenize\"\n"
-                      + _toml(dict(SMALL_RUN, max_steps=6, checkpoint_every=2, nproc=2)) + "\n")
-    reference, killed = root / "ddp-reference", root / "ddp-killed"
+    recipe = root / f"{name}.toml"
+    recipe.write_text(SOURCE_AND_TOKENIZE.format(name=name) + "\n[stages.pretrain]\nfrom = \"tokenize\"\n"
+                      + _toml(config) + "\n")
+    reference, killed = root / f"{name}-reference", root / f"{name}-killed"
     shutil.copytree(base, reference)
     shutil.copytree(base, killed)
     done = _dsctl(dsctl_cmd, cli_env, reference, recipe)
@@ -175,10 +179,10 @@ def test_sigkilled_data_parallel_run_resumes_to_identical_weights(tokenized, dsc
     assert "resumed from step-" in resumed.stderr
 
     def digest(workdir):
-        return hashlib.sha256((_artifact(workdir, "tinyddp", "pretrain") / "model.safetensors").read_bytes()).hexdigest()
+        return hashlib.sha256((_artifact(workdir, name, "pretrain") / "model.safetensors").read_bytes()).hexdigest()
 
     assert digest(killed) == digest(reference)
-    metrics = (_artifact(killed, "tinyddp", "pretrain") / "metrics.jsonl").read_text().splitlines()
+    metrics = (_artifact(killed, name, "pretrain") / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == list(range(1, 7))
 
 
