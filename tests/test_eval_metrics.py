@@ -59,3 +59,21 @@ def test_cons_at_k_scores_the_majority_of_the_first_k_samples():
     assert cons_at_k([None, None], is_right, 2) == 0.0
     with pytest.raises(ValueError):
         cons_at_k(answers, is_right, 6)
+
+
+def test_problem_scores_combine_greedy_samples_and_votes():
+    from dsctl.eval.task_accuracy import problem_scores
+    from dsctl.tasks import split_problems
+
+    p = split_problems("arithmetic", "eval", 1, seed=0)[0]
+    wrong = str(int(p.answer) + 1)
+    right = f"<think>work</think><answer>{p.answer}</answer>"
+    samples = [f"<think>x</think><answer>{wrong}</answer>", right, f"<answer>{p.answer}</answer>",
+               f"<think>y</think><answer>{wrong}</answer>", "no answer at all"]
+    scores = problem_scores(p, right, samples, pass_ks=(1, 2, 5))
+    assert scores["greedy"] == 1.0
+    assert scores["pass@1"] == pytest.approx(2 / 5)
+    assert scores["pass@2"] == pytest.approx(1 - comb(3, 2) / comb(5, 2))
+    assert scores["pass@5"] == 1.0
+    assert scores["cons@5"] == 0.0  # the wrong answer came first in a 2–2 tie
+    assert scores["format"] == pytest.approx(3 / 5)  # think + answer, nothing else
