@@ -229,3 +229,35 @@ def test_a_failing_rank_is_reported_with_its_message(tokenized, store):
     too_long = dict(SMALL_RUN, max_steps=1, nproc=2, seq_len=1_000_000)
     with pytest.raises(Exception, match=r"rank \d: .*fewer than one sequence of seq_len=1000000"):
         run_stage(pretrain.STAGE, too_long, {"shards": [shards]}, store)
+
+
+@pytest.mark.slow
+def test_two_node_launch_with_user_torchrun_flags_trains_like_one_process(tokenized, store, dsctl_cmd, cli_env):
+    """Two torchrun "nodes" on this machine: dsctl starts node 0 with DSCTL_TORCHRUN_ARGS,
+    the user starts node 1 on the printed job spec, and the published weights equal one
+    process running both ranks' micro-batches."""
+    from dsctl.parallel.launch import free_port
+
+    base, shards = tokenized
+    root = base.parent
+    recipe = root / "tinynodes.toml"
+    config = dict(SMALL_RUN, max_steps=4, checkpoint_every=2, eval_every=4)
+    recipe.write_text(SOURCE_AND_TOKENIZE.format(name="tinynodes") + "\n[stages.pretrain]\nfrom = \"tokenize\"\n"
+                      + _toml(dict(config, nproc=2)) + "\n")
+    workdir = root / "nodes"
+    shutil.copytree(base, workdir)
+    flags = f"--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:{free_port()}"
+    env = {k: v for k, v in cli_env.items() if k != "DSCTL_PLUGINS"}
+    node0 = subprocess.Popen([*dsctl_cmd, "run", str(recipe)], env={**env, "DSCTL_WORKDIR": str(workdir),
+                             "DSCTL_TORCHRUN_ARGS": flags}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((workdir / "staging").glob("*/scratch/distributed-job.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    (spec,) = (workdir / "staging").glob("*/scratch/distributed-job.json")
+    node1 = subprocess.run([sys.executable, "-m", "torch.distributed.run", *flags.split(), "-m",
+                            "dsctl.train.distributed", str(spec)], env=env, capture_output=True, text=True, timeout=600)
+    _, node0_err = node0.communicate(timeout=600)
+    assert node1.returncode == 0, node1.stderr[-3000:]
+    assert node0.returncode == 0, node0_err[-3000:]
+    one = run_stage(pretrain.STAGE, dict(config, nproc=1, grad_accum=2), {"shards": [shards]}, store)
+    assert _max_weight_diff(_artifact(workdir, "tinynodes", "pretrain"), one) < 1e-5

@@ -13,7 +13,14 @@ runs the ordinary `Trainer` with a `StepStrategy` that says how a step computes 
 loss and gradients. Rank 0 alone writes metrics, checkpoints and the exported artifact,
 so the artifact is laid out exactly as a single-process run's. Because ``-m
 dsctl.train.distributed SPEC`` is a plain torchrun entry point, a user can start the same
-spec with torchrun's own flags on several nodes (scratch and out on a shared filesystem).
+spec with torchrun's own flags on several nodes (scratch and out on a shared filesystem):
+
+    # node 0: dsctl launches its share with these torchrun flags and publishes the artifact
+    DSCTL_TORCHRUN_ARGS="--nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint host0:29500" \
+        dsctl pretrain --from mini_r1:tokenize --nproc 16
+    # node 1: the same flags, on the job spec node 0 printed (<scratch>/distributed-job.json)
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint host0:29500 \
+        -m dsctl.train.distributed /shared/work/staging/<key>/scratch/distributed-job.json
 
 Data parallel (``pipeline="none"``): every rank holds the whole model. Batches are a pure
 function of the step, built for ``grad_accum × world`` micro-batches; rank r takes micro
@@ -43,6 +50,7 @@ import importlib
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -64,6 +72,8 @@ from dsctl.train.loop import StepStrategy, Trainer
 SPEC_NAME = "distributed-job.json"
 SUMMARY_NAME = "distributed-summary.json"
 ERRORS_DIR = "rank-errors"
+TORCHRUN_ARGS_ENV = "DSCTL_TORCHRUN_ARGS"
+"""torchrun flags that replace `--standalone --nproc-per-node <nproc>` (multi-node jobs)."""
 
 
 @dataclass
@@ -139,10 +149,11 @@ def launch(ctx: StageContext, prepare: str) -> dict[str, Any]:
     spec = write_job_spec(ctx, prepare)
     shutil.rmtree(ctx.scratch / ERRORS_DIR, ignore_errors=True)
     (ctx.scratch / SUMMARY_NAME).unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc),
-           "-m", "dsctl.train.distributed", str(spec)]
+    torchrun_args = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, "")) or [
+        "--standalone", "--nproc-per-node", str(cfg.nproc)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "dsctl.train.distributed", str(spec)]
     mode = "data parallel" if cfg.pipeline == "none" else cfg.pipeline
-    ctx.info(f"torchrun: {cfg.nproc} processes, {mode}")
+    ctx.info(f"torchrun {' '.join(torchrun_args)}: {cfg.nproc} processes in all, {mode}; job spec {spec}")
     returncode, tail = _run_streaming(cmd, echo=not ctx.reporter.quiet)
     if returncode != 0:
         _raise_rank_failure(ctx.scratch / ERRORS_DIR, returncode, tail)
@@ -374,6 +385,9 @@ def train_rank(spec: dict[str, Any], world: int, rank: int) -> dict[str, Any] | 
     ctx = context_from_spec(spec, rank)
     cfg = ctx.config
     check_parallel_config(cfg)
+    if world != cfg.nproc:
+        raise UserError(f"torchrun started {world} processes in all but the stage's nproc = {cfg.nproc}; "
+                        "set nproc to the total over all nodes (nnodes × nproc-per-node)")
     prepare = _import(spec["prepare"])
     if cfg.pipeline == "none":
         job, strategy = prepare(ctx, data_world=world), DataParallelStep(world, rank)

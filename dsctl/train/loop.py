@@ -5,6 +5,10 @@ Each step: learning rate from the schedule -> `grad_accum` micro-batches forward
 to the last checkpoint) -> AdamW step -> MoE router-bias update (auxiliary-loss-free
 balancing) -> metrics -> periodic validation and checkpoint.
 
+How a step computes its loss and gradients is a `StepStrategy`: one process by default;
+data parallel and DualPipe/1F1B in `dsctl.train.distributed` (which also decide how the
+ranks agree on the clip norm, MoE load counts and who writes checkpoints).
+
 Resume is exact: the loop state, optimizer, RNG and weights come back from the newest
 checkpoint and batches are a pure function of the step, so on CPU "train N, kill, resume
 to N+M" gives bit-identical weights to "train N+M".
