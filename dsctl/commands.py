@@ -32,7 +32,9 @@ class Session:
 
 
 def _out() -> Console:
-    return Console()
+    """Tables on stdout; when piped (CI logs, files), wide enough not to fold every cell."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def _load(recipe: Path, overrides: list[str] | None) -> tuple:
