@@ -99,18 +99,18 @@ def parallel_config_problems(cfg: Any) -> list[str]:
     if cfg.pipeline == "none":
         return problems
     if cfg.nproc < 2:
-        problems.append(f"a pipeline needs nproc >= 2 (got {cfg.nproc}); set nproc or pipeline = \"none\"")
+        problems.append(f"a pipeline needs nproc >= 2 (got {cfg.nproc}): raise nproc or set pipeline = \"none\"")
     if cfg.pipeline == "dualpipe" and cfg.nproc % 2:
         problems.append(f"DualPipe needs an even nproc (got {cfg.nproc})")
     if cfg.pipeline == "dualpipe" and (cfg.grad_accum % 2 or cfg.grad_accum < 2 * cfg.nproc):
         problems.append(f"DualPipe runs grad_accum micro-batches per step, which must be even and >= 2 × nproc "
-                        f"= {2 * cfg.nproc} (got grad_accum={cfg.grad_accum})")
+                        f"= {2 * cfg.nproc}: set grad_accum (got {cfg.grad_accum})")
     if getattr(cfg, "mtp_depth", 0):
-        problems.append(f"MTP is not trained through the pipeline (mtp_depth={cfg.mtp_depth}); set mtp_depth = 0")
+        problems.append(f"MTP is not trained through the pipeline (mtp_depth={cfg.mtp_depth}): set mtp_depth = 0")
     if cfg.doc_masking:
-        problems.append("packed-document masks are not sent between pipeline stages; set doc_masking = false")
+        problems.append("packed-document masks are not sent between pipeline stages: set doc_masking = false")
     if cfg.precision == "fp8":
-        problems.append("fp8 is not supported with a pipeline yet; use precision = \"auto\", \"fp32\" or \"bf16\"")
+        problems.append("fp8 is not supported with a pipeline yet: use precision = \"auto\", \"fp32\" or \"bf16\"")
     return problems
 
 
@@ -273,7 +273,10 @@ class PipelineStep(StepStrategy):
 
         # Stage s is run (and, for DualPipe, mirrored) elsewhere too, but rank s owns it:
         # its norm term, its broadcast before checkpoints.
-        self.stages = split_deepseek_v3(trainer.model, self.world)
+        try:
+            self.stages = split_deepseek_v3(trainer.model, self.world)
+        except ValueError as exc:  # too few layers for the ranks: the user picks the fix
+            raise UserError(f"{exc} (e.g. model_overrides = {{num_hidden_layers = {self.world}}})") from None
         self.owned = self.stages[self.rank]
         if self.schedule == "dualpipe":
             self.chunks: tuple[nn.Module, ...] = (self.owned, self.stages[self.world - 1 - self.rank])
