@@ -15,7 +15,7 @@ _EXPORTS = {
     "GRPOConfig": "config", "GRPOTrainer": "loop",
     "LossParts": "objective", "group_advantages": "objective", "grpo_loss": "objective", "k3_kl": "objective",
     "Rollout": "rollout", "ScoringBatch": "rollout", "build_batch": "rollout", "completion_logprobs": "rollout",
-    "rollout": "rollout", "step_problems": "rollout", "step_seed": "rollout",
+    "sample_groups": "rollout", "step_problems": "rollout", "step_seed": "rollout",
 }
 
 __all__ = sorted(_EXPORTS)

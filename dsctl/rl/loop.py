@@ -22,7 +22,7 @@ from torch import nn
 
 from dsctl.rl.config import GRPOConfig
 from dsctl.rl.objective import group_advantages, grpo_loss
-from dsctl.rl.rollout import Rollout, ScoringBatch, build_batch, completion_logprobs, rollout, step_problems, step_seed
+from dsctl.rl.rollout import Rollout, ScoringBatch, build_batch, completion_logprobs, sample_groups, step_problems, step_seed
 from dsctl.stage import StageContext
 from dsctl.tasks import Problem
 from dsctl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -78,7 +78,7 @@ class GRPOTrainer:
     def _step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         problems = step_problems(self.pool, cfg.prompts_per_step, self.ctx.seed, step)
-        ro = rollout(self.model, self.tokenizer, problems, group_size=cfg.group_size,
+        ro = sample_groups(self.model, self.tokenizer, problems, group_size=cfg.group_size,
                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                      seed=step_seed(self.ctx.seed, step))
         self.state["rollout_tokens"] += ro.n_tokens
@@ -131,9 +131,9 @@ class GRPOTrainer:
                                   cfg.clip_eps, cfg.kl_coef, n_tokens=n_tokens)
                 balance = balance * (hi - lo) / len(advantages)
                 (parts.loss + balance).backward()
-                for key, value in (("loss", float(parts.loss)), ("policy_loss", parts.policy_loss), ("kl", parts.kl),
+                for key, value in (("loss", float(parts.loss.detach())), ("policy_loss", parts.policy_loss), ("kl", parts.kl),
                                    ("clip_fraction", parts.clip_fraction), ("ratio_mean", parts.ratio_mean),
-                                   ("balance_loss", float(balance))):
+                                   ("balance_loss", float(balance.detach()))):
                     totals[key] += value
             out = {k: round(v, 6) for k, v in totals.items()}
             out.update(self._optimizer_step(step, epoch), update_tokens=int(n_tokens))

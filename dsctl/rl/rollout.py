@@ -2,7 +2,7 @@
 with the rule-based rewards, and lay them out for log-prob scoring.
 
     problems = step_problems(pool, n_prompts=4, seed=0, step=12)
-    ro = rollout(model, tokenizer, problems, group_size=8, max_new_tokens=96, seed=step_seed(0, 12))
+    ro = sample_groups(model, tokenizer, problems, group_size=8, max_new_tokens=96, seed=step_seed(0, 12))
     batch = ro.batch(pad_id)            # left-padded prompts + right-padded completions
     logp, balance = completion_logprobs(model, batch)   # (B, C) log π(o_t | q, o_<t)
 
@@ -119,7 +119,7 @@ class Rollout:
         return sum(len(c) for c in self.completion_ids)
 
 
-def rollout(model, tokenizer, problems: Sequence[Problem], *, group_size: int, max_new_tokens: int,
+def sample_groups(model, tokenizer, problems: Sequence[Problem], *, group_size: int, max_new_tokens: int,
             temperature: float, top_p: float, seed: int) -> Rollout:
     """Sample `group_size` completions per problem (one batched generate call) and reward them."""
     from dsctl.model import generate
