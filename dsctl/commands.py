@@ -271,6 +271,34 @@ def export(
             raise UserError(f"transformers does not reproduce dsctl on {out}: {result}")
 
 
+def plot(
+    ctx: typer.Context,
+    refs: list[str] = typer.Argument(..., help="Artifacts: eval reports, or training stages' checkpoints."),
+    out: Path = typer.Option(Path("dsctl-plot.png"), "--out", "-o", help="PNG file to write."),
+) -> None:
+    """Plot artifacts into a PNG: eval reports side by side (every metric, every
+    checkpoint), or the training curves (loss, val loss, reward, ...) of training stages.
+
+    Example:
+
+        dsctl plot mini_r1:eval --out eval.png
+        dsctl plot mini_r1:pretrain mini_r1:sft --out curves.png
+    """
+    store: Store = ctx.obj.store
+    artifacts = [store.resolve(ref) for ref in refs]
+    if all(a.kind == "report" for a in artifacts):
+        from dsctl.eval.report import plot_report_files
+
+        plot_report_files([a.path for a in artifacts], out, names=refs)
+    elif any(a.kind == "report" for a in artifacts):
+        raise UserError("plot either eval reports or training artifacts, not both in one picture")
+    else:
+        from dsctl.plots import plot_training_curves
+
+        plot_training_curves([(ref, a.path) for ref, a in zip(refs, artifacts)], out)
+    print(out)
+
+
 def register(app: typer.Typer) -> None:
-    for fn in (run, status, show, ls, verify, gc, export):
+    for fn in (run, status, show, ls, verify, gc, export, plot):
         app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)

@@ -84,4 +84,18 @@ def _slow(ctx: StageContext) -> dict:
 SLOW = StageSpec("t_slow", 1, SlowConfig, _slow, "report", inputs={"corpus": Input("corpus", optional=True)},
                  help="Count slowly, resumably.")
 
-STAGES = [NUMBERS, UPPER, SLOW]
+@dataclass
+class CurveConfig:
+    steps: int = 5
+    """Steps to log."""
+
+
+def _curve(ctx: StageContext) -> dict:
+    for step in range(1, ctx.config.steps + 1):
+        ctx.log(step=step, lm_loss=5.0 / step, lr=1e-3)
+    return {"final_loss": 5.0 / ctx.config.steps}
+
+
+CURVE = StageSpec("t_curve", 1, CurveConfig, _curve, "checkpoint", help="Log a falling loss curve.")
+
+STAGES = [NUMBERS, UPPER, SLOW, CURVE]

@@ -141,3 +141,28 @@ def test_cli_start_up_does_not_import_torch(cli_env):
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_plot_draws_training_curves_to_png(tmp_path, cli_env, dsctl_cmd):
+    _dsctl(dsctl_cmd, cli_env, "-q", "t_curve", "--steps", "6")
+    _dsctl(dsctl_cmd, cli_env, "-q", "t_curve", "--steps", "9")
+    work = Path(cli_env["DSCTL_WORKDIR"])
+    keys = [p.name[:8] for p in (work / "objects").iterdir()]
+    out = tmp_path / "curves.png"
+    _dsctl(dsctl_cmd, cli_env, "plot", *keys, "--out", str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_export_copies_a_checkpoint_and_checks_it_with_transformers(tmp_path, cli_env, dsctl_cmd):
+    import torch
+
+    from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.model.hf import save_hf
+
+    torch.manual_seed(0)
+    save_hf(DeepSeekV3(ModelConfig.preset("tiny")), tmp_path / "ckpt")
+    proc = _dsctl(dsctl_cmd, cli_env, "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"), "--check")
+    assert "max |logit diff|" in proc.stdout
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors"}
+    again = _dsctl(dsctl_cmd, cli_env, "export", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf"), check=False)
+    assert again.returncode == 2 and "not empty" in again.stderr
