@@ -18,6 +18,6 @@ def test_shipped_recipes_validate(path):
 def test_mini_r1_runs_the_whole_chain():
     plans = plan(load_recipe(RECIPES[[p.stem for p in RECIPES].index("mini_r1")]), StageRegistry.discover())
     types = [p.spec.name for p in plans.values()]
-    assert types == ["source", "clean", "dedup", "decontaminate", "tokenize", "pretrain", "extend", "sft",
+    assert types == ["source", "clean", "dedup", "decontaminate", "audit", "tokenize", "pretrain", "extend", "sft",
                      "grpo", "rejection_sample", "distill", "eval"]
     assert plans["pretrain"].config.precision == "fp8" and plans["pretrain"].config.mtp_depth >= 1
