@@ -90,7 +90,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         before = {"base": context_row(ctx, base, tokenizer, shards.path, lengths, "base"),
                   "yarn": context_row(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, shards.path,
                                       lengths, "yarn")}
-        ctx.save_state({"passkey_before": before})
+        ctx.save_state({"passkey_before": before,
+                        "short_loss_base": short_context_loss(ctx, base, tokenizer, shards.path, original)})
 
     train_cfg = dataclasses.replace(cfg, seq_len=seq_len)
     corpus = PackedTokens(load_token_split(shards.path, "train"), seq_len, cfg.batch_size, tokenizer.eos_id,
@@ -102,23 +103,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     trainer = Trainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
     summary = trainer.fit()
     after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, "extended")
+    short_loss = {"base": ctx.load_state().get("short_loss_base"),
+                  "extended": short_context_loss(ctx, trainer.model, tokenizer, shards.path, original)}
 
     table = {**before, "extended": after}
+    export_checkpoint(trainer.model, ctx.out, tokenizer_dir(checkpoint), latest_checkpoint(trainer.ckpt_dir))
+    return {**report(ctx, table, short_loss, original, lengths), **summary, "original_context": original,
+            "context": int(round(original * cfg.factor)), "train_seq_len": seq_len}
+
+
+def report(ctx: StageContext, table: dict[str, Any], short_loss: dict[str, Any], original: int,
+           lengths: list[int]) -> dict[str, Any]:
+    """Log the passkey/length table, write passkey.json, and return its headline numbers."""
+    cfg: ExtendConfig = ctx.config
     for name, row in table.items():  # logged now: the Trainer starts metrics.jsonl afresh
         for n, result in row.items():
             ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"],
                     val_loss=result.get("val_loss"))
-    export_checkpoint(trainer.model, ctx.out, tokenizer_dir(checkpoint), latest_checkpoint(trainer.ckpt_dir))
     _write_json(ctx.out / "passkey.json", {"original_context": original, "factor": cfg.factor,
-                                           "trials": cfg.passkey_trials, "accuracy": table})
+                                           "trials": cfg.passkey_trials, "accuracy": table,
+                                           "doc_masked_val_loss_at_original_context": short_loss})
     longest_first = sorted(zip(cfg.passkey_multiples, lengths), reverse=True)  # headline: extended at s×
     headline = {f"passkey_{model}_{_mult(m)}x": table[model][str(n)]["accuracy"]
                 for model in ("extended", "base", "yarn") for m, n in longest_first}
     if cfg.length_eval_batches:
         headline.update({f"val_loss_{model}_{_mult(m)}x": table[model][str(n)]["val_loss"]
                          for model in ("extended", "base", "yarn") for m, n in longest_first})
-    return {**headline, **summary, "original_context": original, "context": int(round(original * cfg.factor)),
-            "train_seq_len": seq_len}
+        headline.update({f"val_loss_doc_masked_{model}": loss for model, loss in short_loss.items()})
+    return headline
 
 
 def context_row(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, lengths: list[int],
@@ -141,6 +153,18 @@ def context_row(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, 
     ctx.info(f"{name}: " + ", ".join(f"@{n} passkey {r['accuracy']:.2f} loss {r.get('val_loss', float('nan')):.3f}"
                                      for n, r in row.items()))
     return row
+
+
+def short_context_loss(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, original: int) -> float | None:
+    """Validation loss at the original context with attention inside each document, as
+    pretraining measured it: what the extension may cost on short text."""
+    from dsctl.eval.perplexity import validation_perplexity
+
+    cfg: ExtendConfig = ctx.config
+    if not cfg.length_eval_batches:
+        return None
+    return validation_perplexity(model, shards_dir, tokenizer.eos_id, original, cfg.batch_size,
+                                 cfg.length_eval_batches)["val_loss"]
 
 
 def _mult(m: float) -> str:

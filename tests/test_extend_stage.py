@@ -33,7 +33,8 @@ def test_extend_writes_a_yarn_checkpoint_and_passkey_table(base_and_shards, tmp_
     assert set(table["accuracy"]["extended"]) == {"96", "192"}
     metrics = artifact.metrics
     assert {"passkey_base_2x", "passkey_yarn_2x", "passkey_extended_2x", "steps"} <= set(metrics)
-    assert {"val_loss_base_1x", "val_loss_yarn_2x", "val_loss_extended_2x"} <= set(metrics)
+    assert {"val_loss_base_1x", "val_loss_yarn_2x", "val_loss_extended_2x", "val_loss_doc_masked_base",
+            "val_loss_doc_masked_extended"} <= set(metrics)
     assert all(metrics[k] > 0 for k in metrics if k.startswith("val_loss_"))
     assert metrics["steps"] == 3 and metrics["train_seq_len"] == 192 and metrics["original_context"] == 96
     assert (artifact.path / "tokenizer.model").is_file() and (artifact.path / "training_state").is_dir()
