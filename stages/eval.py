@@ -75,9 +75,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             bar.advance(1)
     settings = {**asdict(cfg), "seed": ctx.seed,
                 "checkpoints": {lb: {"ref": a.label, "key": a.key} for lb, a in zip(labels, checkpoints)}}
-    write_report(ctx.out, metrics, settings, details, title=f"eval: {ctx.label}")
+    write_report(ctx.out, metrics, settings, details, title=ctx.label)
     if not ctx.reporter.quiet:
-        ctx.reporter.console.print(rich_table(metrics, title=f"eval: {ctx.label}"))
+        ctx.reporter.console.print(rich_table(metrics, title=ctx.label))
     return headline(metrics)
 
 

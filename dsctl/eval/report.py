@@ -102,6 +102,8 @@ def plot_metrics(metrics: dict[str, dict[str, float]], path: Path, title: str = 
                         ha="center", va="bottom", fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.margins(y=0.18)  # room for the value labels above the bars
+        if min(heights) >= 0:
+            ax.set_ylim(bottom=0, top=None if max(heights) > 0 else 1)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(names):]:
