@@ -17,3 +17,8 @@ def test_every_stage_config_field_is_documented():
     undocumented = [f"{spec.name}.{f.name}" for spec in StageRegistry.discover()
                     for f in config_fields(spec.config) if not field_docs(spec.config).get(f.name)]
     assert not undocumented, undocumented
+
+
+def test_every_stage_has_help_and_a_copy_paste_example():
+    for spec in StageRegistry.discover():
+        assert spec.help and spec.example.startswith(f"dsctl {spec.name}"), spec.name
