@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,7 +64,7 @@ class GRPOTrainer:
                     {k: metrics[k] for k in ("reward_mean", "accuracy", "format_rate")}])[-SUMMARY_WINDOW:]
                 if cfg.ref_refresh_every and self.state["step"] % cfg.ref_refresh_every == 0:
                     self._refresh_reference()
-                    metrics["event"] = "reference_refreshed"
+                    metrics["reference_refreshed"] = True
                 self.ctx.log(**metrics)
                 if self.state["step"] % cfg.checkpoint_every == 0 or self.state["step"] == cfg.max_steps:
                     save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.state)
@@ -78,9 +79,10 @@ class GRPOTrainer:
     def _step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
         problems = step_problems(self.pool, cfg.prompts_per_step, self.ctx.seed, step)
+        started = time.perf_counter()
         ro = sample_groups(self.model, self.tokenizer, problems, group_size=cfg.group_size,
-                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                     seed=step_seed(self.ctx.seed, step))
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                           seed=step_seed(self.ctx.seed, step))
         self.state["rollout_tokens"] += ro.n_tokens
         self.state["rollout_seconds"] += ro.seconds
         advantages = group_advantages(ro.rewards, cfg.group_size)
@@ -92,11 +94,12 @@ class GRPOTrainer:
                    "lr": lr}
         if not bool(keep.any()):
             metrics["event"] = "no_signal"  # every group uniform: nothing to learn from this batch
-            return metrics
-        rows = keep.nonzero().squeeze(-1).tolist()
-        batch = build_batch([ro.prompt_ids[i] for i in rows], [ro.completion_ids[i] for i in rows],
-                            self.tokenizer.pad_id)
-        metrics.update(self._update(batch, advantages[keep], lr, step))
+        else:
+            rows = keep.nonzero().squeeze(-1).tolist()
+            batch = build_batch([ro.prompt_ids[i] for i in rows], [ro.completion_ids[i] for i in rows],
+                                self.tokenizer.pad_id)
+            metrics.update(self._update(batch, advantages[keep], lr, step))
+        metrics["step_seconds"] = round(time.perf_counter() - started, 3)
         return metrics
 
     def _update(self, batch: ScoringBatch, advantages: torch.Tensor, lr: float, step: int) -> dict[str, Any]:
