@@ -10,6 +10,10 @@ the budget: G = 8 (enough spread within a group for a non-zero advantage on most
 prompts), 4 prompts per step, completions capped just above the longest worked solution,
 and a far larger learning rate: a ~6M model fine-tuned at 3e-3 barely moves in tens of
 steps at 1e-6. ε = 0.2, β = 0.04 and μ = 1 keep the papers' values.
+
+Measured (small preset, 2 CPU cores; see stages/grpo.py): lr 1e-4 raised held-out greedy
+accuracy on 1-digit arithmetic from 1/24 to 5/24 and format rate from 0.50 to 1.00 in 20
+steps; lr 2e-4 on 1–2-digit problems let the k3 KL climb to ~0.3 with no accuracy gain.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from dsctl.train.config import TrainConfig
 
 @dataclass
 class GRPOConfig(TrainConfig):
-    max_steps: int = 40
+    max_steps: int = 20
     """GRPO steps; each step = one rollout batch and `update_epochs` optimizer updates."""
-    lr: float = 2e-4
+    lr: float = 1e-4
     """Peak AdamW learning rate (DeepSeekMath: 1e-6 for 7B; raised for a ~6M model on CPU)."""
     batch_size: int = 32
     """Rows (completions) per forward/backward micro-batch of an update; a rollout batch of
@@ -51,9 +55,10 @@ class GRPOConfig(TrainConfig):
     """G, completions sampled per prompt (DeepSeekMath: 64)."""
     prompts_per_step: int = 4
     """Prompts per rollout batch (DeepSeekMath: 16 questions × 64 = 1024 samples)."""
-    max_new_tokens: int = 100
-    """Completion length cap; a cut completion has no closed answer and scores 0. (The
-    worked solutions of 2-digit arithmetic are at most ~90 tokens with the recipe tokenizer.)"""
+    max_new_tokens: int = 64
+    """Completion length cap; a cut completion has no closed answer and scores 0. The
+    worked solutions of 1-digit arithmetic fit in ~50 tokens with the recipe tokenizer
+    (2-digit ones need ~90: raise this with the difficulty)."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (R1: 1.0); log-probs are scored at the same temperature."""
     top_p: float = 1.0
