@@ -10,7 +10,7 @@ from dsctl.sft import logit_distillation_kl
 from dsctl.tasks import reasoning_target
 from dsctl.testing import run_stage
 from stages import distill
-from tests.test_sft_support import EASY, make_checkpoint, make_tokenizer, tiny_train_config
+from tests.sft_support import EASY, make_checkpoint, make_tokenizer, tiny_train_config
 
 FAMILIES = ["arithmetic", "equations"]
 STUDENT = {"student": "tiny", "student_overrides": {"hidden_size": 32, "num_hidden_layers": 1}}

@@ -7,7 +7,7 @@ from dsctl.sampling import Completion, greedy_accuracy, task_problems
 from dsctl.tasks import reasoning_target, reward
 from dsctl.testing import run_stage
 from stages import rejection_sample as rs
-from tests.test_sft_support import EASY, make_tokenizer, memorized_checkpoint
+from tests.sft_support import EASY, make_tokenizer, memorized_checkpoint
 
 FAMILIES = ["arithmetic", "equations"]
 CONFIG = {"families": FAMILIES, "difficulty": EASY, "prompts": 4, "samples_per_prompt": 4, "temperature": 1.0,

@@ -3,7 +3,7 @@ import torch
 
 from dsctl.sampling import batch_seed, sample, stop_token_ids, task_problems
 from dsctl.tasks import split_of
-from tests.test_sft_support import EASY, make_tokenizer
+from tests.sft_support import EASY, make_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from dsctl.sft import RowStats, encode_conversations, read_conversations, task_c
 from dsctl.testing import run_stage
 from dsctl.train import PackedExamples
 from stages import sft
-from tests.test_sft_support import EASY, FAMILIES, make_checkpoint, make_tokenizer, tiny_train_config
+from tests.sft_support import EASY, FAMILIES, make_checkpoint, make_tokenizer, tiny_train_config
 
 
 @pytest.fixture(scope="module")
