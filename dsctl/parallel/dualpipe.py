@@ -203,11 +203,7 @@ class DualPipe:
         self.group = group if group is not None else dist.group.WORLD
         self.rank = dist.get_rank(self.group)
         self.num_ranks = dist.get_world_size(self.group)
-        if links is None:
-            # Over the whole world every rank is here, so creating groups is safe; a
-            # sub-group pipeline gets its links from pipeline_data_groups (or shares one group).
-            links = LinkGroups.create(self.group) if self.group is dist.group.WORLD else LinkGroups.single(self.group)
-        self.links = links
+        self.links = LinkGroups.for_group(self.group, links)
         if self.num_ranks % 2:
             raise ValueError(f"DualPipe needs an even number of pipeline ranks, got a group of {self.num_ranks}")
         self.sync_mirror_grads = sync_mirror_grads

@@ -76,6 +76,15 @@ class LinkGroups:
         """Both directions on ``group`` itself: fine for gloo, see the NCCL note above."""
         return cls(group, group)
 
+    @classmethod
+    def for_group(cls, group: dist.ProcessGroup, links: Optional[LinkGroups] = None) -> LinkGroups:
+        """The links a schedule on ``group`` uses: ``links`` if given; else, over the whole
+        world (where every rank is present, so creating groups is safe) two fresh groups; a
+        sub-group pipeline gets its links from pipeline_data_groups (or shares one group)."""
+        if links is not None:
+            return links
+        return cls.create(group) if group is dist.group.WORLD else cls.single(group)
+
     def between(self, src: int, dst: int) -> dist.ProcessGroup:
         return self.up if dst > src else self.down
 
