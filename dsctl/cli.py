@@ -178,12 +178,28 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort,):
         sys.exit(1)
     except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        if _is_usage_error(exc):
             exc.show()
             sys.exit(2)
         raise
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click usage error (unknown option, missing argument): shown as one message.
+
+    Recent typer releases vendor click as `typer._click`, whose exceptions are not
+    `click.ClickException`s, so the class is looked up in both places.
+    """
+    import click
+
+    classes: list[type] = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        classes.append(VendoredClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(classes))
 
 
 if __name__ == "__main__":

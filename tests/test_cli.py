@@ -89,6 +89,14 @@ def test_bad_recipe_exits_2_with_one_sentence(tmp_path, cli_env, dsctl_cmd):
     assert "Traceback" not in proc.stderr
 
 
+def test_unknown_option_is_a_usage_error_not_a_traceback(tmp_path, cli_env, dsctl_cmd):
+    recipe = _recipe(tmp_path)
+    proc = _dsctl(dsctl_cmd, cli_env, "run", str(recipe), "--workdir", str(tmp_path / "w"), check=False)
+    assert proc.returncode == 2
+    assert "No such option: --workdir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_failed_stage_exits_1_and_status_says_failed(tmp_path, cli_env, dsctl_cmd):
     text = '[stages.nums]\nuses = "t_numbers"\n[stages.up]\nuses = "t_upper"\nfrom = "nums"\nfail = true\n'
     recipe = _recipe(tmp_path, text)
