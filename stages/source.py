@@ -62,6 +62,12 @@ class SourceConfig:
     """Default world: per-family difficulty overrides, e.g. {arithmetic = {max_digits = 4}}."""
     max_prose_docs: int = _DEFAULT_SIZES.max_prose_docs
     """Default world: at most this many docstring prose documents (about 2,000 exist)."""
+    passkey_docs: int = _DEFAULT_SIZES.passkey_docs
+    """Default world: passkey-retrieval documents (a key hidden in prose, asked for at the end)."""
+    passkey_max_words: int = _DEFAULT_SIZES.passkey_max_words
+    """Default world: longest passkey haystack in words (keep the document inside the pretraining context)."""
+    ledger_docs: int = _DEFAULT_SIZES.ledger_docs
+    """Default world: ledger documents (facts about people, then questions answered by copying them)."""
     exact_dups: int = _DEFAULT_SIZES.exact_dups
     """Default world: planted exact copies of clean documents."""
     near_dups: int = _DEFAULT_SIZES.near_dups
@@ -92,7 +98,8 @@ class SourceConfig:
     def sizes(self) -> WorldSizes:
         return WorldSizes(
             task_docs_per_family=self.task_docs_per_family, task_families=tuple(self.task_families),
-            max_prose_docs=self.max_prose_docs, exact_dups=self.exact_dups, near_dups=self.near_dups,
+            max_prose_docs=self.max_prose_docs, passkey_docs=self.passkey_docs,
+            passkey_max_words=self.passkey_max_words, ledger_docs=self.ledger_docs, exact_dups=self.exact_dups, near_dups=self.near_dups,
             boilerplate=self.boilerplate, junk=self.junk, short=self.short, non_english=self.non_english,
         )
 

@@ -1,6 +1,7 @@
 """The source stage: the offline default world, user files, local datasets."""
 
 import json
+import re
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from dsctl.testing import run_stage
 from stages import source
 
 SMALL_WORLD = {"task_docs_per_family": 60, "max_prose_docs": 300, "exact_dups": 20, "near_dups": 20,
-               "boilerplate": 10, "junk": 10, "short": 10, "non_english": 10}
+               "boilerplate": 10, "junk": 10, "short": 10, "non_english": 10, "passkey_docs": 40, "ledger_docs": 40}
 
 
 def read_rows(artifact, sub="data"):
@@ -48,7 +49,7 @@ def test_default_world_mixes_tasks_prose_and_every_kind_of_dirt(world):
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids))
     sources = {r["source"].split("/")[0] for r in rows}
-    assert {"tasks", "docstrings", "web"} <= sources
+    assert {"tasks", "docstrings", "web", "synthetic"} <= sources
     assert sum(r["source"].startswith("tasks/") for r in rows) >= 60 * len(FAMILIES)
     kinds = {p["kind"] for p in read_planted(artifact)}
     assert kinds == {"exact_dup", "near_dup", "junk", "boilerplate", "short", "non_english"}
@@ -162,3 +163,26 @@ def test_prose_harvest_ignores_stdlib_patches_in_this_process(monkeypatch):
     monkeypatch.setattr(inspect, "getfile", lambda obj: "patched")
     texts = "\n".join(text for _, text in docstring_documents())
     assert "Work out which source or compiled file an object was defined in." in texts
+
+
+def test_retrieval_documents_answer_from_their_own_text(world):
+    """A passkey document asks for the key its needle states; a ledger document answers
+    every question with the fact stated earlier; both survive clean's rules."""
+    from dsctl.data.clean import Cleaner
+    from stages.clean import CleanConfig
+
+    rows = read_rows(world[0])
+    passkeys = [r["text"] for r in rows if r["source"] == "synthetic/passkey"]
+    ledgers = [r["text"] for r in rows if r["source"] == "synthetic/ledger"]
+    assert len(set(passkeys)) == 40 and len(set(ledgers)) == 40  # (planted exact copies aside)
+    for text in passkeys:
+        key = re.search(r"The pass key is (\d+)\. Remember it\. \1 is the pass key\.", text).group(1)
+        assert text.endswith(f"What is the pass key? The pass key is {key}.")
+    for text in ledgers:
+        facts, answers = text.split(" Now to the questions and their answers. ")
+        stated = re.findall(r"([A-Z][a-z]+) (?:paid|owes|has|lives at number|scored) (\d+)", facts)
+        answered = re.findall(r"\? ([A-Z][a-z]+) (?:paid|owes|has|lives at number|scored) (\d+)", answers)
+        assert sorted(answered) == sorted(stated) and len(stated) >= 3
+    cleaner = Cleaner(CleanConfig())
+    kept = [cleaner.judge({"id": "x", "text": t})[0] is None for t in passkeys + ledgers]
+    assert sum(kept) >= 0.7 * len(kept)

@@ -4,6 +4,8 @@ It mixes three things, all deterministic from the seed (DESIGN.md §7):
 
 * reasoning documents from `dsctl.tasks` (train split only, so eval stays unseen),
 * real English prose from the installed Python's docstrings (`world_prose`),
+* retrieval documents (`world_retrieval`): passkeys hidden in prose and ledgers of
+  facts asked for again, so the model learns to look back and copy (induction),
 * planted dirt (`world_dirt`): exact duplicates, near duplicates, boilerplate, symbol
   junk, very short stubs and non-English passages.
 
@@ -19,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsctl.data import world_dirt
+from dsctl.data import world_dirt, world_retrieval
 from dsctl.data.world_prose import docstring_documents
 from dsctl.tasks import FAMILIES, problem_document, split_problems
 
@@ -31,6 +33,9 @@ class WorldSizes:
     task_docs_per_family: int = 800
     task_families: tuple[str, ...] = tuple(sorted(FAMILIES))
     max_prose_docs: int = 3000
+    passkey_docs: int = 600
+    passkey_max_words: int = 140
+    ledger_docs: int = 600
     exact_dups: int = 250
     near_dups: int = 250
     boilerplate: int = 120
@@ -51,9 +56,10 @@ class World:
 def build_world(seed: int, sizes: WorldSizes = WorldSizes(), difficulty: dict[str, dict] | None = None) -> World:
     rng = random.Random(f"world:{seed}")
     tasks, prose = _task_rows(rng, sizes, seed, difficulty or {}), _prose_rows(rng, sizes)
-    clean = tasks + prose
+    retrieval = _retrieval_rows(rng, sizes, prose)
+    clean = tasks + prose + retrieval
     dirty, planted = _dirt_rows(rng, sizes, clean)
-    stats = {"task_documents": len(tasks), "prose_documents": len(prose)}
+    stats = {"task_documents": len(tasks), "prose_documents": len(prose), "retrieval_documents": len(retrieval)}
     rows = clean + dirty
     rng.shuffle(rows)
     # Neutral ids after the shuffle, so nothing downstream can read the answer key off
@@ -83,6 +89,18 @@ def _prose_rows(rng: random.Random, sizes: WorldSizes) -> list[dict]:
         keep = sorted(rng.sample(range(len(documents)), sizes.max_prose_docs))
         documents = [documents[i] for i in keep]
     return [{"id": f"prose:{i}", "text": text, "source": f"docstrings/{name}"} for i, (name, text) in enumerate(documents)]
+
+
+def _retrieval_rows(rng: random.Random, sizes: WorldSizes, prose: list[dict]) -> list[dict]:
+    sentences = world_retrieval.prose_sentences([row["text"] for row in prose])
+    rows = []
+    if sentences:
+        for i in range(sizes.passkey_docs):
+            text = world_retrieval.passkey_document(rng, sentences, sizes.passkey_max_words)
+            rows.append({"id": f"passkey:{i}", "text": text, "source": "synthetic/passkey"})
+    for i in range(sizes.ledger_docs):
+        rows.append({"id": f"ledger:{i}", "text": world_retrieval.ledger_document(rng), "source": "synthetic/ledger"})
+    return rows
 
 
 def _dirt_rows(rng: random.Random, sizes: WorldSizes, clean: list[dict]) -> tuple[list[dict], list[dict]]:

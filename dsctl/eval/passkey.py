@@ -63,6 +63,19 @@ def make_passkey_document(tokenizer: TextTokenizer, length: int, depth: float, k
     return PasskeyDocument(prompt, answer, key, cut, cut + len(needle), len(prompt) - len(question))
 
 
+def passkey_text(sentences: list[str], key: str, depth: float) -> str:
+    """A pretraining document in the passkey format with a natural-text haystack.
+
+    The needle goes between sentences at `depth` ∈ [0, 1]; the document ends with the
+    question and its answer, so a model pretrained on these learns to look back for the
+    key. Evaluation documents use the repetitive FILLER instead, so what is measured is
+    retrieval, not memory of the training haystacks.
+    """
+    cut = round(depth * len(sentences))
+    body = [*sentences[:cut], NEEDLE.format(key=key).strip(), *sentences[cut:]]
+    return " ".join(body) + f" {QUESTION} {key}."
+
+
 def minimum_length(tokenizer: TextTokenizer) -> int:
     """Tokens of a passkey document with no filler (for a key of repeated digits)."""
     key = "5" * KEY_DIGITS

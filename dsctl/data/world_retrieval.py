@@ -1,0 +1,73 @@
+"""Retrieval documents for the default world: facts stated once, asked for later.
+
+A model can only use a long context if it can look back and copy what it finds there;
+in transformers that is the job of induction heads, which form only when the training
+text rewards copying often enough. Prose and worked solutions reward it rarely, so a
+small model trained for minutes never forms them (measured: a 2.5M-parameter model
+pretrained on the world without these documents retrieves 0 of 32 passkeys, and its
+SFT'd version cannot copy the operands of "What is 6 + 8?" into its working).
+
+Two kinds, both reading as plain English so clean keeps them and both varied enough
+that dedup does too:
+
+* passkey documents (`dsctl.eval.passkey.passkey_text`): one key hidden in prose
+  sentences, asked for at the end — the format the extend stage trains and measures;
+* ledger documents: several people and amounts, then questions about them in a new
+  order, each answered by copying the amount — many retrievals per document.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from dsctl.eval.passkey import passkey_text, random_key
+
+NAMES = (
+    "Ada", "Bram", "Cleo", "Dario", "Edda", "Femi", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lars",
+    "Mara", "Nils", "Olga", "Pavel", "Quinn", "Rosa", "Sven", "Tessa", "Ugo", "Vera", "Wim", "Xena",
+    "Yusuf", "Zora", "Anil", "Bea", "Cyril", "Dana", "Emil", "Fleur", "Gus", "Hana", "Ivo", "Jade",
+)
+# (statement, question phrasings): {n} is the name, {v} the amount. Several phrasings per
+# fact so no question n-gram dominates a document (clean's top-n-gram rule).
+LEDGER_FORMS = (
+    ("{n} paid {v} coins.", ("How much did {n} pay?", "What did {n} pay?", "And {n}, how much was that?")),
+    ("{n} owes {v} dollars.", ("How much does {n} owe?", "What is the debt of {n}?", "And what about {n}?")),
+    ("{n} has {v} marbles.", ("How many marbles does {n} have?", "What is the count for {n}?", "And {n}?")),
+    ("{n} lives at number {v}.", ("Where does {n} live?", "What is the house of {n}?", "And {n}, which number?")),
+    ("{n} scored {v} points.", ("How many points did {n} score?", "What was the score of {n}?", "And {n}?")),
+)
+LEDGER_OPENINGS = ("Here is the ledger of the day, to be read with care.", "Notes from the meeting that we had.",
+                   "The records show the following, and they are to be trusted.",
+                   "Read these facts carefully and then answer the questions.",
+                   "A short list of what the clerk wrote down.")
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def prose_sentences(texts: list[str]) -> list[str]:
+    """Whole English sentences of 4-30 words from `texts`, whitespace normalized."""
+    sentences = [" ".join(s.split()) for text in texts for s in _SENTENCE_END.split(text)]
+    return [s for s in sentences if s.endswith(".") and 4 <= len(s.split()) <= 30]
+
+
+def passkey_document(rng: random.Random, sentences: list[str], max_words: int) -> str:
+    """A passkey document whose haystack is 10..max_words words of `sentences`, drawn
+    across many source documents so no two passkey documents share a long run of text."""
+    budget, haystack = rng.randint(10, max(10, max_words)), []
+    while budget > 0:
+        haystack.append(rng.choice(sentences))
+        budget -= len(haystack[-1].split())
+    return passkey_text(haystack, random_key(rng), rng.random())
+
+
+def ledger_document(rng: random.Random, min_facts: int = 3, max_facts: int = 8) -> str:
+    """Facts "NAME paid 417 coins." then every fact asked for in a shuffled order and
+    answered by restating it, e.g. "How much did Mara pay? Mara paid 417 coins."."""
+    statement, questions = rng.choice(LEDGER_FORMS)
+    names = rng.sample(NAMES, rng.randint(min_facts, max_facts))
+    values = {n: str(rng.randint(2, 999)) for n in names}
+    facts = [statement.format(n=n, v=values[n]) for n in names]
+    asked = rng.sample(names, len(names))
+    answers = [f"{rng.choice(questions).format(n=n)} {statement.format(n=n, v=values[n])}" for n in asked]
+    return " ".join([rng.choice(LEDGER_OPENINGS), *facts, "Now to the questions and their answers.", *answers])
