@@ -59,7 +59,8 @@ class EvalConfig:
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from dsctl.eval.report import rich_table, write_report
+    from dsctl.eval.report import comparison_line, rich_table, write_report
+    from dsctl.eval.task_accuracy import paired_comparisons
 
     cfg: EvalConfig = ctx.config
     if cfg.threads:
@@ -68,17 +69,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     labels = checkpoint_labels(checkpoints)
     metrics: dict[str, dict[str, float]] = {}
     details: dict[str, Any] = {}
+    per_problem: dict[str, list[dict[str, float]]] = {}
     with ctx.progress(len(checkpoints), "checkpoints", unit="ckpt") as bar:
         for label, artifact in zip(labels, checkpoints):
             metrics[label], details[label] = evaluate_checkpoint(ctx, artifact, label)
+            if "task_scores" in details[label]:
+                per_problem[label] = details[label]["task_scores"]
             ctx.log(checkpoint=label, **metrics[label])
             bar.advance(1)
+    comparisons = paired_comparisons(per_problem) if len(per_problem) > 1 else []
     settings = {**asdict(cfg), "seed": ctx.seed,
                 "checkpoints": {lb: {"ref": a.label, "key": a.key} for lb, a in zip(labels, checkpoints)}}
-    write_report(ctx.out, metrics, settings, details, title=ctx.label)
+    write_report(ctx.out, metrics, settings, details, title=ctx.label, comparisons=comparisons)
     if not ctx.reporter.quiet:
         ctx.reporter.console.print(rich_table(metrics, title=ctx.label))
-    return headline(metrics)
+    for row in comparisons:
+        ctx.info(comparison_line(row))
+    return {**headline(metrics), **{f"{r['to']}-{r['from']}.{r['metric']}": r["difference"] for r in comparisons}}
 
 
 def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[dict[str, float], dict[str, Any]]:
@@ -97,7 +104,8 @@ def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[d
         problems = task_problems(cfg.families, "eval", cfg.problems, ctx.seed, cfg.difficulty)
         settings = SamplingSettings(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size,
                                     tuple(cfg.pass_ks), ctx.seed)
-        metrics.update(task_accuracy(model, tokenizer, problems, settings))
+        scores, details["task_scores"] = task_accuracy(model, tokenizer, problems, settings)
+        metrics.update(scores)
     shards = ctx.maybe_input("shards")
     if shards is not None:
         from dsctl.eval.perplexity import validation_perplexity

@@ -77,3 +77,18 @@ def test_problem_scores_combine_greedy_samples_and_votes():
     assert scores["pass@5"] == 1.0
     assert scores["cons@5"] == 0.0  # the wrong answer came first in a 2–2 tie
     assert scores["format"] == pytest.approx(3 / 5)  # think + answer, nothing else
+
+
+def test_paired_difference_is_the_mean_gain_with_the_paired_standard_error():
+    from dsctl.eval.metrics import paired_difference
+
+    before, after = [0, 0, 1, 0, 1, 0], [1, 0, 1, 1, 1, 0]
+    diff, se = paired_difference(before, after)
+    diffs = [1, 0, 0, 1, 0, 0]
+    mu = sum(diffs) / 6
+    assert diff == pytest.approx(mu)
+    assert se == pytest.approx((sum((d - mu) ** 2 for d in diffs) / 5) ** 0.5 / 6 ** 0.5)
+    # a constant shift on every problem is certain: zero standard error
+    assert paired_difference([0.1, 0.2, 0.3], [0.2, 0.3, 0.4]) == (pytest.approx(0.1), pytest.approx(0.0))
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [1.0, 0.0])

@@ -14,7 +14,7 @@ METRICS = {"pretrain": {"greedy": 0.0, "pass@1": 0.05, "val_ppl": 31.2},
 def test_report_json_maps_checkpoint_to_metric_to_value_with_settings(tmp_path):
     written = write_report(tmp_path, METRICS, {"samples": 4, "seed": 0}, {"sft": {"note": 1}}, title="t")
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report) == {"metrics", "settings", "details"}
+    assert set(report) == {"metrics", "comparisons", "settings", "details"}
     assert report["metrics"] == METRICS
     assert report["settings"] == {"samples": 4, "seed": 0}
     assert [p.name for p in written] == ["report.json", "report.md", "report.png"]

@@ -102,3 +102,12 @@ def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
     assert (artifact.path / "report.md").read_text().startswith("# eval")
     assert (artifact.path / "report.png").is_file()
     assert "base.pass@1" in artifact.metrics
+    # other − base, paired over the same 4 problems, agrees with the two columns
+    comparisons = {r["metric"]: r for r in report["comparisons"]}
+    assert set(comparisons) == {"greedy", "pass@1"}
+    for name, row in comparisons.items():
+        assert (row["from"], row["to"], row["problems"]) == ("base", "other", 4)
+        delta = report["metrics"]["other"][name] - report["metrics"]["base"][name]
+        assert row["difference"] == pytest.approx(delta, abs=2e-4)
+        assert len(report["details"]["other"]["task_scores"]) == 4
+    assert "paired SE" in (artifact.path / "report.md").read_text()

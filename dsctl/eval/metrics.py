@@ -61,5 +61,19 @@ def pass_at_1(correct: Sequence[bool]) -> float:
     return float(sum(bool(c) for c in correct) / len(correct))
 
 
+def paired_difference(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """Mean of after − before over the same problems, and its standard error.
+
+    Two checkpoints scored on the same problems differ less by chance than two
+    independent samples would: the paired SE, std(differences) / sqrt(n), is what tells a
+    real gain from problem-sampling noise (a gain under ~2 SE is not established).
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists; got {len(before)} and {len(after)}")
+    diffs = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    return float(diffs.mean()), se
+
+
 def mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")

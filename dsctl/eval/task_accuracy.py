@@ -61,8 +61,10 @@ def problem_scores(problem: Problem, greedy: str, samples: Sequence[str], pass_k
     return scores
 
 
-def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem], settings: SamplingSettings) -> dict[str, float]:
-    """Metrics averaged over `problems`, overall and as "<family>/<metric>"."""
+def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
+                  settings: SamplingSettings) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Metrics averaged over `problems`, overall and as "<family>/<metric>", and every
+    problem's own scores (in order), for paired comparisons between checkpoints."""
     if any(k > settings.samples for k in settings.pass_ks):
         raise ValueError(f"pass_ks {list(settings.pass_ks)} need at least {max(settings.pass_ks)} samples; "
                          f"samples = {settings.samples}")
@@ -82,4 +84,22 @@ def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem], setti
     if len(by_family) > 1:
         for family, rows in by_family.items():
             result.update({f"{family}/{name}": round(mean([s[name] for s in rows]), 4) for name in names})
-    return result
+    return result, per_problem
+
+
+def paired_comparisons(per_problem: dict[str, list[dict[str, float]]],
+                       names: Sequence[str] = ("greedy", "pass@1")) -> list[dict[str, Any]]:
+    """Each checkpoint against the one before it (in the given order) on the same
+    problems: the mean difference of each metric in `names` with its paired standard error."""
+    from dsctl.eval.metrics import paired_difference
+
+    labels = list(per_problem)
+    rows = []
+    for before, after in zip(labels, labels[1:]):
+        for name in names:
+            a = [s[name] for s in per_problem[before]]
+            b = [s[name] for s in per_problem[after]]
+            diff, se = paired_difference(a, b)
+            rows.append({"from": before, "to": after, "metric": name, "difference": round(diff, 4),
+                         "stderr": round(se, 4), "problems": len(a)})
+    return rows
