@@ -180,9 +180,9 @@ def test_retrieval_documents_answer_from_their_own_text(world):
         assert text.endswith(f"What is the pass key? The pass key is {key}.")
     for text in ledgers:
         facts, answers = text.split(" Now to the questions and their answers. ")
-        stated = re.findall(r"([A-Z][a-z]+) (?:paid|owes|has|lives at number|scored) (\d+)", facts)
-        answered = re.findall(r"\? ([A-Z][a-z]+) (?:paid|owes|has|lives at number|scored) (\d+)", answers)
-        assert sorted(answered) == sorted(stated) and len(stated) >= 3
+        stated = dict(re.findall(r"([A-Z][a-z]+) [a-z ]+ (\d+)(?: [a-z ]+)?\.", facts.split(". ", 1)[1]))
+        answered = re.findall(r"([A-Z][a-z]+)[a-z ]*\? (?:At number )?(\d+)", answers)
+        assert len(stated) >= 3 and sorted(answered) == sorted(stated.items())
     cleaner = Cleaner(CleanConfig())
     kept = [cleaner.judge({"id": "x", "text": t})[0] is None for t in passkeys + ledgers]
     assert sum(kept) >= 0.7 * len(kept)

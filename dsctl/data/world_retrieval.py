@@ -28,14 +28,18 @@ NAMES = (
     "Mara", "Nils", "Olga", "Pavel", "Quinn", "Rosa", "Sven", "Tessa", "Ugo", "Vera", "Wim", "Xena",
     "Yusuf", "Zora", "Anil", "Bea", "Cyril", "Dana", "Emil", "Fleur", "Gus", "Hana", "Ivo", "Jade",
 )
-# (statement, question phrasings): {n} is the name, {v} the amount. Several phrasings per
-# fact so no question n-gram dominates a document (clean's top-n-gram rule).
+# (statement, question, answer): {n} is the name, {v} the amount. Each fact of a document
+# picks its own form and answers restate only the amount, so no phrase repeats often
+# enough for clean's repetition rules (top n-gram share, duplicated 5-grams).
 LEDGER_FORMS = (
-    ("{n} paid {v} coins.", ("How much did {n} pay?", "What did {n} pay?", "And {n}, how much was that?")),
-    ("{n} owes {v} dollars.", ("How much does {n} owe?", "What is the debt of {n}?", "And what about {n}?")),
-    ("{n} has {v} marbles.", ("How many marbles does {n} have?", "What is the count for {n}?", "And {n}?")),
-    ("{n} lives at number {v}.", ("Where does {n} live?", "What is the house of {n}?", "And {n}, which number?")),
-    ("{n} scored {v} points.", ("How many points did {n} score?", "What was the score of {n}?", "And {n}?")),
+    ("{n} paid {v} coins.", "How much did {n} pay?", "{v} coins."),
+    ("{n} owes {v} dollars.", "How much does {n} owe?", "{v} dollars."),
+    ("{n} has {v} marbles.", "How many marbles does {n} have?", "{v} marbles."),
+    ("{n} lives at number {v}.", "Where does {n} live?", "At number {v}."),
+    ("{n} scored {v} points.", "What did {n} score?", "{v} points."),
+    ("{n} walked {v} miles.", "How far did {n} walk?", "{v} miles."),
+    ("{n} is {v} days old.", "How old is {n}?", "{v} days."),
+    ("{n} sold {v} apples.", "How many apples did {n} sell?", "{v} apples."),
 )
 LEDGER_OPENINGS = ("Here is the ledger of the day, to be read with care.", "Notes from the meeting that we had.",
                    "The records show the following, and they are to be trusted.",
@@ -62,12 +66,11 @@ def passkey_document(rng: random.Random, sentences: list[str], max_words: int) -
 
 
 def ledger_document(rng: random.Random, min_facts: int = 3, max_facts: int = 8) -> str:
-    """Facts "NAME paid 417 coins." then every fact asked for in a shuffled order and
-    answered by restating it, e.g. "How much did Mara pay? Mara paid 417 coins."."""
-    statement, questions = rng.choice(LEDGER_FORMS)
+    """Facts such as "Mara paid 417 coins." then each asked for in a new order and
+    answered from the text, e.g. "How much did Mara pay? 417 coins."."""
     names = rng.sample(NAMES, rng.randint(min_facts, max_facts))
-    values = {n: str(rng.randint(2, 999)) for n in names}
-    facts = [statement.format(n=n, v=values[n]) for n in names]
-    asked = rng.sample(names, len(names))
-    answers = [f"{rng.choice(questions).format(n=n)} {statement.format(n=n, v=values[n])}" for n in asked]
-    return " ".join([rng.choice(LEDGER_OPENINGS), *facts, "Now to the questions and their answers.", *answers])
+    facts = {n: (rng.choice(LEDGER_FORMS), str(rng.randint(2, 999))) for n in names}
+    stated = [form[0].format(n=n, v=v) for n, (form, v) in facts.items()]
+    asked = [f"{facts[n][0][1].format(n=n)} {facts[n][0][2].format(v=facts[n][1])}"
+             for n in rng.sample(names, len(names))]
+    return " ".join([rng.choice(LEDGER_OPENINGS), *stated, "Now to the questions and their answers.", *asked])
