@@ -228,7 +228,7 @@ def fingerprint(cfg: SourceConfig) -> dict:
 
 STAGE = StageSpec(
     name="source",
-    version=1,
+    version=2,  # 2: the default world gained passkey and ledger retrieval documents
     config=SourceConfig,
     run=run,
     output="corpus",
