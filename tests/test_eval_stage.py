@@ -110,4 +110,8 @@ def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
         delta = report["metrics"]["other"][name] - report["metrics"]["base"][name]
         assert row["difference"] == pytest.approx(delta, abs=2e-4)
         assert len(report["details"]["other"]["task_scores"]) == 4
-    assert "paired SE" in (artifact.path / "report.md").read_text()
+    markdown = (artifact.path / "report.md").read_text()
+    assert "paired SE" in markdown
+    first = report["details"]["base"]["task_scores"][0]
+    assert f"**{first['prompt']}** (answer {first['answer']})" in markdown  # what each model wrote
+    assert first["greedy_text"].replace("\n", " ")[:40] in markdown

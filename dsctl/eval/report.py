@@ -69,6 +69,29 @@ def comparison_line(row: dict[str, Any]) -> str:
             f"(paired SE, {row['problems']} problems)")
 
 
+EXAMPLES = 3
+"""Problems whose greedy completions report.md shows for every checkpoint."""
+
+
+def examples_markdown(details: dict[str, Any], n: int = EXAMPLES, width: int = 400) -> str:
+    """The first `n` task problems with each checkpoint's greedy completion: what a
+    number in the table looks like as text."""
+    records = {label: d["task_scores"] for label, d in details.items()
+               if isinstance(d, dict) and d.get("task_scores") and "greedy_text" in d["task_scores"][0]}
+    if not records:
+        return ""
+    first = next(iter(records.values()))
+    lines = ["\n## Examples (greedy)"]
+    for i, problem in enumerate(first[:n]):
+        lines.append(f"\n**{problem['prompt']}** (answer {problem['answer']})\n")
+        for label, rows in records.items():
+            text = rows[i]["greedy_text"].replace("\n", " ").replace("`", "'")
+            text = text if len(text) <= width else text[:width] + "…"
+            mark = "✓" if rows[i]["greedy"] else "✗"
+            lines.append(f"- {label} {mark} `{text}`")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out: Path, metrics: dict[str, dict[str, float]], settings: dict[str, Any],
                  details: dict[str, Any] | None = None, title: str = "eval",
                  comparisons: list[dict[str, Any]] | None = None) -> list[Path]:
@@ -83,6 +106,7 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], settings: dict
     if comparisons:
         markdown += "\nPaired differences on the same problems (a gain under ~2 SE is not established):\n\n"
         markdown += "".join(f"- {comparison_line(row)}\n" for row in comparisons)
+    markdown += examples_markdown(details or {})
     (out / REPORT_MD).write_text(markdown)
     written = [out / REPORT_JSON, out / REPORT_MD]
     if plot_metrics(metrics, out / REPORT_PNG, title) is not None:

@@ -62,9 +62,10 @@ def problem_scores(problem: Problem, greedy: str, samples: Sequence[str], pass_k
 
 
 def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
-                  settings: SamplingSettings) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Metrics averaged over `problems`, overall and as "<family>/<metric>", and every
-    problem's own scores (in order), for paired comparisons between checkpoints."""
+                  settings: SamplingSettings) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics averaged over `problems`, overall and as "<family>/<metric>", and one
+    record per problem (in order): its prompt, answer, greedy completion and scores —
+    for paired comparisons between checkpoints and for reading what the model wrote."""
     if any(k > settings.samples for k in settings.pass_ks):
         raise ValueError(f"pass_ks {list(settings.pass_ks)} need at least {max(settings.pass_ks)} samples; "
                          f"samples = {settings.samples}")
@@ -76,6 +77,8 @@ def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
                                  top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
                                  seed=settings.seed + 1, batch_size=settings.batch_size)
     per_problem = [problem_scores(p, g[0], s, settings.pass_ks) for p, g, s in zip(problems, greedy, sampled)]
+    records = [{"prompt": p.prompt, "answer": p.answer, "greedy_text": g[0], **scores}
+               for p, g, scores in zip(problems, greedy, per_problem)]
     by_family: dict[str, list[dict[str, float]]] = defaultdict(list)
     for p, scores in zip(problems, per_problem):
         by_family[p.family].append(scores)
@@ -84,10 +87,10 @@ def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
     if len(by_family) > 1:
         for family, rows in by_family.items():
             result.update({f"{family}/{name}": round(mean([s[name] for s in rows]), 4) for name in names})
-    return result, per_problem
+    return result, records
 
 
-def paired_comparisons(per_problem: dict[str, list[dict[str, float]]],
+def paired_comparisons(per_problem: dict[str, list[dict[str, Any]]],
                        names: Sequence[str] = ("greedy", "pass@1")) -> list[dict[str, Any]]:
     """Each checkpoint against the one before it (in the given order) on the same
     problems: the mean difference of each metric in `names` with its paired standard error."""
