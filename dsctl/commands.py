@@ -17,7 +17,7 @@ from dsctl.configs import config_to_dict
 from dsctl.errors import UserError
 from dsctl.progress import Reporter
 from dsctl.recipe import load_recipe
-from dsctl.runner import Runner, StagePlan, failure_message, headline, plan, stage_state
+from dsctl.runner import Runner, StagePlan, failure_message, headline, plan, stage_progress, stage_state
 from dsctl.stage import StageRegistry
 from dsctl.store import Store, verify_dir
 
@@ -98,6 +98,9 @@ def status(
             note = failure_message(store, p.key)
         else:
             note = _why_not_cached(store, r.name, p, plans)
+            progress = stage_progress(store, p.key, getattr(p.config, "max_steps", None))
+            if progress:
+                note = f"{'at' if state == 'running' else 'stopped at'} {progress}; {note}"
         table.add_row(name, p.spec.name, p.key[:12], f"[{colors[state]}]{state}[/]", seconds, head, note)
     _out().print(table)
 

@@ -277,6 +277,27 @@ def stage_state(store: Store, key: str) -> str:
     return "partial" if staging.exists() else "missing"
 
 
+def stage_progress(store: Store, key: str, max_steps: int | None = None) -> str:
+    """Where an unfinished stage's training got to, from the last line of its staged
+    metrics.jsonl: "step 120/240, loss 2.91" ("" when it has logged no step yet)."""
+    path = store.staging(key).artifact / "metrics.jsonl"
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))  # the tail is enough for one line
+        lines = f.read().decode("utf-8", errors="replace").splitlines()
+    for line in reversed(lines):
+        try:
+            last = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the seek or by a kill mid-write
+        if isinstance(last, dict) and "step" in last:
+            step = f"step {last['step']}" + (f"/{max_steps}" if max_steps else "")
+            extra = [f"{k} {last[k]:.4g}" for k in ("loss", "reward_mean") if isinstance(last.get(k), (int, float))]
+            return ", ".join([step, *extra])
+    return ""
+
+
 def failure_message(store: Store, key: str) -> str:
     path = store.staging(key).failure_file
     return json.loads(path.read_text())["error"] if path.exists() else ""

@@ -118,3 +118,17 @@ def test_run_stage_helper_and_manifest_contents(tmp_path):
     assert up.manifest["inputs"] == {"corpus": [art.key]}
     rows = [json.loads(line) for line in (up.path / "data" / "part-00000.jsonl").read_text().splitlines()]
     assert rows[0]["text"].startswith("ROW 0")
+
+
+def test_stage_progress_reads_the_last_logged_step_of_an_unfinished_stage(tmp_path):
+    from dsctl.runner import stage_progress
+
+    store = Store(tmp_path / "work")
+    key = "ab" * 32
+    assert stage_progress(store, key, 240) == ""  # nothing staged
+    metrics = store.staging(key).artifact / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    rows = [{"step": s, "loss": 3.0 - s / 100} for s in range(1, 121)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 121, "lo')  # killed mid-write
+    assert stage_progress(store, key, 240) == "step 120/240, loss 1.8"
+    assert stage_progress(store, key) == "step 120, loss 1.8"
