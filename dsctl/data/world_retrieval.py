@@ -2,10 +2,11 @@
 
 A model can only use a long context if it can look back and copy what it finds there;
 in transformers that is the job of induction heads, which form only when the training
-text rewards copying often enough. Prose and worked solutions reward it rarely, so a
-small model trained for minutes never forms them (measured: a 2.5M-parameter model
-pretrained on the world without these documents retrieves 0 of 32 passkeys, and its
-SFT'd version cannot copy the operands of "What is 6 + 8?" into its working).
+text rewards copying often enough. Prose and worked solutions reward it rarely, so
+these documents give the world that signal. They are necessary, not sufficient: the
+2.5M-parameter CPU recipe still retrieves 0 of 32 passkeys after 240 steps with them,
+because induction needs far more steps than that (benchmarks/bench_induction.py); a
+GPU-sized run is where they pay off.
 
 Two kinds, both reading as plain English so clean keeps them and both varied enough
 that dedup does too:
@@ -69,8 +70,10 @@ def ledger_document(rng: random.Random, min_facts: int = 3, max_facts: int = 8) 
     """Facts such as "Mara paid 417 coins." then each asked for in a new order and
     answered from the text, e.g. "How much did Mara pay? 417 coins."."""
     names = rng.sample(NAMES, rng.randint(min_facts, max_facts))
-    facts = {n: (rng.choice(LEDGER_FORMS), str(rng.randint(2, 999))) for n in names}
-    stated = [form[0].format(n=n, v=v) for n, (form, v) in facts.items()]
-    asked = [f"{facts[n][0][1].format(n=n)} {facts[n][0][2].format(v=facts[n][1])}"
-             for n in rng.sample(names, len(names))]
+    facts = {name: (rng.choice(LEDGER_FORMS), str(rng.randint(2, 999))) for name in names}
+    stated = [statement.format(n=name, v=value) for name, ((statement, _, _), value) in facts.items()]
+    asked = []
+    for name in rng.sample(names, len(names)):
+        (_, question, answer), value = facts[name]
+        asked.append(f"{question.format(n=name)} {answer.format(v=value)}")
     return " ".join([rng.choice(LEDGER_OPENINGS), *stated, "Now to the questions and their answers.", *asked])
