@@ -25,6 +25,8 @@ boilerplate = 0
 junk = 0
 short = 0
 non_english = 0
+passkey_docs = 0
+ledger_docs = 0
 
 [stages.tokenize]
 from = "source"
