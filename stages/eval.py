@@ -69,15 +69,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     labels = checkpoint_labels(checkpoints)
     metrics: dict[str, dict[str, float]] = {}
     details: dict[str, Any] = {}
-    per_problem: dict[str, list[dict[str, float]]] = {}
     with ctx.progress(len(checkpoints), "checkpoints", unit="ckpt") as bar:
         for label, artifact in zip(labels, checkpoints):
             metrics[label], details[label] = evaluate_checkpoint(ctx, artifact, label)
-            if "task_scores" in details[label]:
-                per_problem[label] = details[label]["task_scores"]
             ctx.log(checkpoint=label, **metrics[label])
             bar.advance(1)
-    comparisons = paired_comparisons(per_problem) if len(per_problem) > 1 else []
+    comparisons = paired_comparisons({label: d["task_scores"] for label, d in details.items() if "task_scores" in d})
     settings = {**asdict(cfg), "seed": ctx.seed,
                 "checkpoints": {lb: {"ref": a.label, "key": a.key} for lb, a in zip(labels, checkpoints)}}
     write_report(ctx.out, metrics, settings, details, title=ctx.label, comparisons=comparisons)
