@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Sequence
 
 from dsctl.errors import UserError
+from dsctl.stage import METRICS_FILE
 
 CURVES = ("lm_loss", "val_loss", "mtp_loss", "reward_mean", "accuracy", "lr", "max_load_violation")
 
 
 def read_metrics(path: Path) -> list[dict]:
-    file = path / "metrics.jsonl"
+    file = path / METRICS_FILE
     if not file.is_file():
-        raise UserError(f"{path} has no metrics.jsonl to plot")
+        raise UserError(f"{path} has no {METRICS_FILE} to plot")
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 

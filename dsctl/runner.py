@@ -22,7 +22,7 @@ from dsctl.configs import build_config, config_to_dict
 from dsctl.errors import StageFailed, UserError
 from dsctl.progress import Reporter
 from dsctl.recipe import Recipe, key_location
-from dsctl.stage import Artifact, StageContext, StageRegistry, StageSpec, write_json_atomic
+from dsctl.stage import METRICS_FILE, Artifact, StageContext, StageRegistry, StageSpec, write_json_atomic
 from dsctl.store import Store, compute_key
 
 
@@ -280,7 +280,7 @@ def stage_state(store: Store, key: str) -> str:
 def stage_progress(store: Store, key: str, max_steps: int | None = None) -> str:
     """Where an unfinished stage's training got to, from the last line of its staged
     metrics.jsonl: "step 120/240, loss 2.91" ("" when it has logged no step yet)."""
-    path = store.staging(key).artifact / "metrics.jsonl"
+    path = store.staging(key).artifact / METRICS_FILE
     if not path.is_file():
         return ""
     with open(path, "rb") as f:

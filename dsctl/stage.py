@@ -43,6 +43,9 @@ from dsctl.errors import UserError
 from dsctl.progress import ProgressHandle, Reporter
 
 #: The artifact kinds of DESIGN.md §4 (plus "any" for stages that accept every kind).
+METRICS_FILE = "metrics.jsonl"
+"""Per-step records a stage logs with `ctx.log`, at the root of its artifact."""
+
 KINDS = ("corpus", "tokenizer", "shards", "checkpoint", "samples", "report", "any")
 
 
@@ -124,7 +127,7 @@ class StageContext:
         self.reporter = reporter
         self.label = label
         self.key = key
-        self.metrics_path = out / "metrics.jsonl"
+        self.metrics_path = out / METRICS_FILE
 
     # -- inputs -----------------------------------------------------------------------
     def input(self, slot: str) -> Artifact:
