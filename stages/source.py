@@ -84,6 +84,11 @@ class SourceConfig:
     """Rows per output JSONL shard."""
 
     def __post_init__(self) -> None:
+        counts = ("task_docs_per_family", "max_prose_docs", "passkey_docs", "passkey_max_words", "ledger_docs",
+                  "exact_dups", "near_dups", "boilerplate", "junk", "short", "non_english")
+        negative = [name for name in counts if getattr(self, name) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must be >= 0 (0 leaves that ingredient out)")
         if self.world == "none" and not self.paths and not self.dataset:
             raise ValueError("nothing to read: set `paths` or `dataset`, or use world = \"default\"")
         unknown = (set(self.task_families) | set(self.task_difficulty)) - set(FAMILIES)

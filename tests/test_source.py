@@ -114,6 +114,11 @@ def test_nothing_to_read_is_a_user_error(tmp_path):
         run_stage(source.STAGE, {"world": "none"}, {}, tmp_path / "w")
 
 
+def test_negative_world_sizes_are_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="ledger_docs, junk must be >= 0"):
+        run_stage(source.STAGE, {"ledger_docs": -1, "junk": -5}, {}, tmp_path / "w")
+
+
 def test_task_difficulty_reaches_the_world_and_is_validated(tmp_path):
     config = {**SMALL_WORLD, "task_families": ["arithmetic"], "task_difficulty": {"arithmetic": {"min_digits": 5, "max_digits": 5, "ops": "+"}}}
     artifact = run_stage(source.STAGE, config, {}, tmp_path / "w")
