@@ -88,7 +88,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="model config override on top of the mini_r1 shape, e.g. qk_rope_head_dim=32")
     args = parser.parse_args()
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    overrides = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            sep = ""
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE with a JSON value, e.g. qk_rope_head_dim=32")
 
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
