@@ -5,8 +5,10 @@ whose config.json carries DeepSeek-V3's YaRN `rope_scaling` (factor s over the b
 trained context). Training mixes packed long-text windows of s × the original context
 with synthetic passkey-retrieval documents, at a small learning rate, through the shared
 Trainer (exact resume). Passkey accuracy at 1×, 2×, 4× the original context is measured
-for the base, the base with YaRN and no training, and the extended model; the numbers go
-to the stage summary and `passkey.json` in the checkpoint.
+for the base, the base with YaRN and no training, and the extended model, with the
+validation loss over each whole window and, past 1×, over its positions beyond the
+original context alone (the positions the base never trained on); the numbers go to the
+stage summary and `passkey.json` in the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ class ExtendConfig(TrainConfig):
     original_context: int = 0
     """The base's trained context; 0 = read it from the checkpoint (its training stage's
     seq_len, else config.json's max_position_embeddings). Set it for outside checkpoints."""
-    beta_fast: float = 32.0
-    """YaRN β_fast: rotary pairs turning more than this often over the original context keep their frequency."""
+    beta_fast: float = 4.0
+    """YaRN β_fast: rotary pairs turning more than this often over the original context keep
+    their frequency. DeepSeek-V3's 32 suits its 4K context; at 256 it would stretch the ~20- and
+    ~63-token wavelengths that short-range reading uses, so 4 leaves every wavelength under a
+    quarter of the original context unscaled."""
     beta_slow: float = 1.0
-    """YaRN β_slow: pairs turning fewer times than this are interpolated (frequency / s)."""
+    """YaRN β_slow: pairs turning fewer times than this over the original context (wavelength
+    above it) are interpolated (frequency / s); DeepSeek-V3's 1."""
     mscale: float = 1.0
     """YaRN mscale and mscale_all_dim (DeepSeek-V3: both 1.0, so logits sharpen by (0.1·ln s + 1)²)."""
     passkey_fraction: float = 0.5
@@ -41,7 +47,8 @@ class ExtendConfig(TrainConfig):
     """Passkey documents decoded together."""
     length_eval_batches: int = 2
     """Batches (of batch_size windows) of validation text scored at each passkey length
-    without document masking: loss vs context length (0 skips it)."""
+    without document masking: loss vs context length, over the whole window and over the
+    positions past the original context (0 skips it)."""
     max_steps: int = 40
     """Optimizer steps to take (a short fine-tune: YaRN needs little)."""
     batch_size: int = 4
@@ -87,9 +94,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     before = ctx.load_state().get("passkey_before")
     if before is None:  # measured once; a resumed attempt reuses it
-        before = {"base": context_row(ctx, base, tokenizer, shards.path, lengths, "base"),
+        before = {"base": context_row(ctx, base, tokenizer, shards.path, lengths, original, "base"),
                   "yarn": context_row(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, shards.path,
-                                      lengths, "yarn")}
+                                      lengths, original, "yarn")}
         ctx.save_state({"passkey_before": before,
                         "short_loss_base": short_context_loss(ctx, base, tokenizer, shards.path, original)})
 
@@ -102,7 +109,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     val = PackedTokens(val_docs, seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False) if val_docs else None
     trainer = Trainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
     summary = trainer.fit()
-    after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, "extended")
+    after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, original, "extended")
     short_loss = {"base": ctx.load_state().get("short_loss_base"),
                   "extended": short_context_loss(ctx, trainer.model, tokenizer, shards.path, original)}
 
@@ -119,7 +126,7 @@ def report(ctx: StageContext, table: dict[str, Any], short_loss: dict[str, Any],
     for name, row in table.items():  # logged now: the Trainer starts metrics.jsonl afresh
         for n, result in row.items():
             ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"],
-                    val_loss=result.get("val_loss"))
+                    val_loss=result.get("val_loss"), val_loss_past_original=result.get("val_loss_past_original"))
     _write_json(ctx.out / "passkey.json", {"original_context": original, "factor": cfg.factor,
                                            "trials": cfg.passkey_trials, "accuracy": table,
                                            "doc_masked_val_loss_at_original_context": short_loss})
@@ -129,13 +136,17 @@ def report(ctx: StageContext, table: dict[str, Any], short_loss: dict[str, Any],
     if cfg.length_eval_batches:
         headline.update({f"val_loss_{model}_{_mult(m)}x": table[model][str(n)]["val_loss"]
                          for model in ("extended", "base", "yarn") for m, n in longest_first})
+        headline.update({f"val_loss_past_original_{model}_{_mult(m)}x": table[model][str(n)]["val_loss_past_original"]
+                         for model in ("extended", "base", "yarn") for m, n in longest_first if n > original})
         headline.update({f"val_loss_doc_masked_{model}": loss for model, loss in short_loss.items()})
     return headline
 
 
 def context_row(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, lengths: list[int],
-                name: str) -> dict[str, Any]:
-    """Passkey accuracy (and long-window validation loss) of one model at each length."""
+                original: int, name: str) -> dict[str, Any]:
+    """Passkey accuracy (and long-window validation loss) of one model at each length; past
+    the original context also the loss on positions >= original alone, where the base is
+    off its training range (the whole-window mean dilutes it with the first `original`)."""
     from dsctl.eval.passkey import passkey_accuracy
     from dsctl.eval.perplexity import validation_perplexity
 
@@ -149,8 +160,14 @@ def context_row(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, 
                 loss = validation_perplexity(model, shards_dir, tokenizer.eos_id, n, cfg.batch_size,
                                              cfg.length_eval_batches, doc_masking=False)
                 row[str(n)]["val_loss"] = loss["val_loss"]
+                if n > original:
+                    row[str(n)]["val_loss_past_original"] = validation_perplexity(
+                        model, shards_dir, tokenizer.eos_id, n, cfg.batch_size, cfg.length_eval_batches,
+                        doc_masking=False, from_position=original)["val_loss"]
             bar.advance(1)
     ctx.info(f"{name}: " + ", ".join(f"@{n} passkey {r['accuracy']:.2f} loss {r.get('val_loss', float('nan')):.3f}"
+                                     + (f" (past {original}: {r['val_loss_past_original']:.3f})"
+                                        if "val_loss_past_original" in r else "")
                                      for n, r in row.items()))
     return row
 
@@ -179,7 +196,7 @@ def _write_json(path, data) -> None:
 
 STAGE = StageSpec(
     name="extend",
-    version=1,
+    version=2,
     config=ExtendConfig,
     run=run,
     output="checkpoint",

@@ -45,6 +45,29 @@ def test_with_yarn_keeps_weights_changes_rope_and_survives_hf_round_trip(tmp_pat
     assert torch.allclose(loaded(ids), scaled(ids), atol=1e-5)
 
 
+@pytest.mark.parametrize("original", [64, 256, 1024])
+def test_default_yarn_keeps_short_wavelengths_and_interpolates_those_beyond_the_context(original):
+    import math
+
+    from dsctl.model.rope import rope_frequencies
+    from stages.extend import ExtendConfig
+
+    cfg = ExtendConfig()
+    config = ModelConfig.preset("tiny", vocab_size=256, num_nextn_predict_layers=0, qk_rope_head_dim=16,
+                                rope_theta=10000.0)
+    base = DeepSeekV3(config)
+    scaled = with_yarn(base, cfg.factor, original, beta_fast=cfg.beta_fast, beta_slow=cfg.beta_slow,
+                       mscale=cfg.mscale)
+    before, _ = rope_frequencies(base.config)
+    after, _ = rope_frequencies(scaled.config)
+    wavelengths = 2 * math.pi / before.double()
+    short, long = wavelengths < original / 4, wavelengths > original
+    assert short.any() and long.any()
+    assert torch.equal(after[short], before[short])
+    assert torch.allclose(after[long], before[long] / cfg.factor)
+    assert torch.equal(scaled.rotary.inv_freq, after)  # the table the scaled model rotates with
+
+
 def test_extending_twice_multiplies_factors_over_the_first_original_context():
     twice = with_yarn(with_yarn(tiny_model(), 2, 64), 2, 128)
     assert twice.config.rope_scaling["factor"] == 4.0
