@@ -104,25 +104,85 @@ def _exact_block_gemm(a, a_s, b, b_s):
     return a_full @ b_full.T, a_full.abs() @ b_full.abs().T
 
 
+def _fp32_bound(gemm, k):
+    """Standard FP32 rounding bound of each GEMM, in units of 2^-24 * (|A| @ |B|^T)."""
+    if gemm is ref.fp8_gemm:
+        # Two roundings dequantizing the operands (q * scale), then one K-long FP32 dot.
+        return (k + 3) * 2.0**-24
+    # Per K-block: 128 adds inside a block, one per block into the accumulator, 2 scale multiplies.
+    return (BLOCK + ref.ceil_div(k, BLOCK) + 3) * 2.0**-24
+
+
+GEMMS = pytest.mark.parametrize("gemm", [ref.fp8_gemm, ref.fp8_gemm_blockwise], ids=["one_matmul", "blockwise"])
+
+
+@GEMMS
 @pytest.mark.parametrize("m,n,k", [(64, 256, 256), (37, 130, 200), (1, 1, 5)])
-def test_reference_gemm_equals_exact_dequantized_product_up_to_fp32_rounding(m, n, k):
+def test_reference_gemm_equals_exact_dequantized_product_up_to_fp32_rounding(gemm, m, n, k):
     a_q, a_s = ref.act_quant(_heavy_tailed(m, k, seed=5))
     b_q, b_s = ref.weight_quant(torch.randn(n, k, generator=torch.Generator().manual_seed(6)))
-    out = ref.fp8_gemm(a_q, a_s, b_q, b_s)
+    out = gemm(a_q, a_s, b_q, b_s)
     exact, magnitude = _exact_block_gemm(a_q, a_s, b_q, b_s)
-    # Standard FP32 summation bound: 128 adds inside a block, one per block, 2 scale multiplies.
-    kb = ref.ceil_div(k, BLOCK)
-    bound = (BLOCK + kb + 3) * 2.0**-24 * magnitude
     assert out.shape == (m, n)
-    assert ((out.double() - exact).abs() <= bound).all()
+    assert ((out.double() - exact).abs() <= _fp32_bound(gemm, k) * magnitude).all()
 
 
-def test_gemm_accepts_per_row_b_scales_for_wgrad_layout():
+@GEMMS
+def test_gemm_accepts_per_row_b_scales_for_wgrad_layout(gemm):
     a_q, a_s = ref.act_quant(_heavy_tailed(48, 256, seed=7))
     b_q, b_s = ref.act_quant(_heavy_tailed(96, 256, seed=8))  # b in 1x128 tiles: scales (96, 2)
-    out = ref.fp8_gemm(a_q, a_s, b_q, b_s)
+    out = gemm(a_q, a_s, b_q, b_s)
     exact, magnitude = _exact_block_gemm(a_q, a_s, b_q, b_s)
-    assert ((out.double() - exact).abs() <= (BLOCK + 5) * 2.0**-24 * magnitude).all()
+    assert ((out.double() - exact).abs() <= _fp32_bound(gemm, 256) * magnitude).all()
+
+
+@pytest.mark.parametrize("m,n,k", [(64, 256, 256), (37, 130, 200), (70, 200, 300)])
+def test_one_matmul_gemm_matches_per_block_accumulation_to_fp32_rounding(m, n, k):
+    # Same block-scaled sum; only the rounding order differs (scales applied per element
+    # before one K-long dot, instead of per 128-long partial sum), so not bit-equal.
+    g = torch.Generator().manual_seed(10)
+    a = ref.act_quant(_heavy_tailed(m, k, seed=11))
+    for b in (ref.weight_quant(torch.randn(n, k, generator=g)), ref.act_quant(torch.randn(n, k, generator=g))):
+        fast, blockwise = ref.fp8_gemm(*a, *b), ref.fp8_gemm_blockwise(*a, *b)
+        _, magnitude = _exact_block_gemm(*a, *b)
+        assert ((fast.double() - blockwise.double()).abs() <= 2 * _fp32_bound(ref.fp8_gemm, k) * magnitude).all()
+
+
+def test_gemm_dequantizes_every_e4m3_value_exactly_times_its_scale():
+    # b = identity (1.0 is exact in E4M3) with scale 1, so the GEMM returns a's dequantized
+    # values themselves: every finite byte, times scales from subnormal-product-tiny to huge.
+    a_q = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).view(2, 128).repeat(3, 1)
+    a_s = torch.tensor([0.37, 3e-30, 1e30, 2.0**-20, 1.0, 5e35]).view(6, 1)
+    eye_q, eye_s = torch.eye(128).to(torch.float8_e4m3fn), torch.ones(1, 1)
+    out = ref.fp8_gemm(a_q, a_s, eye_q, eye_s)
+    expected = a_q.float() * a_s
+    finite = ~a_q.float().isnan()
+    assert torch.equal(out[finite], expected[finite])
+
+
+def test_quantization_equals_the_explicit_clamp_formula_where_quotients_pass_448():
+    # Tiles whose maximum divided by fl(amax / 448) rounds *above* 448 in FP32: the cast
+    # must land them on 448 exactly as clamp(x / scale, -448, 448) does.
+    candidates = torch.rand(20000, generator=torch.Generator().manual_seed(12)) * 1e3 + 1e-3
+    over = candidates / (candidates / FP8_MAX) > FP8_MAX
+    amax = candidates[over][:64]
+    assert amax.numel() == 64  # the check is not vacuous: such tiles exist and are common
+    x = torch.randn(64, 2 * BLOCK, generator=torch.Generator().manual_seed(13)) * amax[:, None] / 8
+    x[:, 3], x[:, BLOCK + 7] = amax, -amax  # each tile's max lands just past 448 after dividing
+    q, s = ref.act_quant(x)
+    quotient = x / s.repeat_interleave(BLOCK, dim=-1)
+    assert (quotient.abs() > FP8_MAX).any()
+    explicit = torch.clamp(quotient, -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    assert torch.equal(q.view(torch.uint8), explicit.view(torch.uint8))
+    assert torch.equal(q[:, 3].float(), torch.full((64,), FP8_MAX))
+
+
+def test_transposed_view_quantizes_like_its_contiguous_copy():
+    x = _heavy_tailed(300, 70, seed=14).t()  # (70, 300) column-major, as wgrad passes dy.t()
+    q, s = ref.act_quant(x)
+    q_c, s_c = ref.act_quant(x.contiguous())
+    assert torch.equal(q.view(torch.uint8), q_c.view(torch.uint8)) and torch.equal(s, s_c)
+    assert s.shape == (70, 3)
 
 
 def test_gemm_relative_error_vs_fp32_matmul_is_small():

@@ -56,7 +56,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
         x_fp8, x_s = ops.act_quant(x, block)  # 1×128 tiles along K, per token
         y = ops.fp8_gemm(x_fp8, x_s, w_fp8, w_s, out_dtype=torch.float32, block=block)
         if bias is not None:
-            y = y + bias.float()  # bias added to the FP32 result, never quantized
+            y += bias  # added in place to the FP32 result (a BF16 bias is promoted), never quantized
         ctx.save_for_backward(x, w_fp8, w_s)
         ctx.block = block
         ctx.weight_dtype = weight.dtype

@@ -2,8 +2,9 @@
 
 Rule: tensors on a CUDA GPU with native FP8 (compute capability >= 8.9: Ada, Hopper
 and later) use the Triton kernels; everything else (CPU, older GPUs) uses the torch
-reference, which produces the same E4M3 values and the same block-scaled sums, just
-without FP8 tensor cores. ``DSCTL_FP8_BACKEND=torch|triton`` overrides the choice
+reference, which produces the same E4M3 values and the same block-scaled sums (up to
+FP32 rounding order: it dequantizes and runs one FP32 matmul), just without FP8
+tensor cores. ``DSCTL_FP8_BACKEND=torch|triton`` overrides the choice
 (``triton`` on CPU needs ``TRITON_INTERPRET=1``, which is how the tests run the
 kernels without a GPU). The variable is read on every call, so there is no module
 state to reset between tests.

@@ -3,7 +3,10 @@
 This file *defines* the numerics; the Triton kernels in ``triton_kernels.py`` are
 tested against it, and on machines without FP8 hardware it is the backend that
 training actually runs (an emulation: the FP8 values are real E4M3 numbers, only
-the arithmetic on them is done in FP32 instead of on FP8 tensor cores).
+the arithmetic on them is done in FP32 instead of on FP8 tensor cores). Two GEMMs
+compute the same block-scaled sum: :func:`fp8_gemm` dequantizes both operands and
+runs one FP32 matmul (the fast path that training uses), :func:`fp8_gemm_blockwise`
+accumulates K-block by K-block exactly as the Triton kernel does (slow; for tests).
 
 Tiling, as in DeepSeek-V3 (§3.3 of the paper):
 
@@ -50,19 +53,67 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _pad_last(x: torch.Tensor, block: int) -> torch.Tensor:
-    """Zero-pad the last dimension up to a multiple of ``block`` (the partial-tile rule)."""
-    pad = ceil_div(x.shape[-1], block) * block - x.shape[-1]
-    return torch.nn.functional.pad(x, (0, pad)) if pad else x
+def _tile_views(t: torch.Tensor, dim: int, block: int) -> list[torch.Tensor]:
+    """Views (no copies) of ``t`` cut along ``dim`` into its whole ``block``-long tiles and
+    the trailing partial tile, if any: (..., tiles, elements, ...) with the tile index
+    at ``dim`` and a tile's elements at ``dim + 1``. At most two views, so the callers'
+    loops run over "whole tiles, partial tile", never over individual tiles."""
+    size = t.shape[dim]
+    whole = size - size % block
+    views = []
+    if whole:
+        views.append(t.narrow(dim, 0, whole).unflatten(dim, (whole // block, block)))
+    if whole < size:
+        views.append(t.narrow(dim, whole, size - whole).unsqueeze(dim))
+    return views
 
 
-def _quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x / scale, clamped into E4M3 range and rounded to nearest-even by the cast.
+def _scale_views(scales: torch.Tensor, dim: int, size: int, block: int) -> list[torch.Tensor]:
+    """The per-tile ``scales`` matching :func:`_tile_views` of a ``size``-long ``dim``,
+    shaped to broadcast over each tile's elements."""
+    whole = size // block
+    parts = [scales.narrow(dim, 0, whole)] if whole else []
+    if whole * block < size:
+        parts.append(scales.narrow(dim, whole, 1))
+    return [p.unsqueeze(dim + 1) for p in parts]
 
-    The clamp only matters for values that round *up* past 448 from exactly
-    ``amax / scale``; it keeps every backend's saturation behaviour identical.
+
+def _tile_amax(t: torch.Tensor, dim: int, block: int) -> torch.Tensor:
+    """FP32 absolute maximum of every ``block``-long tile of 2-D ``t`` along ``dim``.
+
+    Tiles run along ``dim``, so the result has ``ceil(size / block)`` entries there;
+    a partial tile's maximum is over the elements that exist. ``max(amax, -amin)``
+    reads ``t`` twice but never materializes ``|t|``, a full-size temporary.
     """
-    return torch.clamp(x / scale, -FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    parts = [torch.maximum(v.amax(dim + 1), v.amin(dim + 1).neg_()) for v in _tile_views(t, dim, block)]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim)).float()
+
+
+def _scales_from_amax(amax: torch.Tensor) -> torch.Tensor:
+    return amax.clamp_min(AMAX_FLOOR) / FP8_MAX
+
+
+def _quantize(t: torch.Tensor, scales: torch.Tensor, dim: int, block: int) -> torch.Tensor:
+    """E4M3 tensor of ``t``'s shape: each element divided by its tile's scale, then cast.
+
+    ``scales`` has one entry per ``block``-long tile along ``dim`` (any size along the
+    other dimension that broadcasts). The division runs in FP32 (``t`` may be BF16;
+    the FP32 scales promote it) and writes straight into the E4M3 output, whose cast
+    rounds to nearest-even, so no FP32 quotient is ever materialized.
+
+    This equals ``clamp(t / scale, -448, 448).to(E4M3)`` byte for byte, without the
+    clamp pass: every element has ``|x| <= amax`` of its tile and ``scale = fl(amax /
+    448)``, so ``|x / scale|`` exceeds 448 by at most 2 FP32 ulps, and the cast maps
+    everything below 464 (the midpoint between 448 and the next E4M3 step, 480) to
+    exactly ±448, the value the clamp would have produced. (NaN stays NaN either way.)
+    The tests check the two formulas on tiles built to round just past 448.
+    """
+    q = torch.empty(t.shape, dtype=FP8_DTYPE, device=t.device)
+    size = t.shape[dim]
+    for src, dst, s in zip(_tile_views(t, dim, block), _tile_views(q, dim, block),
+                           _scale_views(scales, dim, size, block)):
+        torch.div(src, s, out=dst)
+    return q
 
 
 def act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,33 +122,37 @@ def act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.
     x: (..., K) any float dtype. Returns ``(x_fp8, scales)`` with x_fp8 (..., K) in
     E4M3 and scales (..., ceil(K / block)) in FP32, such that
     ``x ≈ x_fp8 * scales`` repeated ``block`` times along the last dimension.
+
+    A 2-D column-major input (a transposed view, as wgrad passes ``dy.t()``) is
+    quantized down the columns of its row-major original, so every pass reads memory
+    in order; x_fp8 and scales then come back as transposed views too.
     """
     if x.shape[-1] == 0:
         raise ValueError("act_quant needs a non-empty last dimension to tile")
+    if x.dim() == 2 and x.stride(0) == 1 and x.stride(1) != 1:
+        xt = x.t()
+        scales = _scales_from_amax(_tile_amax(xt, 0, block))
+        return _quantize(xt, scales, 0, block).t(), scales.t()
     k = x.shape[-1]
-    tiles = _pad_last(x.float(), block).unflatten(-1, (-1, block))  # (..., Kb, block)
-    amax = tiles.abs().amax(dim=-1).clamp_min(AMAX_FLOOR)  # (..., Kb)
-    scales = amax / FP8_MAX
-    q = _quantize(tiles, scales.unsqueeze(-1)).flatten(-2)[..., :k]
-    return q, scales
+    x2 = x.reshape(-1, k)
+    scales = _scales_from_amax(_tile_amax(x2, 1, block))
+    q = _quantize(x2, scales, 1, block)
+    return q.view(x.shape), scales.view(*x.shape[:-1], scales.shape[-1])
 
 
 def weight_quant(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a 2-D weight (N, K) in ``block``×``block`` tiles.
 
     Returns ``(w_fp8, scales)`` with scales (ceil(N / block), ceil(K / block)) in FP32.
+    A block's absolute maximum is the maximum, over its (up to) 128 rows, of each
+    row's 1×block tile maximum: exact, and no padded copy of the weight is made.
     """
     if w.dim() != 2:
         raise ValueError(f"weight_quant expects a 2-D weight, got shape {tuple(w.shape)}")
-    n, k = w.shape
-    nb, kb = ceil_div(n, block), ceil_div(k, block)
-    padded = torch.zeros(nb * block, kb * block, dtype=torch.float32, device=w.device)
-    padded[:n, :k] = w.float()
-    tiles = padded.view(nb, block, kb, block)  # (Nb, block, Kb, block)
-    amax = tiles.abs().amax(dim=(1, 3)).clamp_min(AMAX_FLOOR)  # (Nb, Kb)
-    scales = amax / FP8_MAX
-    q = _quantize(tiles, scales[:, None, :, None]).view(nb * block, kb * block)[:n, :k]
-    return q.contiguous(), scales
+    n = w.shape[0]
+    scales = _scales_from_amax(_tile_amax(_tile_amax(w, 1, block), 0, block))  # (Nb, Kb)
+    row_scales = scales.repeat_interleave(block, dim=0)[:n]  # (N, Kb): each row's block scales
+    return _quantize(w, row_scales, 1, block), scales
 
 
 def expand_scales(scales: torch.Tensor, rows: int, cols: int, block: int = BLOCK) -> torch.Tensor:
@@ -142,6 +197,42 @@ def check_gemm_operands(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s
     return m, n, k
 
 
+def _row_scales(scales: torch.Tensor, rows: int, block: int) -> torch.Tensor:
+    """Per-row (rows, Cb) scales from either per-row or block×block (ceil(rows / block), Cb) ones."""
+    return scales if scales.shape[0] == rows else scales.repeat_interleave(block, dim=0)[:rows]
+
+
+def _dequantize(q: torch.Tensor, row_scales: torch.Tensor, block: int) -> torch.Tensor:
+    """FP32 ``q * scale`` of a 2-D E4M3 matrix tiled 1×``block`` along its columns.
+
+    Bit-identical to ``q.float() * expand_scales(...)``, but about twice as fast on
+    CPU, where torch converts FP8 to FP32 one element at a time: the E4M3 bytes are
+    turned into FP16 bit patterns with three vectorized int16 passes and converted
+    by the hardware FP16 path. Placing E4M3's exponent and mantissa bits at the top
+    of an FP16's (whose exponent bias is 8 larger) gives exactly ``value * 2^-8``
+    for normals and subnormals alike, so each tile's scale is multiplied by 2^8
+    (exact: a power of two, and FP32's max / 448 * 256 cannot overflow), and the one
+    rounding left is that of the product, the same as ``q.float() * scale``'s.
+    The NaN bytes (0x7F, 0xFF) would read as ±480, but quantization never emits them
+    except into a tile whose scale is NaN as well, where every product is NaN anyway.
+    The result has ``q``'s layout: a transposed view comes back as a transposed view.
+    """
+    if q.stride(-1) != 1 and q.stride(0) == 1:  # column-major: work on the row-major original
+        return _dequantize_along(q.t(), row_scales.t(), 0, block).t()
+    return _dequantize_along(q, row_scales, 1, block)
+
+
+def _dequantize_along(q: torch.Tensor, scales: torch.Tensor, dim: int, block: int) -> torch.Tensor:
+    bits = q.view(torch.int8).to(torch.int16)  # sign-extended: 0bS...S Seeeemmm
+    bits <<= 7  # 0bS Seeeemmm 0000000: sign, a stray copy of it, exponent, mantissa
+    bits &= ~0x4000  # clear the stray copy: the FP16 pattern of value * 2^-8
+    out = bits.view(torch.float16).float()
+    size = q.shape[dim]
+    for tiles, s in zip(_tile_views(out, dim, block), _scale_views(scales, dim, size, block)):
+        tiles.mul_(s * 2.0**8)
+    return out
+
+
 def fp8_gemm(a_fp8: torch.Tensor, a_scales: torch.Tensor, b_fp8: torch.Tensor, b_scales: torch.Tensor,
              out_dtype: torch.dtype = torch.float32, block: int = BLOCK) -> torch.Tensor:
     """Block-scaled ``a @ b.T`` with FP32 accumulation: (M, K) x (N, K) -> (M, N).
@@ -151,15 +242,39 @@ def fp8_gemm(a_fp8: torch.Tensor, a_scales: torch.Tensor, b_fp8: torch.Tensor, b
     (``b_scales`` (N, Kb), an activation — used by wgrad, where both operands are
     activations/gradients tiled along the token dimension).
 
-    Numerics (what the Triton kernel must reproduce): for each K-block, multiply
-    the FP8 values (exact in FP32: 4-bit × 4-bit significands), sum the 128
-    products in FP32, multiply that partial sum by the a-scale and then the
-    b-scale of the block, and add it to an FP32 accumulator, blocks in order.
-    Scaling per K-block rather than once at the end is what makes fine-grained
-    tiles possible at all: every block has its own pair of scales. Keeping the
-    128-wide partial sum in FP32 mirrors DeepSeek-V3's fix for H800 tensor cores,
-    whose FP8 accumulator keeps only ~14 bits: partial sums are promoted to FP32
-    registers every 128 elements of K so rounding error cannot build up over long K.
+    Each operand is dequantized (E4M3 -> FP32, times its tile's scale) and the two
+    are multiplied in ONE FP32 matmul. Mathematically that is the block-scaled sum
+    :func:`fp8_gemm_blockwise` spells out, ``sum_kb a_s[kb] * b_s[kb] * (a_kb @ b_kb.T)``:
+    the scales are constant within a K-block, so they distribute over its products.
+    Only the FP32 rounding differs — a scale is applied per element before the
+    products instead of per 128-long partial sum after them, and the adds run in the
+    BLAS's order over all of K — so the two agree to FP32 round-off (about K * 2^-24
+    relative to ``|a| @ |b|.T`` in the worst case), not bit for bit. This is the
+    backend that training runs on machines without FP8 GPUs, at the cost of one FP32
+    matmul plus elementwise passes instead of one small matmul per K-block.
+    """
+    m, n, k = check_gemm_operands(a_fp8, a_scales, b_fp8, b_scales, block)
+    a = _dequantize(a_fp8, a_scales, block)
+    b = _dequantize(b_fp8, _row_scales(b_scales, n, block), block)
+    return (a @ b.T).to(out_dtype)
+
+
+def fp8_gemm_blockwise(a_fp8: torch.Tensor, a_scales: torch.Tensor, b_fp8: torch.Tensor, b_scales: torch.Tensor,
+                       out_dtype: torch.dtype = torch.float32, block: int = BLOCK) -> torch.Tensor:
+    """Slow, per-K-block version of :func:`fp8_gemm`: exactly the Triton kernel's arithmetic.
+
+    For each K-block, multiply the FP8 values (exact in FP32: 4-bit × 4-bit
+    significands), sum the 128 products in FP32, multiply that partial sum by the
+    a-scale and then the b-scale of the block, and add it to an FP32 accumulator,
+    blocks in order. Scaling per K-block rather than once at the end is what makes
+    fine-grained tiles possible at all: every block has its own pair of scales.
+    Keeping the 128-wide partial sum in FP32 mirrors DeepSeek-V3's fix for H800
+    tensor cores, whose FP8 accumulator keeps only ~14 bits: partial sums are
+    promoted to FP32 registers every 128 elements of K so rounding error cannot
+    build up over long K.
+
+    It loops over K-blocks in Python, one small matmul each, so it is for checking
+    the Triton kernels (``tests/test_fp8_triton.py``), not for training.
     """
     m, n, k = check_gemm_operands(a_fp8, a_scales, b_fp8, b_scales, block)
     b_rows_per_scale = 1 if b_scales.shape[0] == n else block
