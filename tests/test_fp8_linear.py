@@ -6,6 +6,7 @@ from torch import nn
 
 from dsctl.fp8 import DEFAULT_SKIP, Fp8Linear, convert_to_fp8, select_backend
 from dsctl.fp8 import reference as ref
+from dsctl.fp8.reference import BLOCK, FP8_MAX
 
 
 @pytest.fixture(autouse=True)
@@ -117,18 +118,62 @@ class _ToyBlock(nn.Module):
         self.gate = nn.Linear(256, 128, bias=False)  # MoE router: must stay high precision
         self.gate_proj = nn.Linear(256, 512, bias=False)
         self.down_proj = nn.Linear(512, 256)
-        self.kv_a_proj_with_mqa = nn.Linear(256, 40)  # narrower than one tile
+        self.kv_a_proj_with_mqa = nn.Linear(256, 40)  # narrower than one tile: a partial 40-row block
         self.lm_head = nn.Linear(256, 50, bias=False)
 
 
-def test_convert_swaps_only_large_non_excluded_linears():
+def test_convert_swaps_every_non_excluded_linear_narrow_ones_included():
     model = _ToyBlock()
-    assert convert_to_fp8(model) == 2
+    assert convert_to_fp8(model) == 3
     converted = {n for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
-    assert converted == {"gate_proj", "down_proj"}
+    assert converted == {"gate_proj", "down_proj", "kv_a_proj_with_mqa"}
     assert type(model.gate) is nn.Linear and type(model.lm_head) is nn.Linear
     assert convert_to_fp8(model) == 0  # idempotent
     assert "gate" in DEFAULT_SKIP
+
+
+@pytest.mark.parametrize("in_features,out_features", [(64, 96), (200, 130)])
+def test_linears_with_partial_blocks_convert_and_train_close_to_fp32(in_features, out_features):
+    # 64 -> 96: K and N each a single partial tile. 200 -> 130: one whole and one partial
+    # tile along each of K and N. 111 tokens: wgrad's token tiles are partial too.
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(in_features, out_features))
+    reference = nn.Sequential(nn.Linear(in_features, out_features))
+    reference.load_state_dict(model.state_dict())
+    assert convert_to_fp8(model) == 1 and isinstance(model[0], Fp8Linear)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 37, in_features, generator=g)
+    dy = torch.randn(3, 37, out_features, generator=g)
+    y_ref, g_ref = _grads(reference[0], x, dy)
+    y, g8 = _grads(model[0], x, dy)
+    # The same FP8 error bound as for whole tiles (test_forward_and_all_grads_close_to_nn_linear).
+    assert 0 < _rel(y, y_ref) < 0.06
+    assert 0 < _rel(g8["x"], g_ref["x"]) < 0.06
+    assert 0 < _rel(g8["weight"], g_ref["weight"]) < 0.06
+    assert _rel(g8["bias"], g_ref["bias"]) < 1e-6
+    # And the forward is the block-scaled GEMM of the partial-tile quantizations below.
+    x2 = x.reshape(-1, in_features)
+    expected = ref.fp8_gemm(*ref.act_quant(x2), *ref.weight_quant(model[0].weight.detach())) + model[0].bias.detach()
+    assert torch.equal(y.reshape(-1, out_features), expected)
+
+
+@pytest.mark.parametrize("in_features,out_features", [(64, 96), (200, 130)])
+def test_partial_block_scales_are_amax_of_the_real_elements_over_448(in_features, out_features):
+    g = torch.Generator().manual_seed(10)
+    w = torch.randn(out_features, in_features, generator=g)
+    x = torch.randn(111, in_features, generator=g)
+    _, w_s = ref.weight_quant(w)
+    _, x_s = ref.act_quant(x)
+    _, xt_s = ref.act_quant(x.t())  # wgrad: tiles of tokens, 111 < 128 so one partial tile
+    nb, kb = ref.ceil_div(out_features, BLOCK), ref.ceil_div(in_features, BLOCK)
+    assert w_s.shape == (nb, kb) and x_s.shape == (111, kb) and xt_s.shape == (in_features, 1)
+    for i in range(nb):
+        for j in range(kb):
+            block = w[i * BLOCK:(i + 1) * BLOCK, j * BLOCK:(j + 1) * BLOCK]  # slicing stops at the edge
+            assert w_s[i, j] == block.abs().max() / FP8_MAX
+    for j in range(kb):
+        assert torch.equal(x_s[:, j], x[:, j * BLOCK:(j + 1) * BLOCK].abs().amax(1) / FP8_MAX)
+    assert torch.equal(xt_s[:, 0], x.abs().amax(0) / FP8_MAX)
 
 
 def test_convert_keeps_state_dict_keys_values_and_parameter_objects():
@@ -152,6 +197,9 @@ def test_convert_honours_custom_skip_and_min_features():
     model = _ToyBlock()
     assert convert_to_fp8(model, min_features=32, skip=("lm_head", "down_*")) == 3  # gate, gate_proj, kv_a
     assert type(model.down_proj) is nn.Linear and isinstance(model.gate, Fp8Linear)
+    model = _ToyBlock()
+    assert convert_to_fp8(model, min_features=BLOCK) == 2  # opt out of narrow layers: kv_a (40 wide) stays
+    assert type(model.kv_a_proj_with_mqa) is nn.Linear and isinstance(model.down_proj, Fp8Linear)
     with pytest.raises(ValueError, match="min_features"):
         convert_to_fp8(_ToyBlock(), min_features=0)
 

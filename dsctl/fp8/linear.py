@@ -132,15 +132,18 @@ def _is_skipped(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(leaf, p) for p in patterns)
 
 
-def convert_to_fp8(model: nn.Module, *, min_features: int = BLOCK, skip: tuple[str, ...] = DEFAULT_SKIP,
+def convert_to_fp8(model: nn.Module, *, min_features: int = 1, skip: tuple[str, ...] = DEFAULT_SKIP,
                    block_size: int = BLOCK) -> int:
-    """Swap, in place, every large ``nn.Linear`` of ``model`` for an :class:`Fp8Linear`.
+    """Swap, in place, every ``nn.Linear`` of ``model`` for an :class:`Fp8Linear`.
 
     A Linear is converted when both its in_features and out_features are at least
-    ``min_features`` (below one 128-wide tile a GEMM is too small for FP8 to pay for
-    its quantization passes) and its name matches none of ``skip`` (see
-    :data:`DEFAULT_SKIP` for what is kept in high precision and why). Parameters are
-    moved over as the same objects, so an optimizer built before the call keeps
+    ``min_features`` and its name matches none of ``skip`` (see :data:`DEFAULT_SKIP`
+    for what is kept in high precision and why). By default every width is
+    converted: as in DeepSeek's kernels, a dimension that is not a multiple of 128
+    ends in a partial tile/block whose scale is taken over the elements that exist
+    (see ``reference.py``), so a 64-wide MoE expert runs in FP8 like a 2048-wide
+    one. Raise ``min_features`` to keep narrow layers in high precision. Parameters
+    are moved over as the same objects, so an optimizer built before the call keeps
     working and ``state_dict()`` keys are unchanged. Returns the number converted.
     """
     if min_features < 1:
