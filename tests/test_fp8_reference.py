@@ -161,8 +161,8 @@ def test_gemm_dequantizes_every_e4m3_value_exactly_times_its_scale():
 
 
 def test_quantization_equals_the_explicit_clamp_formula_where_quotients_pass_448():
-    # Tiles whose maximum divided by fl(amax / 448) rounds *above* 448 in FP32: the cast
-    # must land them on 448 exactly as clamp(x / scale, -448, 448) does.
+    # Tiles whose maximum divided by fl(amax / 448) rounds *above* 448 in FP32: they must
+    # come out as ±448, byte for byte what clamp(x / scale, -448, 448) then the cast gives.
     candidates = torch.rand(20000, generator=torch.Generator().manual_seed(12)) * 1e3 + 1e-3
     over = candidates / (candidates / FP8_MAX) > FP8_MAX
     amax = candidates[over][:64]

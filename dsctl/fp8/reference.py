@@ -94,26 +94,22 @@ def _scales_from_amax(amax: torch.Tensor) -> torch.Tensor:
 
 
 def _quantize(t: torch.Tensor, scales: torch.Tensor, dim: int, block: int) -> torch.Tensor:
-    """E4M3 tensor of ``t``'s shape: each element divided by its tile's scale, then cast.
+    """E4M3 tensor of ``t``'s shape: ``clamp(t / scale, -448, 448)`` of every tile, cast.
 
     ``scales`` has one entry per ``block``-long tile along ``dim`` (any size along the
-    other dimension that broadcasts). The division runs in FP32 (``t`` may be BF16;
-    the FP32 scales promote it) and writes straight into the E4M3 output, whose cast
-    rounds to nearest-even, so no FP32 quotient is ever materialized.
-
-    This equals ``clamp(t / scale, -448, 448).to(E4M3)`` byte for byte, without the
-    clamp pass: every element has ``|x| <= amax`` of its tile and ``scale = fl(amax /
-    448)``, so ``|x / scale|`` exceeds 448 by at most 2 FP32 ulps, and the cast maps
-    everything below 464 (the midpoint between 448 and the next E4M3 step, 480) to
-    exactly ±448, the value the clamp would have produced. (NaN stays NaN either way.)
-    The tests check the two formulas on tiles built to round just past 448.
+    other dimension that broadcasts). The quotient is computed in FP32 (``t`` may be
+    BF16; the FP32 scales promote it) into one buffer, clamped in place, and cast to
+    E4M3 (round to nearest even) in one pass. The clamp is belt and braces: with
+    ``|x| <= amax`` and ``scale = fl(amax / 448)``, ``|x / scale|`` exceeds 448 by at
+    most 2 FP32 ulps, which the cast would round to 448 anyway; it keeps every
+    backend's saturation behaviour identical by construction.
     """
-    q = torch.empty(t.shape, dtype=FP8_DTYPE, device=t.device)
+    quotient = torch.empty(t.shape, dtype=torch.float32, device=t.device)
     size = t.shape[dim]
-    for src, dst, s in zip(_tile_views(t, dim, block), _tile_views(q, dim, block),
+    for src, dst, s in zip(_tile_views(t, dim, block), _tile_views(quotient, dim, block),
                            _scale_views(scales, dim, size, block)):
         torch.div(src, s, out=dst)
-    return q
+    return quotient.clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 def act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
