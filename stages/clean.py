@@ -169,7 +169,7 @@ def fingerprint(cfg: CleanConfig) -> dict:
 
 STAGE = StageSpec(
     name="clean",
-    version=1,
+    version=2,  # 2: expressions like 16-8-0=8 count as math words
     config=CleanConfig,
     run=run,
     output="corpus",

@@ -54,8 +54,12 @@ class SourceConfig:
     """Field of your rows holding the document text (written out as `text`)."""
     id_field: str = "id"
     """Field of your rows holding a document id; rows without one get `<file>:<row>`."""
-    task_docs_per_family: int = _DEFAULT_SIZES.task_docs_per_family
-    """Default world: worked reasoning documents per task family (train split only)."""
+    task_problems_per_family: int = _DEFAULT_SIZES.task_problems_per_family
+    """Default world: worked problems per task family (train split only), gathered into
+    worksheet documents."""
+    task_doc_min_words: int = _DEFAULT_SIZES.task_doc_min_words
+    """Default world: a worksheet takes problems until it has at least this many words (one
+    compact arithmetic problem alone is a stub clean drops; a worded one stands alone)."""
     task_families: list[str] = field(default_factory=lambda: list(_DEFAULT_SIZES.task_families))
     """Default world: which task families to include."""
     task_difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -84,7 +88,7 @@ class SourceConfig:
     """Rows per output JSONL shard."""
 
     def __post_init__(self) -> None:
-        counts = ("task_docs_per_family", "max_prose_docs", "passkey_docs", "passkey_max_words", "ledger_docs",
+        counts = ("task_problems_per_family", "task_doc_min_words", "max_prose_docs", "passkey_docs", "passkey_max_words", "ledger_docs",
                   "exact_dups", "near_dups", "boilerplate", "junk", "short", "non_english")
         negative = [name for name in counts if getattr(self, name) < 0]
         if negative:
@@ -102,7 +106,8 @@ class SourceConfig:
 
     def sizes(self) -> WorldSizes:
         return WorldSizes(
-            task_docs_per_family=self.task_docs_per_family, task_families=tuple(self.task_families),
+            task_problems_per_family=self.task_problems_per_family, task_doc_min_words=self.task_doc_min_words,
+            task_families=tuple(self.task_families),
             max_prose_docs=self.max_prose_docs, passkey_docs=self.passkey_docs,
             passkey_max_words=self.passkey_max_words, ledger_docs=self.ledger_docs, exact_dups=self.exact_dups, near_dups=self.near_dups,
             boilerplate=self.boilerplate, junk=self.junk, short=self.short, non_english=self.non_english,
@@ -233,7 +238,7 @@ def fingerprint(cfg: SourceConfig) -> dict:
 
 STAGE = StageSpec(
     name="source",
-    version=2,  # 2: the default world gained passkey and ledger retrieval documents
+    version=3,  # 2: passkey and ledger retrieval documents; 3: compact arithmetic worksheets
     config=SourceConfig,
     run=run,
     output="corpus",

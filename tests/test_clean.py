@@ -118,7 +118,7 @@ def test_quality_classifier_is_trained_deterministically_and_filters(tmp_path):
 @pytest.fixture(scope="module")
 def cleaned_world(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cw")
-    world = run_stage(source.STAGE, {"task_docs_per_family": 300}, {}, workdir)
+    world = run_stage(source.STAGE, {"task_problems_per_family": 300}, {}, workdir)
     return world, run_stage(clean.STAGE, {}, {"corpus": [world]}, workdir)
 
 

@@ -17,7 +17,7 @@ name = "tinypre"
 seed = 0
 
 [stages.source]
-task_docs_per_family = 120
+task_problems_per_family = 120
 max_prose_docs = 200
 exact_dups = 0
 near_dups = 0

@@ -13,7 +13,7 @@ from dsctl.tasks import FAMILIES, split_problems
 from dsctl.testing import run_stage
 from stages import source
 
-SMALL_WORLD = {"task_docs_per_family": 60, "max_prose_docs": 300, "exact_dups": 20, "near_dups": 20,
+SMALL_WORLD = {"task_problems_per_family": 60, "max_prose_docs": 300, "exact_dups": 20, "near_dups": 20,
                "boilerplate": 10, "junk": 10, "short": 10, "non_english": 10, "passkey_docs": 40, "ledger_docs": 40}
 
 
@@ -50,7 +50,8 @@ def test_default_world_mixes_tasks_prose_and_every_kind_of_dirt(world):
     assert len(ids) == len(set(ids))
     sources = {r["source"].split("/")[0] for r in rows}
     assert {"tasks", "docstrings", "web", "synthetic"} <= sources
-    assert sum(r["source"].startswith("tasks/") for r in rows) >= 60 * len(FAMILIES)
+    # worksheets: every requested problem is worked in some task document
+    assert sum(r["text"].count("</answer>") for r in rows if r["source"].startswith("tasks/")) >= 60 * len(FAMILIES)
     kinds = {p["kind"] for p in read_planted(artifact)}
     assert kinds == {"exact_dup", "near_dup", "junk", "boilerplate", "short", "non_english"}
     assert artifact.metrics["world_prose_documents"] == 300

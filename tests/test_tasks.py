@@ -64,14 +64,33 @@ def test_too_small_problem_space_fails_clearly():
         split_problems("arithmetic", "train", 500, 0, {"min_digits": 1, "max_digits": 1, "ops": "+"})
 
 
-def test_arithmetic_solution_shows_carries_and_borrows():
+def test_arithmetic_scratchpad_writes_every_column_and_carry():
     fam = get_family("arithmetic")
     problems = split_problems("arithmetic", "train", 300, 0)
-    add = next(p for p in problems if p.data["op"] == "+" and "carry" in p.solution)
-    sub = next(p for p in problems if p.data["op"] == "-" and "borrow" in p.solution)
-    assert add.answer == str(add.data["a"] + add.data["b"])
-    assert sub.answer == str(sub.data["a"] - sub.data["b"])
-    assert fam.verify(add, f"{int(add.answer):,}")  # thousands separators are fine
+    add = next(p for p in problems if p.data["op"] == "+")
+    sub = next(p for p in problems if p.data["op"] == "-")
+    for p in (add, sub):
+        a, b = p.data["a"], p.data["b"]
+        head, *columns = p.solution.split(" ")
+        assert head == f"{a:02d}{p.data['op']}{b:02d}:"
+        assert len(columns) == 2  # one step per column of the 2-digit default, carry-in included
+        assert int(p.answer) == (a + b if p is add else a - b)
+    assert len(add.answer) == 3 and len(sub.answer) == 2  # zero-padded to the result's full width
+    assert fam.verify(add, str(int(add.answer))) and fam.verify(add, add.answer)  # 085 and 85 are both right
+
+
+def test_arithmetic_scratchpad_is_exact_for_every_operator():
+    from dsctl.tasks.arithmetic import worked_solution
+
+    assert worked_solution(37, 48, "+") == ("37+48: 7+8+0=15 3+4+1=08", "085")
+    assert worked_solution(52, 7, "-") == ("52-07: 12-7-0=5 05-0-1=4", "45")
+    assert worked_solution(37, 8, "*") == ("37*8: 7*8+0=56 3*8+5=29", "296")
+    rng = random.Random(0)
+    for op in "+-*":
+        for _ in range(2000):
+            a, b = rng.randint(0, 9999), rng.randint(0, 999)
+            a, b = (b, a) if op == "-" and b > a else (a, b)
+            assert int(worked_solution(a, b, op)[1]) == {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
 def test_countdown_accepts_alternative_expression_and_rejects_reused_numbers():

@@ -11,7 +11,8 @@ long web pages), and the default world's docstrings and worked solutions are tha
 Reasoning-task documents are digit- and symbol-heavy on purpose ("347 + 26 = 373"). So
 that the word-shape rules judge only the language around the math, they look at the
 *prose view* of a document: the `<think>`/`<answer>` tags removed and math words
-(numbers, `3x`, operators) left out. A document of math alone has no prose words and
+(numbers, `3x`, operators, and expressions of digits and operators like `16-8-0=8`)
+left out. A document of math alone has no prose words and
 fails the stop-word rule; a worked solution written in sentences passes. The n-gram
 repetition rules, in contrast, count numbers as words ("carry 1" and "carry 2" are
 different steps). No row is exempt by a label: the same rules apply to a user's corpus.
@@ -29,7 +30,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 _TAGS = re.compile(r"</?(?:think|answer)>")
-_MATH_WORD = re.compile(r"[-+−]?\d+(?:[.,/]\d+)*x?|[-+*/×÷=<>^−]+")
+_MATH_WORD = re.compile(r"[-+−]?\d+(?:[-+*/×÷=<>^−.,]+\d+)*x?|[-+*/×÷=<>^−]+")
 _EDGE_PUNCT = ".,;:!?()[]\"'"
 _PLAIN_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")

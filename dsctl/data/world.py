@@ -30,7 +30,8 @@ from dsctl.tasks import FAMILIES, problem_document, split_problems
 class WorldSizes:
     """How much of each ingredient the world gets (defaults: ~5-6k documents, ~3 MB)."""
 
-    task_docs_per_family: int = 800
+    task_problems_per_family: int = 2400
+    task_doc_min_words: int = 40
     task_families: tuple[str, ...] = tuple(sorted(FAMILIES))
     max_prose_docs: int = 3000
     passkey_docs: int = 600
@@ -75,11 +76,36 @@ def build_world(seed: int, sizes: WorldSizes = WorldSizes(), difficulty: dict[st
     return World(rows, planted, {**stats, **_stats(rows, planted)})
 
 
+_SHEET_HEADINGS = (
+    "Practice problems with the working shown.",
+    "Worked examples: each step is written out, and the answer comes at the end.",
+    "Exercises with answers. Work through them one step at a time and check the result.",
+    "A page of practice problems with the solutions written out in full.",
+    "Here are some problems to try, with the worked solution below each of them.",
+)
+
+
 def _task_rows(rng: random.Random, sizes: WorldSizes, seed: int, difficulty: dict[str, dict]) -> list[dict]:
+    """Worksheets: a heading, then worked train problems until the document has at least
+    `task_doc_min_words` words. A compact arithmetic problem is a dozen words of mostly
+    math: alone it is a stub that clean rightly drops (min_words; Gopher's stop-word rule
+    needs some prose), while a worded countdown or equation solution is a document by
+    itself (and four of them would trip the repetition rules)."""
     rows = []
     for family in sizes.task_families:
-        for p in split_problems(family, "train", sizes.task_docs_per_family, seed, difficulty.get(family)):
-            rows.append({"id": f"task:{p.id}", "text": problem_document(p, rng), "source": f"tasks/{family}"})
+        sheet: list = []
+        words = 0
+        for p in split_problems(family, "train", sizes.task_problems_per_family, seed, difficulty.get(family)):
+            if not sheet:
+                heading = rng.choice(_SHEET_HEADINGS)
+                sheet, words, first = [heading], len(heading.split()), p
+            sheet.append(problem_document(p, rng))
+            words += len(sheet[-1].split())
+            if words >= sizes.task_doc_min_words:
+                rows.append({"id": f"task:{first.id}", "text": "\n\n".join(sheet), "source": f"tasks/{family}"})
+                sheet = []
+        if sheet:
+            rows.append({"id": f"task:{first.id}", "text": "\n\n".join(sheet), "source": f"tasks/{family}"})
     return rows
 
 

@@ -52,11 +52,12 @@ def verify_completion(p: Problem, completion: str) -> bool:
     return answer is not None and get_family(p.family).verify(p, answer)
 
 
-def reward(p: Problem, completion: str) -> dict[str, float]:
-    """correct (0/1), format (0/1: one think block then one answer) and their weighted total."""
+def reward(p: Problem, completion: str, format_weight: float = FORMAT_WEIGHT) -> dict[str, float]:
+    """correct (0/1), format (0/1: one think block then one answer) and their weighted
+    total, correct + format_weight · format."""
     correct = int(verify_completion(p, completion))
     fmt = int(well_formatted(completion))
-    return {"correct": correct, "format": fmt, "total": correct + FORMAT_WEIGHT * fmt}
+    return {"correct": correct, "format": fmt, "total": correct + format_weight * fmt}
 
 
 def problem_document(p: Problem, rng: random.Random) -> str:

@@ -1,8 +1,27 @@
-"""Multi-digit arithmetic (a + b, a - b, a * b) with column-method worked solutions.
+"""Multi-digit arithmetic (a + b, a - b, a * b) in a compact, fixed-width scratchpad.
 
-The solution spells out every column with its carry or borrow, the way it is done by
-hand, because those intermediate steps are exactly what a small model has to learn to
-get long sums right.
+The worked solution restates the problem with zero-padded operands, then writes one
+fixed-width step per column, right to left, with every carry or borrow written even
+when it is 0, and the answer zero-padded to the result's full width:
+
+    What is 37 + 48?   <think>37+48: 7+8+0=15 3+4+1=08</think><answer>085</answer>
+    What is 52 - 7?    <think>52-07: 12-7-0=5 05-0-1=4</think><answer>45</answer>
+    What is 37 * 8?    <think>37*8: 7*8+0=56 3*8+5=29</think><answer>296</answer>
+
+Why this shape: a small transformer learns a column algorithm when each step reads its
+inputs at a fixed distance back (the operand digits in the restatement, the carry as
+the first digit of the step before) and every symbol is one token. A prose solution
+("The ones: 7 + 8 = 15, write 5 and carry 1.") is ~90% template words, and its
+variable lengths move the digits a step needs to a different distance every time;
+the compact form is a third as long, so the same compute trains three times as many
+problems (Lee et al., "Teaching Arithmetic to Small Transformers", ICLR 2024, find
+such detailed fixed-format scratchpads learn fastest).
+
+Addition column: `x+y+c=ss` (ss = x + y + carry-in, two digits; its first digit is the
+next carry). Subtraction column: `tt-y-b=d` (tt = x, plus 10 when this column borrows,
+written as two digits; its first digit is the next column's borrow). Multiplication by
+a one-digit d: `x*d+c=ss`; by a longer multiplier, one such row per digit of it (the
+partial product, shifted by its place), then the column addition of the partials.
 """
 
 from __future__ import annotations
@@ -12,80 +31,84 @@ import re
 
 from dsctl.tasks.base import Problem, TaskFamily, make_problem
 
-_PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands")
-
-
-def _place(i: int) -> str:
-    return _PLACES[i] if i < len(_PLACES) else f"column {i + 1}"
-
 
 def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
     digits = rng.randint(min_digits, max_digits)
     return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
 
 
-def _add_steps(a: int, b: int) -> list[str]:
-    steps, carry = [], 0
-    da, db = str(a)[::-1], str(b)[::-1]
-    for i in range(max(len(da), len(db))):
-        x = int(da[i]) if i < len(da) else 0
-        y = int(db[i]) if i < len(db) else 0
-        total = x + y + carry
-        terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
+def _add_columns(x: str, y: str) -> tuple[list[str], str]:
+    """Column steps of x + y (equal-width digit strings) and the sum, one digit wider."""
+    steps, carry, digits = [], 0, []
+    for dx, dy in zip(reversed(x), reversed(y)):
+        total = int(dx) + int(dy) + carry
+        steps.append(f"{dx}+{dy}+{carry}={total:02d}")
         carry, digit = divmod(total, 10)
-        tail = f", write {digit} and carry {carry}" if carry else f", write {digit}"
-        steps.append(f"The {_place(i)}: {terms} = {total}{tail}.")
-    if carry:
-        steps.append(f"The final carry {carry} goes in front.")
-    return steps
+        digits.append(str(digit))
+    return steps, str(carry) + "".join(reversed(digits))
 
 
-def _sub_steps(a: int, b: int) -> list[str]:
-    """Column subtraction of b from a (a >= b), naming every borrow."""
-    steps, borrow = [], 0
-    da, db = str(a)[::-1], str(b)[::-1]
-    for i in range(len(da)):
-        x = int(da[i]) - borrow
-        y = int(db[i]) if i < len(db) else 0
-        lead = f"{da[i]} minus the borrow is {x}, and " if borrow else ""
-        if x < y:
-            steps.append(f"The {_place(i)}: {lead}{x} is less than {y}, so borrow 1 to make {x + 10}; {x + 10} - {y} = {x + 10 - y}.")
-            borrow = 1
-        else:
-            steps.append(f"The {_place(i)}: {lead}{x} - {y} = {x - y}.")
-            borrow = 0
-    return steps
+def _sub_columns(x: str, y: str) -> tuple[list[str], str]:
+    """Column steps of x - y (equal-width digit strings, x >= y) and the difference."""
+    steps, borrow, digits = [], 0, []
+    for dx, dy in zip(reversed(x), reversed(y)):
+        owes = int(int(dx) - borrow < int(dy))
+        top = int(dx) + 10 * owes
+        digit = top - int(dy) - borrow
+        steps.append(f"{top:02d}-{dy}-{borrow}={digit}")
+        borrow = owes
+        digits.append(str(digit))
+    return steps, "".join(reversed(digits))
 
 
-def _digit_mul_steps(a: int, d: int) -> list[str]:
-    steps, carry = [], 0
-    digits = str(a)[::-1]
-    for i, ch in enumerate(digits):
-        total = int(ch) * d + carry
-        terms = f"{ch} * {d}" + (f" + {carry}" if carry else "")
-        last = i == len(digits) - 1
+def _digit_mul_columns(x: str, d: str) -> tuple[list[str], str]:
+    """Column steps of x * d (one digit) and the product, one digit wider than x."""
+    steps, carry, digits = [], 0, []
+    for dx in reversed(x):
+        total = int(dx) * int(d) + carry
+        steps.append(f"{dx}*{d}+{carry}={total:02d}")
         carry, digit = divmod(total, 10)
-        if last or not carry:
-            tail = f", write {total}" if last else f", write {digit}"
+        digits.append(str(digit))
+    return steps, str(carry) + "".join(reversed(digits))
+
+
+def worked_solution(a: int, b: int, op: str) -> tuple[str, str]:
+    """(scratchpad, answer as the scratchpad writes it: zero-padded to full width)."""
+    width = max(len(str(a)), len(str(b)))
+    x = str(a).zfill(width)
+    if op == "+":
+        y = str(b).zfill(width)
+        steps, answer = _add_columns(x, y)
+    elif op == "-":
+        y = str(b).zfill(width)
+        steps, answer = _sub_columns(x, y)
+    elif op == "*":
+        x, y = str(a), str(b)
+        steps, answer = _mul_steps(x, y)
+    else:
+        raise ValueError(f"unknown operator {op!r}")
+    return f"{x}{op}{y}: " + " ".join(steps), answer
+
+
+def _mul_steps(x: str, y: str) -> tuple[list[str], str]:
+    if len(y) == 1:
+        return _digit_mul_columns(x, y)
+    steps, total = [], None
+    width = len(x) + len(y)
+    for place, d in enumerate(reversed(y)):
+        columns, partial = _digit_mul_columns(x, d)
+        partial = (partial + "0" * place).zfill(width)
+        steps += [f"{x}*{d}{'0' * place}:", *columns, f"={partial}"]
+        if total is None:
+            total = partial
         else:
-            tail = f", write {digit} and carry {carry}"
-        steps.append(f"The {_place(i)}: {terms} = {total}{tail}.")
-    return steps
+            columns, total = _add_columns(total, partial)
+            total = total[-width:]  # the product has at most len(x)+len(y) digits
+            steps += ["+:", *columns, f"={total}"]
+    return steps, total
 
 
-def _mul_steps(a: int, b: int) -> list[str]:
-    if b < 10:
-        return ["Multiply each digit by " + str(b) + " from right to left.", *_digit_mul_steps(a, b)]
-    steps, partials = [f"Multiply {a} by each digit of {b} and then add the partial products."], []
-    for i, d in enumerate(str(b)[::-1]):
-        part = a * int(d) * 10**i
-        partials.append(part)
-        steps.append(f"{a} * {int(d) * 10**i} = {part}.")
-    steps.append(f"Add the partial products together: {' + '.join(map(str, partials))} = {a * b}.")
-    return steps
-
-
-def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 3, ops: str = "+-*", max_mul_digits: int = 2) -> Problem:
+def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 2, ops: str = "+-", max_mul_digits: int = 1) -> Problem:
     op = rng.choice(ops)
     a = _number(rng, min_digits, max_digits)
     if op == "*":
@@ -94,22 +117,15 @@ def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 3, ops: 
         b = _number(rng, min_digits, max_digits)
     if op == "-" and b > a:
         a, b = b, a  # keep results non-negative: borrows are the lesson, not signs
-    value = {"+": a + b, "-": a - b, "*": a * b}[op]
-    if op == "+":
-        steps = ["Add the digits from right to left."] + _add_steps(a, b)
-    elif op == "-":
-        steps = ["Subtract the digits from right to left."] + _sub_steps(a, b)
-    else:
-        steps = _mul_steps(a, b)
-    steps.append(f"So {a} {op} {b} = {value}.")
-    return make_problem("arithmetic", {"a": a, "b": b, "op": op}, f"What is {a} {op} {b}?", str(value), " ".join(steps))
+    solution, answer = worked_solution(a, b, op)
+    return make_problem("arithmetic", {"a": a, "b": b, "op": op}, f"What is {a} {op} {b}?", answer, solution)
 
 
 _INTEGER = re.compile(r"[-−]?\d+")
 
 
 def verify(p: Problem, answer: str) -> bool:
-    """Right when the answer is the exact integer; `1,234`, `= 1234` and `1 234` pass."""
+    """Right when the answer is the exact integer; `085`, `85`, `1,234`, `= 1234` and `1 234` pass."""
     text = answer.replace(",", "").replace(" ", "").lstrip("=")
     if not _INTEGER.fullmatch(text):
         return False
@@ -120,6 +136,6 @@ FAMILY = TaskFamily(
     name="arithmetic",
     generate=generate,
     verify=verify,
-    difficulty={"min_digits": 2, "max_digits": 3, "ops": "+-*", "max_mul_digits": 2},
-    help="a + b, a - b, a * b with carries and borrows shown column by column",
+    difficulty={"min_digits": 2, "max_digits": 2, "ops": "+-", "max_mul_digits": 1},
+    help="a + b, a - b, a * b in a compact fixed-width column scratchpad (every carry and borrow written)",
 )

@@ -23,8 +23,9 @@ Split = Literal["train", "eval"]
 #: no seed or size setting can ever put an eval problem into training data.
 EVAL_BUCKETS_PER_MILLE = 100
 
-#: Weight of the format reward in `reward()["total"]`: large enough to teach the tags
-#: early in RL, small enough that a well-formatted wrong answer never beats a right one.
+#: Default weight of the format reward in `reward()["total"]`: large enough to teach the
+#: tags to a model that has not seen them, small enough that a well-formatted wrong answer
+#: never beats a right one. GRPO after sft sets it to 0 (see `GRPOConfig.format_weight`).
 FORMAT_WEIGHT = 0.1
 
 
@@ -37,7 +38,8 @@ class Problem:
     prompt: str
     """The question as posed to a model."""
     answer: str
-    """The canonical answer."""
+    """The canonical answer, as the worked solution writes it (arithmetic zero-pads it to
+    the result's full width: `085`); verifiers compare values, so `85` is right too."""
     solution: str
     """Step-by-step worked reasoning, without tags."""
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
