@@ -9,7 +9,9 @@ from typing import Sequence
 from dsctl.errors import UserError
 from dsctl.stage import METRICS_FILE
 
-CURVES = ("lm_loss", "val_loss", "mtp_loss", "reward_mean", "accuracy", "lr", "max_load_violation")
+CURVES = ("lm_loss", "val_loss", "mtp_loss", "reward_mean", "accuracy", "groups_solved", "lr", "max_load_violation")
+"""Panels in order; grpo logs reward_mean, accuracy (share of right samples) and
+groups_solved (share of prompts with at least one right sample) every step."""
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -17,6 +19,11 @@ def read_metrics(path: Path) -> list[dict]:
     if not file.is_file():
         raise UserError(f"{path} has no {METRICS_FILE} to plot")
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def panels(records: dict[str, list[dict]]) -> list[str]:
+    """The CURVES that any run logged, in CURVES order: one panel each."""
+    return [m for m in CURVES if any(m in r for recs in records.values() for r in recs)]
 
 
 def plot_training_curves(runs: Sequence[tuple[str, Path]], out: Path) -> Path:
@@ -27,7 +34,7 @@ def plot_training_curves(runs: Sequence[tuple[str, Path]], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = {label: read_metrics(path) for label, path in runs}
-    present = [m for m in CURVES if any(m in r for recs in records.values() for r in recs)]
+    present = panels(records)
     if not present:
         raise UserError(f"none of {', '.join(CURVES)} was logged by {', '.join(records)}")
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)

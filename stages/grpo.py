@@ -2,8 +2,9 @@
 
 Reads a `checkpoint` (normally the sft stage's), writes a `checkpoint`. Each step samples
 `prompts_per_step` problems from the task families' train split, draws `group_size`
-completions per prompt with the MLA-cached sampler, rewards them by rule (answer verified
-+ format), normalizes rewards within each group into advantages, and takes `update_epochs`
+completions per prompt with the MLA-cached sampler, rewards them by rule (the answer
+verified; a format bonus only if asked), centers rewards within each group into
+advantages (Dr. GRPO; optionally std-scaled), and takes `update_epochs`
 clipped-surrogate steps with a k3 KL penalty to the frozen input checkpoint. The summary
 holds greedy held-out (eval split) accuracy before and after. Resumes exactly after a kill.
 """
@@ -21,17 +22,17 @@ from dsctl.stage import Input, StageContext, StageSpec
 class GrpoStageConfig(GRPOConfig):
     families: list[str] = field(default_factory=lambda: ["arithmetic"])
     """Task families to draw prompts from (see dsctl.tasks.FAMILIES)."""
-    difficulty: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"arithmetic": {"min_digits": 1, "max_digits": 1}})
-    """Per-family difficulty overrides. GRPO needs groups that disagree: a ~6M model after a
-    CPU-sized SFT gets ~3% of 2-digit problems right (almost every group uniform, no
-    gradient) but enough 1-digit ones for a signal. Raise it with a stronger SFT model."""
-    train_pool: int = 200
-    """Distinct train-split problems prompts are drawn from (1-digit arithmetic has ~270)."""
-    eval_problems: int = 24
-    """Eval-split problems for the greedy held-out accuracy before and after (1-digit
-    arithmetic's eval split holds only ~30; use 64+ with harder settings)."""
-    eval_max_new_tokens: int = 64
+    difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-family difficulty overrides ({} = each family's defaults, which every post-training
+    stage shares: 2-digit + and − for arithmetic). GRPO needs groups that disagree: pick a
+    difficulty the sft model solves sometimes, not never."""
+    train_pool: int = 8000
+    """Distinct train-split problems prompts are drawn from. They need only a verifiable
+    answer, not a worked solution, so the pool can be far larger than sft's set
+    (2-digit + and − have ~11,000 train problems)."""
+    eval_problems: int = 64
+    """Eval-split problems for the greedy held-out accuracy before and after."""
+    eval_max_new_tokens: int = 48
     """Completion cap for the held-out evaluation."""
 
 
@@ -71,13 +72,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = StageSpec(
     name="grpo",
-    version=1,
+    version=2,
     config=GrpoStageConfig,
     run=run,
     output="checkpoint",
     inputs={"checkpoint": Input("checkpoint", help="the policy to improve, normally from `sft`")},
     help="Group Relative Policy Optimization on the verifiable reasoning tasks: G sampled "
-         "completions per prompt, rule-based rewards, group-normalized advantages, clipped "
+         "completions per prompt, rule-based rewards, group-relative advantages, clipped "
          "ratio and k3 KL to the input checkpoint. Reports held-out greedy accuracy before/after.",
     example="dsctl grpo --from mini_r1:sft --set group_size=8 --set max_steps=20",
 )

@@ -11,11 +11,25 @@ from dsctl.rl import group_advantages, grpo_loss, k3_kl
 def test_advantages_match_hand_computed_group():
     # Group 1: rewards 1, 0, 0, 1.1 -> mean 0.525, population std = sqrt(mean of squared deviations).
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.1, 0.1, 0.1, 0.1, 0.1])
-    adv = group_advantages(rewards, group_size=4, eps=0.0 + 1e-12)
     dev = [0.475, -0.525, -0.525, 0.575]
+    unscaled = group_advantages(rewards, group_size=4)
+    assert unscaled[:4].tolist() == pytest.approx(dev, rel=1e-5)
+    scaled = group_advantages(rewards, group_size=4, scale=True, eps=1e-12)
     std = math.sqrt(sum(d * d for d in dev) / 4)
-    assert adv[:4].tolist() == pytest.approx([d / std for d in dev], rel=1e-5)
-    assert adv[4:].abs().max() == 0.0  # a uniform group gets zero advantage, not NaN
+    assert scaled[:4].tolist() == pytest.approx([d / std for d in dev], rel=1e-5)
+    for adv in (unscaled, scaled):
+        assert adv[4:].abs().max() == 0.0  # a uniform group gets zero advantage, not NaN
+
+
+def test_unscaled_advantages_weigh_a_format_only_difference_by_its_size():
+    # Wrong answers, one of them malformed (reward 0) among well-formatted ones (0.1 each),
+    # next to a group with one right answer: scaled, both groups push as hard; unscaled,
+    # the format-only group moves its samples a tenth as far.
+    rewards = torch.tensor([0.0, 0.1, 0.1, 0.1, 1.0, 0.0, 0.0, 0.0])
+    scaled = group_advantages(rewards, group_size=4, scale=True)
+    assert float(scaled[1]) == pytest.approx(-float(scaled[5]), rel=1e-2)
+    unscaled = group_advantages(rewards, group_size=4)
+    assert float(unscaled[1]) == pytest.approx(-float(unscaled[5]) / 10, rel=1e-5)
 
 
 def test_advantages_reject_a_partial_group():

@@ -116,8 +116,14 @@ def test_grpo_raises_training_reward_on_easy_sums(sft_checkpoint, tmp_path):
     first = sum(r["reward_mean"] for r in records[:4]) / 4
     last = sum(r["reward_mean"] for r in records[-4:]) / 4
     assert last > first, (first, last)
-    for key in ("reward_std", "accuracy", "format_rate", "completion_len", "rollout_tokens_per_s", "lr"):
+    for key in ("reward_std", "accuracy", "format_rate", "completion_len", "rollout_tokens_per_s", "lr",
+                "groups_solved", "groups_with_signal"):
         assert key in records[0]
+    # no format bonus by default: the reward is the share of right answers
+    assert all(r["reward_mean"] == r["accuracy"] for r in records)
+    from dsctl.plots import panels
+
+    assert panels({"grpo": records})[:3] == ["reward_mean", "accuracy", "groups_solved"]
 
 
 def test_stage_runs_through_run_stage_and_reports_held_out_accuracy(sft_checkpoint, tmp_path):

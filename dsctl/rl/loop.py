@@ -61,7 +61,7 @@ class GRPOTrainer:
                 metrics = self._step(step)
                 self.state["step"] = step + 1
                 self.state["recent"] = (self.state["recent"] + [
-                    {k: metrics[k] for k in ("reward_mean", "accuracy", "format_rate")}])[-SUMMARY_WINDOW:]
+                    {k: metrics[k] for k in ("reward_mean", "accuracy", "format_rate", "groups_solved")}])[-SUMMARY_WINDOW:]
                 if cfg.ref_refresh_every and self.state["step"] % cfg.ref_refresh_every == 0:
                     self._refresh_reference()
                     metrics["reference_refreshed"] = True
@@ -82,16 +82,17 @@ class GRPOTrainer:
         started = time.perf_counter()
         ro = sample_groups(self.model, self.tokenizer, problems, group_size=cfg.group_size,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                           seed=step_seed(self.ctx.seed, step))
+                           seed=step_seed(self.ctx.seed, step), format_weight=cfg.format_weight)
         self.state["rollout_tokens"] += ro.n_tokens
         self.state["rollout_seconds"] += ro.seconds
-        advantages = group_advantages(ro.rewards, cfg.group_size)
+        advantages = group_advantages(ro.rewards, cfg.group_size, scale=cfg.scale_advantages)
         groups = ro.rewards.view(-1, cfg.group_size)
         has_signal = groups.max(-1).values > groups.min(-1).values
+        solved = ro.correct.view(-1, cfg.group_size).max(-1).values > 0
         keep = has_signal.repeat_interleave(cfg.group_size) if cfg.skip_uniform_groups else torch.ones_like(advantages, dtype=torch.bool)
         lr = lr_at(step, cfg)
         metrics = {"step": step + 1, **rollout_metrics(ro), "groups_with_signal": round(float(has_signal.float().mean()), 4),
-                   "lr": lr}
+                   "groups_solved": round(float(solved.float().mean()), 4), "lr": lr}
         if not bool(keep.any()):
             metrics["event"] = "no_signal"  # every group uniform: nothing to learn from this batch
         else:
@@ -150,7 +151,7 @@ class GRPOTrainer:
         out: dict[str, Any] = {"grad_norm": round(grad_norm, 5)}
         if math.isfinite(grad_norm):
             self.optimizer.step()
-            out.update({k: round(v, 4) for k, v in model.update_router_biases().items()})
+            out.update({k: round(v, 4) for k, v in model.update_router_biases(speed=cfg.router_bias_speed).items()})
         else:  # never step on a NaN/inf: drop this update's gradients and load counts
             self.state["skipped"] += 1
             model.update_router_biases(speed=0.0)
@@ -202,7 +203,8 @@ class GRPOTrainer:
         return {
             "steps": self.state["step"], "skipped_updates": self.state["skipped"],
             "train_reward_last": mean("reward_mean"), "train_accuracy_last": mean("accuracy"),
-            "train_format_rate_last": mean("format_rate"), "rollout_tokens": self.state["rollout_tokens"],
+            "train_format_rate_last": mean("format_rate"), "train_groups_solved_last": mean("groups_solved"),
+            "rollout_tokens": self.state["rollout_tokens"],
             "rollout_tokens_per_s": round(self.state["rollout_tokens"] / max(self.state["rollout_seconds"], 1e-9), 1),
             "device": self.device.type,
         }

@@ -3,7 +3,7 @@
 For a prompt q, G completions o_1..o_G are sampled from the old policy and scored with
 rule-based rewards r_i. Then, per completion token t of o_i:
 
-    A_i       = (r_i − mean(r)) / (std(r) + eps)                  group-relative advantage
+    A_i       = r_i − mean(r)          (÷ (std(r) + eps) if scaled)  group-relative advantage
     ratio_i,t = π_θ(o_i,t | q, o_i,<t) / π_old(o_i,t | q, o_i,<t)
     surr_i,t  = min(ratio · A_i, clip(ratio, 1 − ε, 1 + ε) · A_i)  PPO clipped surrogate
     kl_i,t    = π_ref/π_θ − log(π_ref/π_θ) − 1                     k3 estimator, ≥ 0
@@ -13,9 +13,15 @@ Normalization — token level (DAPO, Yu et al. 2025 §3.3), not DeepSeekMath's p
 mean then group mean. The per-sequence mean gives every completion the same total weight,
 so each token of a long completion counts less than a token of a short one: a long wrong
 answer is punished less per token than a short one, which pushes wrong answers to grow.
-Averaging over all completion tokens of the batch weights every token alike. (Dr. GRPO
-additionally drops the std division; we keep it, as DeepSeekMath/R1 do, because binary
-rewards on a small group make the raw spread vary a lot between prompts.)
+Averaging over all completion tokens of the batch weights every token alike.
+
+Advantages — unscaled by default (Dr. GRPO, Liu et al. 2025; TRL's `scale_rewards="none"`).
+Dividing by the group's std gives every group that differs at all unit-sized advantages,
+however small the difference: with a format bonus, a group of wrong answers where one
+sample is malformed pushes up its well-formatted wrong answers as hard as a group with a
+right answer pushes them down. Unscaled, a group of 0/1 rewards carries weight in
+proportion to its spread p(1 − p): prompts the policy sometimes solves count most, and a
+difference of 0.1 counts a tenth of a difference of 1. `scale=True` is DeepSeekMath's form.
 """
 
 from __future__ import annotations
@@ -28,18 +34,17 @@ ADVANTAGE_EPS = 1e-4
 """Added to the group std: a group whose rewards are all equal gets advantage 0, not NaN."""
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = ADVANTAGE_EPS) -> torch.Tensor:
-    """rewards (N·G,), consecutive groups of `group_size` -> advantages (N·G,).
-
-    The std is the population std (÷G), as in the reference implementations that
-    normalize a group of samples by its own spread.
-    """
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = False,
+                     eps: float = ADVANTAGE_EPS) -> torch.Tensor:
+    """rewards (N·G,), consecutive groups of `group_size` -> advantages (N·G,): each reward
+    minus its group's mean, divided by the group's population std (÷G) when `scale`."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     groups = rewards.float().view(-1, group_size)
-    mean = groups.mean(-1, keepdim=True)
-    std = groups.std(-1, unbiased=False, keepdim=True)
-    return ((groups - mean) / (std + eps)).view(-1)
+    centered = groups - groups.mean(-1, keepdim=True)
+    if scale:
+        centered = centered / (groups.std(-1, unbiased=False, keepdim=True) + eps)
+    return centered.view(-1)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ class Rollout:
     """Generated ids, the stop token included when one ended the row."""
     texts: list[str]
     rewards: torch.Tensor
-    """(N·G,) total reward: correct + FORMAT_WEIGHT · format."""
+    """(N·G,) total reward: correct + format_weight · format."""
     correct: torch.Tensor
     formatted: torch.Tensor
     truncated: torch.Tensor
@@ -120,8 +120,9 @@ class Rollout:
 
 
 def sample_groups(model, tokenizer, problems: Sequence[Problem], *, group_size: int, max_new_tokens: int,
-            temperature: float, top_p: float, seed: int) -> Rollout:
-    """Sample `group_size` completions per problem (one batched generate call) and reward them."""
+            temperature: float, top_p: float, seed: int, format_weight: float = 0.0) -> Rollout:
+    """Sample `group_size` completions per problem (one batched generate call) and reward
+    them: correct + format_weight · format."""
     from dsctl.model import generate
 
     rows = [p for p in problems for _ in range(group_size)]
@@ -132,7 +133,7 @@ def sample_groups(model, tokenizer, problems: Sequence[Problem], *, group_size: 
     seconds = time.perf_counter() - started
     drop = {tokenizer.eos_id, getattr(tokenizer, "pad_id", None)}
     texts = [tokenizer.decode([t for t in tokens if t not in drop]) for tokens in result.tokens]
-    scores = [reward(p, text) for p, text in zip(rows, texts)]
+    scores = [reward(p, text, format_weight) for p, text in zip(rows, texts)]
     return Rollout(
         problems=rows, prompt_ids=prompt_ids, completion_ids=[list(t) for t in result.tokens], texts=texts,
         rewards=torch.tensor([s["total"] for s in scores], dtype=torch.float32),

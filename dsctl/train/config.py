@@ -60,3 +60,7 @@ class TrainConfig:
     """Write a metrics record every this many steps."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
+    router_bias_speed: float | None = None
+    """γ of the auxiliary-loss-free router-bias updates after each step (None = the model
+    config's bias_update_speed; 0 freezes routing, as DeepSeek-V3 does for its last
+    pretraining tokens)."""

@@ -177,7 +177,8 @@ class Trainer:
             del recent[:-SPIKE_WINDOW]
             if hasattr(model, "update_router_biases"):
                 self.strategy.sync_router_load(model)
-                metrics.update({k: round(v, 4) for k, v in model.update_router_biases().items()})
+                metrics.update({k: round(v, 4) for k, v in
+                                model.update_router_biases(speed=self.cfg.router_bias_speed).items()})
         self.optimizer.zero_grad(set_to_none=True)
         self.state["tokens"] += tokens
         elapsed = time.perf_counter() - started
