@@ -46,10 +46,10 @@ class DecontaminateConfig:
     eval_seed: int | None = None
     """Seed the eval stages draw problems with; None = this run's seed."""
     eval_difficulties: list[dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: [{}, {"arithmetic": {"max_digits": 2}}]
+        default_factory=lambda: [{}]
     )
     """Difficulty override sets (family -> knobs, as eval/sft/grpo take) whose eval problems
-    are protected; the default covers the families' defaults and the recipe's eval setting."""
+    are protected; the default covers the families' defaults, which eval uses."""
     eval_files: list[str] = ()
     """JSONL/Parquet files or globs of other eval sets (a text field per row)."""
     eval_text_field: str = "text"

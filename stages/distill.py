@@ -7,6 +7,13 @@ tokenizer for a fresh student, the KL term's targets, and the accuracy/speed bas
 and optionally `student` (a checkpoint to start the student from instead of a fresh
 init). Writes the student `checkpoint`.
 
+Where the student starts: R1 distilled into pretrained Qwen and Llama bases, not into
+random weights. With no `student` checkpoint, `student_layers` builds one from the
+teacher itself, DistilBERT-style (Sanh et al. 2019): the embeddings, the output head,
+the final norm, the MTP modules and the named decoder layers are copied, so the student
+starts as a shallower teacher and the samples teach it to do with fewer layers what the
+teacher does. `student_layers = []` trains a fresh `student` preset from random weights.
+
 Loss = SFT cross-entropy on the completion tokens
      + kl_weight · T² · KL(teacher_T ∥ student_T) on the same positions,
 where _T are next-token distributions softened at temperature T. The KL term needs the
@@ -28,11 +35,17 @@ TOKENIZER_IDENTITY_FILES = ("tokenizer.model", "special_tokens.json")
 
 @dataclass
 class DistillConfig(TrainConfig):
+    student_layers: list[int] = field(default_factory=list)
+    """Teacher decoder layers (0-based, in order) the student is built from, e.g. [0, 3]:
+    a shallower copy of the teacher (see the module docstring). [] = a fresh student from
+    `student` and `student_overrides`. Ignored when a `student` checkpoint is given."""
     student: str = "small"
-    """Model preset of a fresh student (ignored when a `student` checkpoint is given)."""
+    """Model preset of a fresh student (used when `student_layers` is [])."""
     student_overrides: dict[str, Any] = field(default_factory=lambda: {
         "hidden_size": 128, "num_hidden_layers": 2, "n_routed_experts": 8})
-    """DeepseekV3Config keys replacing the preset's: the default is a ~half-size student."""
+    """DeepseekV3Config keys replacing the preset's (a fresh student), or the teacher's (a
+    student from `student_layers`: keys that keep every copied shape, e.g.
+    {num_nextn_predict_layers = 0} to drop the MTP module)."""
     kl_weight: float = 0.5
     """Weight of the logit-distillation KL term (0 = pure SFT on the samples)."""
     kl_temperature: float = 2.0
@@ -41,15 +54,16 @@ class DistillConfig(TrainConfig):
     """Teacher and student tokenizers differ: warn and train without the KL term, or stop."""
     train_problems: int = 0
     """Also train on this many task worked solutions (0 = the teacher's samples only, as R1)."""
-    families: list[str] = field(default_factory=lambda: ["arithmetic", "countdown", "equations"])
+    families: list[str] = field(default_factory=lambda: ["arithmetic"])
     """Task families of the eval problems (and of `train_problems`)."""
-    difficulty: dict[str, dict] = field(default_factory=lambda: {"arithmetic": {"max_digits": 2}})
-    """Per-family difficulty overrides."""
+    difficulty: dict[str, dict] = field(default_factory=dict)
+    """Per-family difficulty overrides ({} = the families' defaults, shared by every
+    post-training stage)."""
     val_fraction: float = 0.05
     """Share of examples held out for validation loss (and the final KL)."""
     eval_problems: int = 64
     """Eval-split problems decoded greedily by student and teacher (0 skips the comparison)."""
-    eval_max_new_tokens: int = 160
+    eval_max_new_tokens: int = 64
     """Token budget of each greedy completion in the comparison."""
     max_steps: int = 200
     """Optimizer steps to take."""
@@ -88,7 +102,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train, val = split_validation(examples, cfg.val_fraction, ctx.seed)
     ctx.info(f"{len(train)} training / {len(val)} validation examples; KL term {'on' if use_kl else 'off'}")
 
-    student = _student(ctx, tokenizer, student_art)
+    student = _student(ctx, tokenizer, student_art, teacher)
     teacher.to(resolve_device(cfg.device)).eval().requires_grad_(False)
     loss_fn = make_distill_loss(teacher if use_kl else None, cfg.kl_weight, cfg.kl_temperature, cfg.doc_masking)
     batches = PackedExamples(train, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, grad_accum=cfg.grad_accum)
@@ -163,7 +177,7 @@ def _refuse_or_warn(ctx: StageContext, teacher_art, student_art, differences: li
     ctx.warn(message + "; training on the samples' text only (kl_weight ignored)")
 
 
-def _student(ctx: StageContext, tokenizer, student_art):
+def _student(ctx: StageContext, tokenizer, student_art, teacher):
     import torch
 
     from dsctl.model import DeepSeekV3, ModelConfig
@@ -172,11 +186,49 @@ def _student(ctx: StageContext, tokenizer, student_art):
     if student_art is not None:
         return load_model(student_art)
     cfg: DistillConfig = ctx.config
-    overrides = {"vocab_size": tokenizer.vocab_size, **cfg.student_overrides}
     torch.manual_seed(ctx.seed)
+    if cfg.student_layers:
+        model = student_from_layers(teacher, cfg.student_layers, cfg.student_overrides)
+        ctx.info(f"student from teacher layers {cfg.student_layers}: {model.num_parameters()[0] / 1e6:.2f}M "
+                 f"parameters (teacher {teacher.num_parameters()[0] / 1e6:.2f}M)")
+        return model
+    overrides = {"vocab_size": tokenizer.vocab_size, **cfg.student_overrides}
     model = DeepSeekV3(ModelConfig.preset(cfg.student, **overrides))
     ctx.info(f"fresh student {cfg.student} {cfg.student_overrides}: {model.num_parameters()[0] / 1e6:.2f}M parameters")
     return model
+
+
+def student_from_layers(teacher, layers: list[int], overrides: dict[str, Any] | None = None):
+    """A shallower copy of `teacher`: its embeddings, final norm, head, MTP modules (unless
+    the overrides drop them) and decoder `layers`, in order, as the student's layers 0..n−1."""
+    import dataclasses
+
+    from dsctl.model import DeepSeekV3
+
+    n = teacher.config.num_hidden_layers
+    if sorted(set(layers)) != list(layers) or not all(0 <= i < n for i in layers):
+        raise UserError(f"student_layers {layers} must be increasing teacher layer indices in 0..{n - 1}")
+    dense = teacher.config.first_k_dense_replace
+    if [i for i in layers if i < dense] != list(range(min(dense, len(layers)))):
+        # layer j of the student is dense iff j < first_k_dense_replace, so the dense ones must come first
+        raise UserError(f"student_layers {layers} must start with the teacher's {dense} dense layer(s) 0..{dense - 1}")
+    try:
+        config = dataclasses.replace(teacher.config, num_hidden_layers=len(layers), **(overrides or {}))
+    except TypeError as exc:
+        raise UserError(f"student_overrides: {exc}") from None
+    student = DeepSeekV3(config)
+    source = teacher.state_dict()
+    mapped = {}  # student key -> teacher key; only decoder layer numbers move
+    for key in student.state_dict():
+        parts = key.split(".")
+        if parts[0] == "layers":
+            parts[1] = str(layers[int(parts[1])])
+        mapped[key] = ".".join(parts)
+    wrong = [k for k, t in mapped.items() if t not in source or source[t].shape != student.state_dict()[k].shape]
+    if wrong:
+        raise UserError(f"student_overrides change copied shapes ({wrong[0]}, …): use keys that keep them")
+    student.load_state_dict({k: source[t] for k, t in mapped.items()})
+    return student
 
 
 def _examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
@@ -188,6 +240,9 @@ def _examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
     counts = {"sample_examples": len(convs), "malformed_rows": stats.malformed}
     if cfg.train_problems:
         convs += task_conversations(cfg.families, cfg.train_problems, ctx.seed, cfg.difficulty)
+    counts["task_examples"] = len(convs) - counts["sample_examples"]
+    # what the student learns from: the teacher's samples, or worked solutions of the tasks
+    counts["teacher_sample_share"] = round(counts["sample_examples"] / max(len(convs), 1), 4)
     examples, counts["too_long"] = encode_conversations(tokenizer, convs, cfg.seq_len)
     if not examples:
         raise UserError(f"distill: {ctx.input('samples').label} has no usable samples "
@@ -228,7 +283,7 @@ def _validation_kl(trainer, teacher, cfg: DistillConfig) -> float:
 
 STAGE = StageSpec(
     name="distill",
-    version=1,
+    version=2,
     config=DistillConfig,
     run=run,
     output="checkpoint",

@@ -25,10 +25,11 @@ REJECT_REASONS = ("wrong", "format", "too_long", "duplicate", "over_cap")
 
 @dataclass
 class RejectionSampleConfig:
-    families: list[str] = field(default_factory=lambda: ["arithmetic", "countdown", "equations"])
+    families: list[str] = field(default_factory=lambda: ["arithmetic"])
     """Task families whose train-split problems are the prompts."""
-    difficulty: dict[str, dict] = field(default_factory=lambda: {"arithmetic": {"max_digits": 2}})
-    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 2}}."""
+    difficulty: dict[str, dict] = field(default_factory=dict)
+    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = the
+    families' defaults, shared by every post-training stage)."""
     prompts: int = 192
     """Prompts in total, spread evenly over `families`."""
     samples_per_prompt: int = 4
@@ -39,7 +40,7 @@ class RejectionSampleConfig:
     """Sampling temperature (0 would make all k samples identical)."""
     top_p: float = 0.95
     """Nucleus sampling: smallest token set with this much probability mass."""
-    max_new_tokens: int = 160
+    max_new_tokens: int = 64
     """Completion budget; a completion that hits it without closing is rejected as too long."""
     require_format: bool = True
     """Keep only completions that are exactly one <think> block then one <answer>."""

@@ -22,10 +22,11 @@ from dsctl.train.config import TrainConfig
 
 @dataclass
 class SFTConfig(TrainConfig):
-    families: list[str] = field(default_factory=lambda: ["arithmetic", "countdown", "equations"])
+    families: list[str] = field(default_factory=lambda: ["arithmetic"])
     """Task families whose train split provides examples (and whose eval split is scored)."""
-    difficulty: dict[str, dict] = field(default_factory=lambda: {"arithmetic": {"max_digits": 2}})
-    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 2}}."""
+    difficulty: dict[str, dict] = field(default_factory=dict)
+    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = the
+    families' defaults, shared by every post-training stage)."""
     train_problems: int = 4000
     """Task examples in total (spread evenly over `families`); 0 = none from the tasks."""
     jsonl: list[str] = field(default_factory=list)
@@ -36,7 +37,7 @@ class SFTConfig(TrainConfig):
     """Eval-split problems decoded greedily for the summary's accuracy (0 skips it)."""
     eval_base: bool = True
     """Also score the input checkpoint on the same problems, to report the gain."""
-    eval_max_new_tokens: int = 160
+    eval_max_new_tokens: int = 64
     """Token budget of each greedy completion in the accuracy check."""
     max_steps: int = 200
     """Optimizer steps to take."""

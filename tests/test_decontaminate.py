@@ -128,11 +128,12 @@ def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
     from dsctl.tasks import problem_document
     from stages.decontaminate import DecontaminateConfig, eval_index
 
-    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=100), seed=0)
-    # What stages/eval.py evaluates by default: 2-digit arithmetic among the families.
+    # What stages/eval.py evaluates by default: its problems at the families' default difficulty.
     from stages.eval import EvalConfig
 
     cfg = EvalConfig()
+    assert DecontaminateConfig().eval_problems_per_family >= cfg.problems
+    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=cfg.problems), seed=0)
     problems = task_problems(cfg.families, "eval", cfg.problems, 0, cfg.difficulty)
     rng = random.Random(0)
     assert all(m is not None for m in index.match([problem_document(p, rng) for p in problems]))

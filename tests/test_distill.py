@@ -131,3 +131,32 @@ def test_distill_resume_after_a_crash_gives_identical_weights(tmp_path, world, m
     resumed = run_stage(distill.STAGE, config, inputs, tmp_path / "b")
     a, b = load_file(straight.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_student_from_all_teacher_layers_is_the_teacher_and_from_fewer_is_a_copy_of_them():
+    from dsctl.model import DeepSeekV3, ModelConfig
+
+    torch.manual_seed(0)
+    teacher = DeepSeekV3(ModelConfig.preset("tiny", num_hidden_layers=3)).eval()
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 9))
+    same = distill.student_from_layers(teacher, [0, 1, 2]).eval()
+    assert torch.equal(same(ids), teacher(ids))
+    student = distill.student_from_layers(teacher, [0, 2], {"num_nextn_predict_layers": 0})
+    assert student.config.num_hidden_layers == 2 and len(student.mtp) == 0
+    assert torch.equal(student.layers[1].self_attn.kv_a_proj_with_mqa.weight, teacher.layers[2].self_attn.kv_a_proj_with_mqa.weight)
+    assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
+    assert student.num_parameters()[0] < teacher.num_parameters()[0]
+    for bad in ([2, 0], [1, 2], [0, 3]):  # out of order, dense layer 0 missing, no such layer
+        with pytest.raises(UserError):
+            distill.student_from_layers(teacher, bad)
+    with pytest.raises(UserError, match="shapes"):
+        distill.student_from_layers(teacher, [0, 1], {"hidden_size": 32})
+
+
+def test_distill_reports_how_many_examples_are_teacher_samples(tmp_path, world):
+    _, teacher, samples = world
+    art = run_stage(distill.STAGE, _config(max_steps=2, train_problems=10, eval_problems=0),
+                    {"samples": [samples], "teacher": [teacher]}, tmp_path / "work")
+    m = art.metrics
+    assert m["sample_examples"] == 40 and m["task_examples"] == 10
+    assert m["teacher_sample_share"] == pytest.approx(0.8)

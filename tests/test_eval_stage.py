@@ -91,12 +91,16 @@ def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
     report = json.loads((artifact.path / "report.json").read_text())
     assert list(report["metrics"]) == ["base", "other"]
     expected = {"greedy", "pass@1", "pass@2", "cons@2", "format", "val_loss", "val_ppl", "passkey@80",
-                "mc_acc", "mc_acc_norm"}
+                "mc_acc", "mc_acc_norm", "params"}
     for values in report["metrics"].values():
         assert set(values) == expected
-        assert all(0.0 <= values[k] <= 1.0 for k in expected - {"val_loss", "val_ppl"})
+        assert all(0.0 <= values[k] <= 1.0 for k in expected - {"val_loss", "val_ppl", "params"})
         assert values["pass@1"] <= values["pass@2"] + 1e-9  # more draws never hurt
         assert values["val_ppl"] > 1.0
+
+    from dsctl.model.hf import load_hf
+
+    assert report["metrics"]["base"]["params"] == load_hf(tiny_world["base"]).num_parameters()[0]
     assert report["settings"]["samples"] == 2 and report["settings"]["checkpoints"]["base"]["key"]
     assert report["details"]["base"]["passkey@80"]["trials"] == 2
     assert (artifact.path / "report.md").read_text().startswith("# eval")
@@ -115,3 +119,18 @@ def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
     first = report["details"]["base"]["task_scores"][0]
     assert f"**{first['prompt']}** (answer {first['answer']})" in markdown  # what each model wrote
     assert first["greedy_text"].replace("\n", " ")[:40] in markdown
+
+
+def test_eval_compares_the_named_pairs_and_refuses_unknown_labels_before_decoding(tiny_world, tmp_path):
+    from dsctl.errors import UserError
+    from dsctl.eval.task_accuracy import paired_comparisons
+    from stages import eval as eval_stage
+
+    scores = {"a": [{"greedy": 0.0}, {"greedy": 1.0}], "b": [{"greedy": 1.0}, {"greedy": 1.0}],
+              "c": [{"greedy": 0.0}, {"greedy": 0.0}]}
+    rows = paired_comparisons(scores, names=("greedy",), pairs=[["c", "a"], ["c", "b"]])
+    assert [(r["from"], r["to"], r["difference"]) for r in rows] == [("c", "a", 0.5), ("c", "b", 1.0)]
+    assert [(r["from"], r["to"]) for r in paired_comparisons(scores, names=("greedy",))] == [("a", "b"), ("b", "c")]
+    with pytest.raises(UserError, match="must name two of the checkpoints"):
+        run_stage(eval_stage.STAGE, {"problems": 2, "compare": [["base", "grpo"]]},
+                  {"checkpoint": [tiny_world["base"], tiny_world["other"]]}, tmp_path / "work")

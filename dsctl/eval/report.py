@@ -96,7 +96,7 @@ def write_report(out: Path, metrics: dict[str, dict[str, float]], settings: dict
                  comparisons: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write report.json, report.md and (when matplotlib is installed) report.png.
 
-    `comparisons` are paired differences between consecutive checkpoints
+    `comparisons` are paired differences between checkpoints
     (`task_accuracy.paired_comparisons`); they go into both the JSON and the Markdown.
     """
     report = {"metrics": metrics, "comparisons": comparisons or [], "settings": settings, "details": details or {}}

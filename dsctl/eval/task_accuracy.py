@@ -91,14 +91,20 @@ def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
 
 
 def paired_comparisons(per_problem: dict[str, list[dict[str, Any]]],
-                       names: Sequence[str] = ("greedy", "pass@1")) -> list[dict[str, Any]]:
-    """Each checkpoint against the one before it (in the given order) on the same
-    problems: the mean difference of each metric in `names` with its paired standard error."""
+                       names: Sequence[str] = ("greedy", "pass@1"),
+                       pairs: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
+    """Checkpoint `after` against `before` on the same problems, for each (before, after)
+    of `pairs` (default: each checkpoint against the one before it, in the given order):
+    the mean difference of each metric in `names` with its paired standard error."""
     from dsctl.eval.metrics import paired_difference
 
     labels = list(per_problem)
+    for pair in pairs:
+        unknown = [x for x in pair if x not in per_problem]
+        if len(pair) != 2 or unknown:
+            raise ValueError(f"comparison {list(pair)} must name two of the checkpoints {labels}")
     rows = []
-    for before, after in zip(labels, labels[1:]):
+    for before, after in pairs or list(zip(labels, labels[1:])):
         for name in names:
             a = [s[name] for s in per_problem[before]]
             b = [s[name] for s in per_problem[after]]
