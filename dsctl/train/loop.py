@@ -115,7 +115,7 @@ class Trainer:
         if self.precision == "fp8":
             from dsctl.fp8 import convert_to_fp8
 
-            converted = convert_to_fp8(model)
+            converted = convert_to_fp8(model, min_features=cfg.fp8_min_features)
             ctx.info(f"fp8: {converted} Linear layers run through fine-grained FP8")
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
