@@ -19,5 +19,5 @@ def test_mini_r1_runs_the_whole_chain():
     plans = plan(load_recipe(RECIPES[[p.stem for p in RECIPES].index("mini_r1")]), StageRegistry.discover())
     types = [p.spec.name for p in plans.values()]
     assert types == ["source", "clean", "dedup", "decontaminate", "audit", "tokenize", "pretrain", "extend", "sft",
-                     "grpo", "rejection_sample", "distill", "eval", "eval"]
+                     "grpo", "rejection_sample", "distill", "eval"]
     assert plans["pretrain"].config.precision == "fp8" and plans["pretrain"].config.mtp_depth >= 1
