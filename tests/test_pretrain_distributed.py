@@ -26,7 +26,7 @@ name = "{name}"
 seed = 0
 
 [stages.source]
-task_problems_per_family = 40
+task_problems_per_family = 120
 max_prose_docs = 60
 exact_dups = 0
 near_dups = 0
