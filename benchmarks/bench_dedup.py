@@ -22,7 +22,7 @@ Peak RSS is each method process's VmHWM. Wall time and docs/s move with the load
 shared machine; docs per CPU-second is the steadier comparison.
 
 Precision/recall are measured against the planted sidecar with
-`dsctl.data.dedup.planted_quality` (ground truth documented there): a planted near-dup
+`dsctl.data.audit.planted_quality` (ground truth documented there): a planted near-dup
 of true Jaccard >= threshold must be merged with its original; a removal is correct
 when the survivor is in the removed row's planted family.
 """
@@ -41,17 +41,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.dedup_corpus import synthetic_corpus  # noqa: E402
+from dsctl.data.audit import planted_quality, read_decisions  # noqa: E402
 from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, iter_rows  # noqa: E402
-from dsctl.data.dedup import (  # noqa: E402
-    DedupParams,
-    RunOptions,
-    _scan_batch,
-    find_duplicates,
-    planted_quality,
-    read_decisions,
-    synthetic_corpus,
-    write_decisions,
-)
+from dsctl.data.dedup import DedupParams, RunOptions, _scan_batch, find_duplicates, write_decisions  # noqa: E402
 from dsctl.data.minhash import candidate_pairs, normalize_text  # noqa: E402
 
 THRESHOLD, NUM_PERM, BANDS, ROWS = 0.8, 128, 16, 8

@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
 
+from benchmarks.dedup_corpus import synthetic_corpus
+from dsctl.data.audit import planted_quality, read_decisions
 from dsctl.data.corpus import ShardWriter
-from dsctl.data.dedup import (
-    DedupParams,
-    RunOptions,
-    find_duplicates,
-    planted_quality,
-    read_decisions,
-    synthetic_corpus,
-    write_decisions,
-)
+from dsctl.data.dedup import DedupParams, RunOptions, find_duplicates, write_decisions
 from dsctl.data.minhash import (
     MinHasher,
     candidate_pairs,
