@@ -12,7 +12,8 @@ It mixes three things, all deterministic from the seed (DESIGN.md §7):
 Every planted row is also listed in `planted` (the rows of `planted.jsonl`, see
 notes/data_contracts.md) so clean and dedup can be scored for precision and recall.
 Near duplicates record their true Jaccard similarity to the original over word
-5-gram shingles of lowercased `\\w+` words (`world_dirt.jaccard`).
+5-gram shingles of casefolded `\\w+` words, the shingling dedup uses
+(`minhash.shingle_set`, `minhash.jaccard`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ simple real sentences, which is all a language identifier needs.
 from __future__ import annotations
 
 import random
-import re
+
+from dsctl.data.minhash import jaccard, shingle_set
 
 _BOILERPLATE_LINES = (
     "Home | About Us | Contact | Blog | Careers",
@@ -123,24 +124,15 @@ def non_english(rng: random.Random) -> tuple[str, str]:
     return lang, " ".join(sentences)
 
 
-def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
-    """Word n-gram shingles over lowercased `\\w+` words (punctuation ignored)."""
-    words = re.findall(r"\w+", text.lower())
-    return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
-
-
-def jaccard(a: str, b: str, n: int = 5) -> float:
-    sa, sb = shingles(a, n), shingles(b, n)
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
 _FILLERS = ("also", "often", "simply", "then", "usually", "really", "new", "other", "same", "whole")
 
 
 def near_duplicate(rng: random.Random, text: str, low: float = 0.7, high: float = 0.95) -> tuple[str, float] | None:
     """`text` with a few words replaced, dropped or inserted until its true word-5-gram
     Jaccard similarity to the original falls into [low, high]; None if the document is
-    too short to land there (one edit already overshoots)."""
+    too short to land there (one edit already overshoots). The similarity is measured
+    with dedup's shingling (`minhash.shingle_set`, `minhash.jaccard`)."""
+    original = shingle_set(text)
     target = rng.uniform(low + 0.05, high)
     tokens = text.split(" ")
     for _ in range(len(tokens)):
@@ -153,7 +145,7 @@ def near_duplicate(rng: random.Random, text: str, low: float = 0.7, high: float 
         else:
             tokens.insert(i, rng.choice(_FILLERS))
         candidate = " ".join(tokens)
-        similarity = jaccard(text, candidate)
+        similarity = jaccard(original, shingle_set(candidate))
         if similarity <= target:
             return (candidate, similarity) if similarity >= low else None
     return None
