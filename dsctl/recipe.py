@@ -80,19 +80,6 @@ class Recipe:
             visit(name, [])
         return order
 
-    def ancestors(self, name: str) -> set[str]:
-        seen: set[str] = set()
-        todo = [name]
-        while todo:
-            for up in self.stages[todo.pop()].upstream_names():
-                if up not in seen:
-                    seen.add(up)
-                    todo.append(up)
-        return seen
-
-    def descendants(self, name: str) -> set[str]:
-        return {n for n in self.stages if name in self.ancestors(n)}
-
     @property
     def label(self) -> str:
         return str(self.path) if self.path else self.name

@@ -15,7 +15,6 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dsctl.configs import build_config, config_to_dict
@@ -301,10 +300,3 @@ def stage_progress(store: Store, key: str, max_steps: int | None = None) -> str:
 def failure_message(store: Store, key: str) -> str:
     path = store.staging(key).failure_file
     return json.loads(path.read_text())["error"] if path.exists() else ""
-
-
-def relpath(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

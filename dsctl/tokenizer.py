@@ -35,7 +35,6 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 import sentencepiece as spm
 
 from dsctl.errors import UserError
@@ -81,17 +80,6 @@ class Tokenizer:
     # -- text ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
-
-    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
-        return self.sp.encode(texts, num_threads=num_threads)
-
-    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(all ids concatenated as int32, offsets with len(texts)+1 entries): the form
-        token shards store, without a Python list per token on the way."""
-        ids = self.sp.encode(texts, num_threads=1)
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter((i for row in ids for i in row), dtype=np.int32, count=int(lengths.sum()))
-        return flat, np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode(list(ids))

@@ -104,11 +104,6 @@ class ModelConfig:
         """Per-head query/key width: nope part + rope part."""
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
-    @property
-    def kv_cache_values_per_token_per_layer(self) -> int:
-        """What the MLA decode cache holds per token per layer: c_kv plus k_pe."""
-        return self.kv_lora_rank + self.qk_rope_head_dim
-
     # ---- Hugging Face interop ------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:

@@ -81,9 +81,6 @@ class PipelineSchedule:
         per_dir = self.num_microbatches // self.num_directions
         return range(direction * per_dir, (direction + 1) * per_dir)
 
-    def direction_of(self, microbatch: int) -> int:
-        return microbatch // (self.num_microbatches // self.num_directions)
-
     def validate(self) -> None:
         """Raise ``ValueError`` unless every (direction, stage, micro-batch) gets exactly one
         F and one B on its rank, each split B exactly one later W, and F precedes B."""
