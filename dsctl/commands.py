@@ -1,4 +1,11 @@
-"""Recipe and store commands: run, status, show, ls, verify, gc."""
+"""The recipe and store commands of the `dsctl` CLI: run, status, show, ls, verify, gc,
+export (a checkpoint as a Hugging Face model directory) and plot (eval reports or
+training curves into a PNG).
+
+`register` adds them to the typer app in `dsctl.cli`, whose callback hands each one a
+`Session` (the store, the reporter, the debug flag) as `ctx.obj`. The per-stage
+subcommands are not here: `dsctl.cli` generates them from the stage registry.
+"""
 
 from __future__ import annotations
 
