@@ -1,13 +1,9 @@
-"""Batched sampling from a checkpoint and verification against the reasoning tasks.
-
-Shared by rejection-sample, distill, sft's summary accuracy (and eval/grpo later):
-
-    problems = task_problems(["arithmetic"], "eval", 64, seed=0)
-    result = greedy_accuracy(model, tokenizer, problems, max_new_tokens=128)
-    result.accuracy, result.tokens_per_s
+"""Batched sampling of chat completions from a model: what rejection_sample, grpo's
+held-out check and eval decode with.
 
     completions = sample(model, tokenizer, [p.prompt for p in problems], n=4,
                          max_new_tokens=128, temperature=0.8, top_p=0.95, seed=0)
+    completions[0][0].text, completions[0][0].finished
 
 Prompts go through the tokenizer's chat template (`chat_prompt`, which ends with the
 assistant header); decoding stops at eos or at `</answer>` — once the answer is closed,
@@ -20,12 +16,8 @@ run would have.
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Sequence
-
-from dsctl.tasks import Problem, reward, split_problems
+from dataclasses import dataclass
+from typing import Sequence
 
 ANSWER_CLOSE = "</answer>"
 
@@ -40,48 +32,6 @@ class Completion:
     """Generated tokens, the stop token included."""
     finished: bool
     """True when a stop token ended it; False when it was cut at max_new_tokens."""
-
-
-@dataclass
-class AccuracyResult:
-    """Greedy accuracy of a model on a list of problems."""
-
-    n: int
-    accuracy: float
-    """Share of problems whose last <answer> verifies."""
-    format_rate: float
-    """Share of completions that are exactly one think block then one answer."""
-    per_family: dict[str, float]
-    """Accuracy per task family."""
-    mean_tokens: float
-    """Mean completion length in tokens."""
-    tokens_per_s: float
-    """Generated tokens per second of wall time (batched greedy decoding, cache on)."""
-    completions: list[Completion] = field(default_factory=list, repr=False)
-
-    def summary(self, prefix: str = "") -> dict[str, Any]:
-        """Flat metrics for a stage summary, e.g. prefix="eval_" -> eval_accuracy."""
-        out = {f"{prefix}accuracy": round(self.accuracy, 4), f"{prefix}format_rate": round(self.format_rate, 4),
-               f"{prefix}mean_tokens": round(self.mean_tokens, 1), f"{prefix}tokens_per_s": round(self.tokens_per_s, 1),
-               f"{prefix}problems": self.n}
-        out.update({f"{prefix}accuracy_{fam}": round(acc, 4) for fam, acc in sorted(self.per_family.items())})
-        return out
-
-
-def task_problems(families: Sequence[str], split: str, n: int, seed: int,
-                  difficulty: dict[str, dict] | None = None) -> list[Problem]:
-    """`n` problems of `split` spread evenly over `families` (the first ones get the
-    remainder), interleaved family by family so any prefix is a balanced sample.
-    `difficulty` maps a family name to its difficulty overrides."""
-    if not families:
-        raise ValueError("no task families given")
-    difficulty = difficulty or {}
-    unknown = set(difficulty) - set(families)
-    if unknown:
-        raise ValueError(f"difficulty names families not in use: {sorted(unknown)}; families: {list(families)}")
-    per = [n // len(families) + (i < n % len(families)) for i in range(len(families))]
-    lists = [split_problems(f, split, k, seed, difficulty.get(f)) for f, k in zip(families, per)]
-    return [lst[i] for i in range(max(per, default=0)) for lst in lists if i < len(lst)]
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -128,28 +78,3 @@ def sample(model, tokenizer, prompts: Sequence[str], *, n: int = 1, max_new_toke
 def batch_seed(seed: int, batch: int) -> int:
     """A generator seed for batch `batch` of a run seeded `seed` (distinct, stable)."""
     return (seed * 1_000_003 + batch * 7919 + 1) % (2**63 - 1)
-
-
-def greedy_accuracy(model, tokenizer, problems: Sequence[Problem], *, max_new_tokens: int = 128,
-                    batch_size: int = 64) -> AccuracyResult:
-    """Greedy-decode every problem once and verify the answers."""
-    if not problems:
-        raise ValueError("greedy_accuracy needs at least one problem")
-    started = time.perf_counter()
-    completions = [c[0] for c in sample(model, tokenizer, [p.prompt for p in problems], n=1,
-                                        max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)]
-    elapsed = max(time.perf_counter() - started, 1e-9)
-    scores = [reward(p, c.text) for p, c in zip(problems, completions)]
-    by_family: dict[str, list[int]] = defaultdict(list)
-    for p, s in zip(problems, scores):
-        by_family[p.family].append(s["correct"])
-    total_tokens = sum(c.n_tokens for c in completions)
-    return AccuracyResult(
-        n=len(problems),
-        accuracy=sum(s["correct"] for s in scores) / len(problems),
-        format_rate=sum(s["format"] for s in scores) / len(problems),
-        per_family={f: sum(v) / len(v) for f, v in by_family.items()},
-        mean_tokens=total_tokens / len(problems),
-        tokens_per_s=total_tokens / elapsed,
-        completions=completions,
-    )

@@ -17,35 +17,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.tasks.config import EvalSplitConfig, SamplingConfig, TaskConfig
+from dsctl.train.config import ComputeConfig
 
 
 @dataclass
-class EvalConfig:
-    families: list[str] = field(default_factory=lambda: ["arithmetic"])
-    """Task families to score (keys of dsctl.tasks.FAMILIES); [] skips task accuracy."""
-    problems: int = 400
-    """Held-out problems in all, spread evenly over the families. A paired difference of
-    pass@1 between two checkpoints has a standard error of roughly 0.3/√problems, so 400
-    resolve a gain of ~0.03 at 2 SE; 48 could not see one under ~0.09."""
-    difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-family difficulty overrides (as sft/grpo's; {} = the families' defaults):
-    evaluate at the difficulty trained on."""
+@stage_defaults(eval_problems=400)
+class EvalConfig(TaskConfig, EvalSplitConfig, SamplingConfig, ComputeConfig):
     samples: int = 8
-    """Sampled completions per problem for pass@1 / pass@k / cons@k."""
-    temperature: float = 0.6
-    """Sampling temperature (DeepSeek-R1 evaluates at 0.6)."""
-    top_p: float = 0.95
-    """Nucleus sampling threshold (DeepSeek-R1: 0.95)."""
+    """Sampled completions per problem for pass@1 / pass@k / cons@k (greedy is one more)."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 8])
     """k values for unbiased pass@k (each ≤ samples); pass@1 is always reported."""
     compare: list[list[str]] = field(default_factory=list)
     """Checkpoint pairs [before, after] (by label, e.g. ["sft", "grpo"]) whose paired
     differences the report gives; [] = each checkpoint against the one listed before it."""
-    max_new_tokens: int = 64
-    """Longest completion; a reasoning trace cut here counts as wrong (a 2-digit
-    arithmetic scratchpad with its tags is ~31 tokens)."""
     batch_size: int = 256
     """Sequences decoded together."""
     ppl_seq_len: int = 256
@@ -60,8 +48,6 @@ class EvalConfig:
     """A multiple-choice JSONL file (question, choices, answer); "" skips it."""
     mc_max_length: int = 1024
     """Longest context+choice scored; longer inputs keep their last tokens (as lm-eval does)."""
-    threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -100,17 +86,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[dict[str, float], dict[str, Any]]:
     """Every configured metric for one checkpoint."""
     from dsctl.eval.task_accuracy import SamplingSettings, task_accuracy
-    from dsctl.sampling import task_problems
+    from dsctl.tasks.config import task_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
+    from dsctl.train.loop import resolve_device
 
     cfg: EvalConfig = ctx.config
-    model = load_model(artifact).eval()
+    model = load_model(artifact).eval().to(resolve_device(cfg.device))
     tokenizer = Tokenizer.load(tokenizer_dir(artifact))
     metrics: dict[str, float] = {"params": model.num_parameters()[0]}
     details: dict[str, Any] = {}
     if cfg.families:
-        problems = task_problems(cfg.families, "eval", cfg.problems, ctx.seed, cfg.difficulty)
+        problems = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
         settings = SamplingSettings(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size,
                                     tuple(cfg.pass_ks), ctx.seed)
         scores, details["task_scores"] = task_accuracy(model, tokenizer, problems, settings)

@@ -16,12 +16,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsctl.configs import stage_defaults
 from dsctl.stage import Input, StageContext, StageSpec
-from dsctl.train.config import TrainConfig
+from dsctl.train.config import LMTrainConfig
 
 
 @dataclass
-class ExtendConfig(TrainConfig):
+@stage_defaults(
+    max_steps=40,  # a short fine-tune: YaRN needs little
+    batch_size=4,
+    seq_len=0,
+    lr=5e-4,  # small: adapt to the new positions without forgetting
+    warmup_steps=5,
+    checkpoint_every=20,
+    eval_every=0,
+    eval_batches=2,
+    doc_masking=False,  # a packed window is one long context with continuous positions: the point
+)
+class ExtendConfig(LMTrainConfig):
     factor: float = 4.0
     """YaRN scale s: the new context is s × the base checkpoint's trained context."""
     original_context: int = 0
@@ -49,24 +61,6 @@ class ExtendConfig(TrainConfig):
     """Batches (of batch_size windows) of validation text scored at each passkey length
     without document masking: loss vs context length, over the whole window and over the
     positions past the original context (0 skips it)."""
-    max_steps: int = 40
-    """Optimizer steps to take (a short fine-tune: YaRN needs little)."""
-    batch_size: int = 4
-    """Long sequences per micro-batch."""
-    seq_len: int = 0
-    """Training sequence length; 0 = factor × the base's trained context."""
-    lr: float = 5e-4
-    """Peak learning rate: small, to adapt to the new positions without forgetting."""
-    warmup_steps: int = 5
-    """Linear warm-up steps."""
-    checkpoint_every: int = 20
-    """Save a resumable checkpoint every this many steps (and at the end)."""
-    eval_every: int = 0
-    """Validation loss every this many steps (0: only at the end)."""
-    eval_batches: int = 2
-    """Validation micro-batches per evaluation."""
-    doc_masking: bool = False
-    """Off: a packed window is one long context with continuous positions, which is the point."""
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -76,7 +70,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from dsctl.eval.long_context import LongContextBatches, trained_context, with_yarn
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train import PackedTokens, Trainer, load_token_split
+    from dsctl.train.batches import PackedTokens, load_token_split
+    from dsctl.train.loop import LMTrainer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
 
@@ -107,7 +102,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                  grad_accum=cfg.grad_accum)
     val_docs = load_token_split(shards.path, "validation")
     val = PackedTokens(val_docs, seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False) if val_docs else None
-    trainer = Trainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
+    trainer = LMTrainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
     summary = trainer.fit()
     after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, original, "extended")
     short_loss = {"base": ctx.load_state().get("short_loss_base"),

@@ -1,7 +1,7 @@
 """grpo: reinforcement learning with verifiable rewards (GRPO, DeepSeekMath / DeepSeek-R1).
 
 Reads a `checkpoint` (normally the sft stage's), writes a `checkpoint`. Each step samples
-`prompts_per_step` problems from the task families' train split, draws `group_size`
+`prompts_per_step` of `train_problems` problems from the task families' train split, draws `group_size`
 completions per prompt with the MLA-cached sampler, rewards them by rule (the answer
 verified; a format bonus only if asked), centers rewards within each group into
 advantages (Dr. GRPO; optionally std-scaled), and takes `update_epochs`
@@ -11,36 +11,30 @@ holds greedy held-out (eval split) accuracy before and after. Resumes exactly af
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from dsctl.configs import stage_defaults
 from dsctl.rl.config import GRPOConfig
 from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
 
 
 @dataclass
-class GrpoStageConfig(GRPOConfig):
-    families: list[str] = field(default_factory=lambda: ["arithmetic"])
-    """Task families to draw prompts from (see dsctl.tasks.FAMILIES)."""
-    difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-family difficulty overrides ({} = each family's defaults, which every post-training
-    stage shares: 2-digit + and − for arithmetic). GRPO needs groups that disagree: pick a
-    difficulty the sft model solves sometimes, not never."""
-    train_pool: int = 8000
-    """Distinct train-split problems prompts are drawn from. They need only a verifiable
-    answer, not a worked solution, so the pool can be far larger than sft's set
-    (2-digit + and − have ~11,000 train problems)."""
-    eval_problems: int = 64
-    """Eval-split problems for the greedy held-out accuracy before and after."""
-    eval_max_new_tokens: int = 48
-    """Completion cap for the held-out evaluation."""
+@stage_defaults(train_problems=8000)
+class GrpoStageConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, GRPOConfig):
+    """GRPO on task problems. The prompt pool needs only verifiable answers, not worked
+    solutions, so it can be far larger than sft's set (2-digit + and − have ~11,000 train
+    problems). GRPO needs groups that disagree: a difficulty the sft model solves
+    sometimes, not never."""
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from dsctl.rl import GRPOTrainer
-    from dsctl.sampling import greedy_accuracy, task_problems
+    from dsctl.eval.task_accuracy import greedy_accuracy
+    from dsctl.rl.trainer import GRPOTrainer
+    from dsctl.tasks.config import task_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
@@ -51,19 +45,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tokenizer = Tokenizer.load(tok_dir)
     torch.manual_seed(ctx.seed)
     policy, reference = load_model(source), load_model(source)
-    pool = task_problems(cfg.families, "train", cfg.train_pool, ctx.seed, cfg.difficulty)
+    pool = task_problems(cfg.families, "train", cfg.train_problems, ctx.seed, cfg.difficulty)
     held_out = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
     ctx.info(f"{len(pool)} train problems, {len(held_out)} held-out; G={cfg.group_size}, "
              f"{cfg.prompts_per_step} prompts/step, {cfg.max_steps} steps")
 
-    trainer = GRPOTrainer(policy, reference, tokenizer, pool, cfg, ctx)
+    trainer = GRPOTrainer(policy, reference, tokenizer, pool, cfg, ctx, seed=ctx.seed)
     state = ctx.load_state()
     if "before" not in state:  # measured once, so a resumed run reports the same baseline
         state["before"] = greedy_accuracy(trainer.model, tokenizer, held_out,
-                                          max_new_tokens=cfg.eval_max_new_tokens).summary("before_")
+                                          max_new_tokens=cfg.max_new_tokens).summary("before_")
         ctx.save_state(state)
     summary = trainer.fit()
-    after = greedy_accuracy(trainer.model, tokenizer, held_out, max_new_tokens=cfg.eval_max_new_tokens)
+    after = greedy_accuracy(trainer.model, tokenizer, held_out, max_new_tokens=cfg.max_new_tokens)
     result = {"eval_accuracy": round(after.accuracy, 4), **state["before"], **after.summary("after_"), **summary}
     ctx.info(f"held-out accuracy {state['before']['before_accuracy']:.3f} -> {after.accuracy:.3f}")
     export_checkpoint(trainer.model, ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))

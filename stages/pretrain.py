@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dsctl.stage import Input, StageContext, StageSpec
-from dsctl.train.config import TrainConfig
+from dsctl.train.config import LMTrainConfig
 
 
 @dataclass
-class PretrainConfig(TrainConfig):
+class PretrainConfig(LMTrainConfig):
     model: str = "small"
     """Model preset: "tiny" (tests), "small" (the CPU recipe, ~6M params), "100m" (one GPU)."""
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -40,10 +40,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def train_single(ctx: StageContext) -> dict[str, Any]:
-    from dsctl.train import Trainer
+    from dsctl.train.loop import LMTrainer
 
     job = prepare_training(ctx)
-    trainer = Trainer(job.model, job.batches, ctx.config, ctx, val_batches=job.val_batches)
+    trainer = LMTrainer(job.model, job.batches, ctx.config, ctx, val_batches=job.val_batches)
     return job.finish(trainer, trainer.fit())
 
 
@@ -55,7 +55,7 @@ def prepare_training(ctx: StageContext, data_world: int = 1):
 
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train import PackedTokens, load_token_split
+    from dsctl.train.batches import PackedTokens, load_token_split
     from dsctl.train.artifacts import export_checkpoint, tokenizer_dir, unigram_loss
     from dsctl.train.checkpoint import latest_checkpoint
     from dsctl.train.distributed import TrainJob

@@ -15,33 +15,28 @@ uninterrupted one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from dsctl.configs import stage_defaults
 from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.tasks.config import SamplingConfig, TaskConfig, TrainSplitConfig
+from dsctl.train.config import ComputeConfig
 
 REJECT_REASONS = ("wrong", "format", "too_long", "duplicate", "over_cap")
 
 
 @dataclass
-class RejectionSampleConfig:
-    families: list[str] = field(default_factory=lambda: ["arithmetic"])
-    """Task families whose train-split problems are the prompts."""
-    difficulty: dict[str, dict] = field(default_factory=dict)
-    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = the
-    families' defaults, shared by every post-training stage)."""
-    prompts: int = 192
-    """Prompts in total, spread evenly over `families`."""
+@stage_defaults(
+    train_problems=192,
+    temperature=0.8,  # 0 would make all k samples identical
+    top_p=0.95,
+)
+class RejectionSampleConfig(TaskConfig, TrainSplitConfig, SamplingConfig, ComputeConfig):
     samples_per_prompt: int = 4
     """k: completions drawn per prompt."""
     max_per_prompt: int = 0
     """m: keep at most this many accepted completions per prompt (0 = all distinct ones)."""
-    temperature: float = 0.8
-    """Sampling temperature (0 would make all k samples identical)."""
-    top_p: float = 0.95
-    """Nucleus sampling: smallest token set with this much probability mass."""
-    max_new_tokens: int = 64
-    """Completion budget; a completion that hits it without closing is rejected as too long."""
     require_format: bool = True
     """Keep only completions that are exactly one <think> block then one <answer>."""
     prompts_per_chunk: int = 32
@@ -54,17 +49,18 @@ class RejectionSampleConfig:
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from dsctl.sampling import task_problems
+    from dsctl.tasks.config import task_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
+    from dsctl.train.loop import resolve_device
 
     cfg: RejectionSampleConfig = ctx.config
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     source = ctx.input("checkpoint")
     tokenizer = Tokenizer.load(tokenizer_dir(source))
-    model = load_model(source)
-    if torch.cuda.is_available():
-        model = model.cuda()
-    problems = task_problems(cfg.families, "train", cfg.prompts, ctx.seed + cfg.problem_seed_offset, cfg.difficulty)
+    model = load_model(source).to(resolve_device(cfg.device))
+    problems = task_problems(cfg.families, "train", cfg.train_problems, ctx.seed + cfg.problem_seed_offset, cfg.difficulty)
     partial = ctx.scratch / "samples.partial.jsonl"
     state = ctx.load_state()
     chunk = max(1, cfg.prompts_per_chunk)

@@ -15,52 +15,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
-from dsctl.train.config import TrainConfig
+from dsctl.tasks.config import CompletionConfig, EvalSplitConfig, TaskConfig, TrainSplitConfig
+from dsctl.train.config import ExamplesConfig, LMTrainConfig
 
 
 @dataclass
-class SFTConfig(TrainConfig):
-    families: list[str] = field(default_factory=lambda: ["arithmetic"])
-    """Task families whose train split provides examples (and whose eval split is scored)."""
-    difficulty: dict[str, dict] = field(default_factory=dict)
-    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = the
-    families' defaults, shared by every post-training stage)."""
-    train_problems: int = 4000
-    """Task examples in total (spread evenly over `families`); 0 = none from the tasks."""
+@stage_defaults(
+    max_steps=200,
+    lr=1e-3,  # below pretraining's: the base model is already trained
+    warmup_steps=10,
+    eval_batches=4,
+)
+class SFTConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, CompletionConfig, ExamplesConfig, LMTrainConfig):
     jsonl: list[str] = field(default_factory=list)
-    """Extra JSONL/Parquet files (globs) of {prompt, response} or {messages} rows."""
-    val_fraction: float = 0.05
-    """Share of examples held out for validation loss."""
-    eval_problems: int = 64
-    """Eval-split problems decoded greedily for the summary's accuracy (0 skips it)."""
+    """Extra JSONL/Parquet files (globs) of {prompt, response} or {messages} rows; rows
+    longer than seq_len are dropped (and counted), not cut."""
     eval_base: bool = True
-    """Also score the input checkpoint on the same problems, to report the gain."""
-    eval_max_new_tokens: int = 64
-    """Token budget of each greedy completion in the accuracy check."""
-    max_steps: int = 200
-    """Optimizer steps to take."""
-    lr: float = 1e-3
-    """Peak learning rate (lower than pretraining: the base model is already trained)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
-    seq_len: int = 256
-    """Tokens per packed row; longer conversations are dropped (and counted), not cut."""
-    checkpoint_every: int = 50
-    """Save a resumable checkpoint every this many steps (and at the end)."""
-    eval_every: int = 50
-    """Validation loss every this many steps."""
-    eval_batches: int = 4
-    """Validation micro-batches per evaluation."""
+    """Also score the input checkpoint on the same held-out problems, to report the gain."""
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from dsctl.sft import split_validation
+    from dsctl.train.examples import split_validation
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train import PackedExamples, Trainer
+    from dsctl.train.batches import PackedExamples
+    from dsctl.train.loop import LMTrainer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
     from dsctl.train.loop import resolve_device
@@ -81,7 +64,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     batches = PackedExamples(train, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, grad_accum=cfg.grad_accum)
     val_batches = PackedExamples(val, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, shuffle=False)
-    trainer = Trainer(model, batches, cfg, ctx, val_batches=val_batches)
+    trainer = LMTrainer(model, batches, cfg, ctx, val_batches=val_batches)
     fit = trainer.fit()
     if cfg.eval_problems:
         result = _eval(ctx, trainer.model, tokenizer)
@@ -97,7 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
     """Every source of conversations -> tokenized (ids, learn_mask) examples + counts."""
     from dsctl.data.corpus import expand_paths
-    from dsctl.sft import RowStats, artifact_conversations, encode_conversations, read_conversations, task_conversations
+    from dsctl.train.examples import RowStats, artifact_conversations, encode_conversations, read_conversations, task_conversations
 
     cfg: SFTConfig = ctx.config
     convs = task_conversations(cfg.families, cfg.train_problems, ctx.seed, cfg.difficulty) if cfg.train_problems else []
@@ -126,11 +109,12 @@ def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
 
 
 def _eval(ctx: StageContext, model, tokenizer):
-    from dsctl.sampling import greedy_accuracy, task_problems
+    from dsctl.eval.task_accuracy import greedy_accuracy
+    from dsctl.tasks.config import task_problems
 
     cfg: SFTConfig = ctx.config
     problems = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
-    return greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.eval_max_new_tokens)
+    return greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
 
 
 def _remember_base_eval(ctx: StageContext, model, tokenizer) -> dict[str, Any]:

@@ -52,21 +52,23 @@ def memorized_checkpoint(out: Path, tok_dir: Path, problems, steps: int = 60, se
     a model that solves known prompts, for tests of acceptance and accuracy."""
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.progress import Reporter
-    from dsctl.sft import chat, encode_conversations
+    from dsctl.train.examples import chat, encode_conversations
     from dsctl.stage import StageContext, StageSpec
     from dsctl.tasks import reasoning_target
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train import PackedExamples, TrainConfig, Trainer
+    from dsctl.train.batches import PackedExamples
+    from dsctl.train.config import LMTrainConfig
+    from dsctl.train.loop import LMTrainer
     from dsctl.train.artifacts import export_checkpoint
 
     tokenizer = Tokenizer.load(tok_dir)
     examples, _ = encode_conversations(tokenizer, [chat(p.prompt, reasoning_target(p)) for p in problems], 128)
-    cfg = TrainConfig(**tiny_train_config(max_steps=steps, lr=1e-2, checkpoint_every=10**6))
-    ctx = StageContext(StageSpec("memorize", 1, TrainConfig, lambda c: None, "checkpoint"), cfg, seed, {},
+    cfg = LMTrainConfig(**tiny_train_config(max_steps=steps, lr=1e-2, checkpoint_every=10**6))
+    ctx = StageContext(StageSpec("memorize", 1, LMTrainConfig, lambda c: None, "checkpoint"), cfg, seed, {},
                        out / "_train" / "artifact", out / "_train" / "scratch", Reporter(quiet=True), "memorize", "k")
     ctx.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = DeepSeekV3(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
-    Trainer(model, PackedExamples(examples, 128, 4, tokenizer.pad_id, seed), cfg, ctx).fit()
+    LMTrainer(model, PackedExamples(examples, 128, 4, tokenizer.pad_id, seed), cfg, ctx).fit()
     export_checkpoint(model, out, tok_dir, None)
     return out

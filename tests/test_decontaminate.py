@@ -124,7 +124,7 @@ def test_stage_names_an_unknown_task_family(corpus_dir):
 
 
 def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
-    from dsctl.sampling import task_problems
+    from dsctl.tasks.config import task_problems
     from dsctl.tasks import problem_document
     from stages.decontaminate import DecontaminateConfig, eval_index
 
@@ -132,8 +132,8 @@ def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
     from stages.eval import EvalConfig
 
     cfg = EvalConfig()
-    assert DecontaminateConfig().eval_problems_per_family >= cfg.problems
-    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=cfg.problems), seed=0)
-    problems = task_problems(cfg.families, "eval", cfg.problems, 0, cfg.difficulty)
+    assert DecontaminateConfig().eval_problems_per_family >= cfg.eval_problems
+    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=cfg.eval_problems), seed=0)
+    problems = task_problems(cfg.families, "eval", cfg.eval_problems, 0, cfg.difficulty)
     rng = random.Random(0)
     assert all(m is not None for m in index.match([problem_document(p, rng) for p in problems]))

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from dsctl.errors import StageFailed, UserError
-from dsctl.sampling import task_problems
-from dsctl.sft import logit_distillation_kl
+from dsctl.tasks.config import task_problems
+from dsctl.train import distill as distill_lib
+from dsctl.train.distill import logit_distillation_kl
 from dsctl.tasks import reasoning_target
 from dsctl.testing import run_stage
 from stages import distill
@@ -33,7 +34,7 @@ def world(tmp_path_factory):
 
 def _config(**kw):
     return {**tiny_train_config(), **STUDENT, "families": FAMILIES, "difficulty": EASY, "eval_problems": 2,
-            "eval_max_new_tokens": 8, **kw}
+            "max_new_tokens": 8, **kw}
 
 
 def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
@@ -72,12 +73,12 @@ def test_distill_loss_adds_nothing_when_student_is_the_teacher(world):
     labels = ids.clone()
     labels[:, :5] = -100
     batch = {"input_ids": ids, "labels": labels, "doc_ids": torch.zeros_like(ids)}
-    plain = distill.make_distill_loss(None, 1.0, 2.0)(student, batch)
-    with_kl = distill.make_distill_loss(teacher, 1.0, 2.0)(student, batch)
+    plain = distill_lib.make_distill_loss(None, 1.0, 2.0)(student, batch)
+    with_kl = distill_lib.make_distill_loss(teacher, 1.0, 2.0)(student, batch)
     assert with_kl.loss.item() == pytest.approx(plain.loss.item(), abs=1e-6)
     torch.nn.init.normal_(student.lm_head.weight, std=0.5)
-    plain = distill.make_distill_loss(None, 1.0, 2.0)(student, batch)
-    assert distill.make_distill_loss(teacher, 1.0, 2.0)(student, batch).loss.item() > plain.loss.item() + 1e-3
+    plain = distill_lib.make_distill_loss(None, 1.0, 2.0)(student, batch)
+    assert distill_lib.make_distill_loss(teacher, 1.0, 2.0)(student, batch).loss.item() > plain.loss.item() + 1e-3
 
 
 def test_distill_trains_a_smaller_student_and_compares_it_with_the_teacher(tmp_path, world):
@@ -117,17 +118,17 @@ def test_distill_resume_after_a_crash_gives_identical_weights(tmp_path, world, m
     config = _config(max_steps=6, checkpoint_every=3, eval_problems=0)
     inputs = {"samples": [samples], "teacher": [teacher]}
     straight = run_stage(distill.STAGE, config, inputs, tmp_path / "a")
-    real_step = loop.Trainer._step
+    real_step = loop.LMTrainer.train_step
 
     def crashing_step(self, step):
         if step == 4:
             raise RuntimeError("simulated crash")
         return real_step(self, step)
 
-    monkeypatch.setattr(loop.Trainer, "_step", crashing_step)
+    monkeypatch.setattr(loop.LMTrainer, "train_step", crashing_step)
     with pytest.raises(StageFailed):
         run_stage(distill.STAGE, config, inputs, tmp_path / "b")
-    monkeypatch.setattr(loop.Trainer, "_step", real_step)
+    monkeypatch.setattr(loop.LMTrainer, "train_step", real_step)
     resumed = run_stage(distill.STAGE, config, inputs, tmp_path / "b")
     a, b = load_file(straight.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -139,18 +140,18 @@ def test_student_from_all_teacher_layers_is_the_teacher_and_from_fewer_is_a_copy
     torch.manual_seed(0)
     teacher = DeepSeekV3(ModelConfig.preset("tiny", num_hidden_layers=3)).eval()
     ids = torch.randint(0, teacher.config.vocab_size, (2, 9))
-    same = distill.student_from_layers(teacher, [0, 1, 2]).eval()
+    same = distill_lib.student_from_layers(teacher, [0, 1, 2]).eval()
     assert torch.equal(same(ids), teacher(ids))
-    student = distill.student_from_layers(teacher, [0, 2], {"num_nextn_predict_layers": 0})
+    student = distill_lib.student_from_layers(teacher, [0, 2], {"num_nextn_predict_layers": 0})
     assert student.config.num_hidden_layers == 2 and len(student.mtp) == 0
     assert torch.equal(student.layers[1].self_attn.kv_a_proj_with_mqa.weight, teacher.layers[2].self_attn.kv_a_proj_with_mqa.weight)
     assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
     assert student.num_parameters()[0] < teacher.num_parameters()[0]
     for bad in ([2, 0], [1, 2], [0, 3]):  # out of order, dense layer 0 missing, no such layer
         with pytest.raises(UserError):
-            distill.student_from_layers(teacher, bad)
+            distill_lib.student_from_layers(teacher, bad)
     with pytest.raises(UserError, match="shapes"):
-        distill.student_from_layers(teacher, [0, 1], {"hidden_size": 32})
+        distill_lib.student_from_layers(teacher, [0, 1], {"hidden_size": 32})
 
 
 def test_distill_reports_how_many_examples_are_teacher_samples(tmp_path, world):

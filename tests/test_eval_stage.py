@@ -83,7 +83,7 @@ def test_checkpoint_labels_use_the_recipe_stage_name():
 def test_eval_stage_writes_report_for_every_checkpoint(tiny_world, tmp_path):
     from stages import eval as eval_stage
 
-    config = {"problems": 4, "samples": 2, "pass_ks": [1, 2], "max_new_tokens": 6, "ppl_seq_len": 32,
+    config = {"eval_problems": 4, "samples": 2, "pass_ks": [1, 2], "max_new_tokens": 6, "ppl_seq_len": 32,
               "ppl_batches": 1, "passkey_lengths": [80], "passkey_trials": 2, "mc_file": str(FIXTURE_MC), "threads": 1}
     artifact = run_stage(eval_stage.STAGE, config,
                          {"checkpoint": [tiny_world["base"], tiny_world["other"]], "shards": [tiny_world["shards"]]},
@@ -132,5 +132,5 @@ def test_eval_compares_the_named_pairs_and_refuses_unknown_labels_before_decodin
     assert [(r["from"], r["to"], r["difference"]) for r in rows] == [("c", "a", 0.5), ("c", "b", 1.0)]
     assert [(r["from"], r["to"]) for r in paired_comparisons(scores, names=("greedy",))] == [("a", "b"), ("b", "c")]
     with pytest.raises(UserError, match="must name two of the checkpoints"):
-        run_stage(eval_stage.STAGE, {"problems": 2, "compare": [["base", "grpo"]]},
+        run_stage(eval_stage.STAGE, {"eval_problems": 2, "compare": [["base", "grpo"]]},
                   {"checkpoint": [tiny_world["base"], tiny_world["other"]]}, tmp_path / "work")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dsctl.rl import group_advantages, grpo_loss, k3_kl
+from dsctl.rl.objective import group_advantages, grpo_loss, k3_kl
 
 
 def test_advantages_match_hand_computed_group():

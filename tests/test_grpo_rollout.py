@@ -3,7 +3,7 @@
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, generate
-from dsctl.rl import build_batch, completion_logprobs, step_problems, step_seed
+from dsctl.rl.rollout import build_batch, completion_logprobs, step_problems, step_seed
 from dsctl.tasks import split_problems
 
 PROMPTS = [[5, 6, 7, 8, 9], [3, 4], [10, 11, 12, 13, 14, 15, 16]]

@@ -8,7 +8,8 @@ import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
 from dsctl.progress import Reporter
-from dsctl.rl import GRPOConfig, GRPOTrainer
+from dsctl.rl.config import GRPOConfig
+from dsctl.rl.trainer import GRPOTrainer
 from dsctl.stage import StageContext, StageSpec
 from dsctl.tasks import reasoning_target, split_problems
 from dsctl.testing import run_stage
@@ -82,22 +83,22 @@ class Killed(Exception):
 
 def test_interrupted_and_resumed_run_gives_bit_identical_weights(sft_checkpoint, tmp_path):
     ckpt, tokenizer, problems = sft_checkpoint
-    full = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, _cfg(), _ctx(tmp_path, "full"))
+    full = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, _cfg(), _ctx(tmp_path, "full"), seed=0)
     full.fit()
-    records = [json.loads(line) for line in full.ctx.metrics_path.read_text().splitlines()]
+    records = [json.loads(line) for line in full.io.metrics_path.read_text().splitlines()]
     assert any("policy_loss" in r for r in records), "no step had a reward signal: the test would prove nothing"
 
     class DiesAtStep4(GRPOTrainer):
-        def _step(self, step):
+        def train_step(self, step):
             if step == 3:  # after the step-2 checkpoint and reference refresh; step 3 is lost
                 raise Killed
-            return super()._step(step)
+            return super().train_step(step)
 
     ctx = _ctx(tmp_path, "split")
     with pytest.raises(Killed):
-        DiesAtStep4(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, _cfg(), ctx).fit()
+        DiesAtStep4(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, _cfg(), ctx, seed=0).fit()
     torch.manual_seed(123)  # a new process: resume may not rely on leftover global RNG state
-    resumed = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, _cfg(), ctx)
+    resumed = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, _cfg(), ctx, seed=0)
     resumed.fit()
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
@@ -110,9 +111,9 @@ def test_grpo_raises_training_reward_on_easy_sums(sft_checkpoint, tmp_path):
     ckpt, tokenizer, problems = sft_checkpoint
     cfg = _cfg(max_steps=12, prompts_per_step=4, group_size=6, lr=2e-3, update_epochs=1, ref_refresh_every=0,
                checkpoint_every=100)
-    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "learn"))
+    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "learn"), seed=0)
     trainer.fit()
-    records = [json.loads(line) for line in trainer.ctx.metrics_path.read_text().splitlines()]
+    records = [json.loads(line) for line in trainer.io.metrics_path.read_text().splitlines()]
     first = sum(r["reward_mean"] for r in records[:4]) / 4
     last = sum(r["reward_mean"] for r in records[-4:]) / 4
     assert last > first, (first, last)
@@ -130,8 +131,8 @@ def test_stage_runs_through_run_stage_and_reports_held_out_accuracy(sft_checkpoi
     import stages.grpo as grpo
 
     ckpt, _, _ = sft_checkpoint
-    config = {"max_steps": 2, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 12, "train_pool": 40,
-              "eval_problems": 8, "eval_max_new_tokens": 12, "families": ["arithmetic"],
+    config = {"max_steps": 2, "group_size": 4, "prompts_per_step": 2, "max_new_tokens": 12, "train_problems": 40,
+              "eval_problems": 8, "families": ["arithmetic"],
               "difficulty": {"arithmetic": EASY}, "lr": 1e-3}
     artifact = run_stage(grpo.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "work")
     summary = artifact.metrics
@@ -151,3 +152,15 @@ def load_model_at(path):
     from dsctl.model.hf import load_hf
 
     return load_hf(path)
+
+
+def test_precision_fp8_runs_the_policy_through_fp8_linear_layers(sft_checkpoint, tmp_path):
+    """precision = "fp8" means the same in grpo as in every training stage (the shared core)."""
+    from dsctl.fp8.linear import Fp8Linear
+
+    ckpt, tokenizer, problems = sft_checkpoint
+    cfg = _cfg(max_steps=1, precision="fp8", update_epochs=1)
+    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "fp8"), seed=0)
+    assert any(isinstance(m, Fp8Linear) for m in trainer.model.modules())
+    assert not any(isinstance(m, Fp8Linear) for m in trainer.reference.modules())  # frozen, never trained
+    assert trainer.fit()["precision"] == "fp8"

@@ -3,14 +3,16 @@ import json
 import pytest
 
 from dsctl.errors import StageFailed
-from dsctl.sampling import Completion, greedy_accuracy, task_problems
+from dsctl.eval.task_accuracy import greedy_accuracy
+from dsctl.sampling import Completion
+from dsctl.tasks.config import task_problems
 from dsctl.tasks import reasoning_target, reward
 from dsctl.testing import run_stage
 from stages import rejection_sample as rs
 from tests.sft_support import EASY, make_tokenizer, memorized_checkpoint
 
 FAMILIES = ["arithmetic", "equations"]
-CONFIG = {"families": FAMILIES, "difficulty": EASY, "prompts": 4, "samples_per_prompt": 4, "temperature": 1.0,
+CONFIG = {"families": FAMILIES, "difficulty": EASY, "train_problems": 4, "samples_per_prompt": 4, "temperature": 1.0,
           "top_p": 1.0, "max_new_tokens": 100, "prompts_per_chunk": 2}
 
 
@@ -19,7 +21,7 @@ def memorized(tmp_path_factory):
     """A tiny model that answers the stage's own 4 prompts by heart."""
     root = tmp_path_factory.mktemp("rs")
     make_tokenizer(root / "tok")
-    problems = task_problems(FAMILIES, "train", CONFIG["prompts"], seed=0 + 1, difficulty=EASY)
+    problems = task_problems(FAMILIES, "train", CONFIG["train_problems"], seed=0 + 1, difficulty=EASY)
     return memorized_checkpoint(root / "ckpt", root / "tok", problems, steps=80), problems
 
 

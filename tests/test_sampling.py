@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dsctl.sampling import batch_seed, sample, stop_token_ids, task_problems
+from dsctl.sampling import batch_seed, sample, stop_token_ids
+from dsctl.tasks.config import task_problems
 from dsctl.tasks import split_of
 from tests.sft_support import EASY, make_tokenizer
 

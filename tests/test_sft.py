@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dsctl.errors import StageFailed, UserError
-from dsctl.sft import RowStats, encode_conversations, read_conversations, task_conversations
+from dsctl.train.examples import RowStats, encode_conversations, read_conversations, task_conversations
 from dsctl.testing import run_stage
-from dsctl.train import PackedExamples
+from dsctl.train.batches import PackedExamples
 from stages import sft
 from tests.sft_support import EASY, FAMILIES, make_checkpoint, make_tokenizer, tiny_train_config
 
@@ -101,7 +101,7 @@ def test_sft_stage_trains_on_tasks_and_jsonl_and_reports_accuracy(tmp_path, tok_
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"prompt": "Say hi.", "response": "hi"}) + "\n{broken\n")
     config = {**tiny_train_config(max_steps=12, lr=3e-3), "families": FAMILIES, "difficulty": EASY,
-              "train_problems": 60, "jsonl": [str(extra)], "eval_problems": 3, "eval_max_new_tokens": 8}
+              "train_problems": 60, "jsonl": [str(extra)], "eval_problems": 3, "max_new_tokens": 8}
     artifact = run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "work")
     m = artifact.metrics
     assert m["task_examples"] == 60 and m["jsonl_examples"] == 1 and m["malformed_rows"] == 1
@@ -122,17 +122,17 @@ def test_sft_resume_after_a_crash_gives_identical_weights(tmp_path, tok_dir, mon
               "train_problems": 30, "eval_problems": 0}
     straight = run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "a")
 
-    real_step = loop.Trainer._step
+    real_step = loop.LMTrainer.train_step
 
     def crashing_step(self, step):
         if step == 4:
             raise RuntimeError("simulated crash")
         return real_step(self, step)
 
-    monkeypatch.setattr(loop.Trainer, "_step", crashing_step)
+    monkeypatch.setattr(loop.LMTrainer, "train_step", crashing_step)
     with pytest.raises(StageFailed):
         run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "b")
-    monkeypatch.setattr(loop.Trainer, "_step", real_step)
+    monkeypatch.setattr(loop.LMTrainer, "train_step", real_step)
     resumed = run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "b")
     a, b = load_file(straight.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

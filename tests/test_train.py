@@ -8,10 +8,12 @@ import torch
 from dsctl.model import DeepSeekV3, ModelConfig
 from dsctl.progress import Reporter
 from dsctl.stage import StageContext, StageSpec
-from dsctl.train import PackedExamples, PackedTokens, TrainConfig, Trainer
+from dsctl.train.batches import PackedExamples, PackedTokens
+from dsctl.train.config import LMTrainConfig
+from dsctl.train.loop import LMTrainer
 from dsctl.train.optim import lr_at
 
-SPEC = StageSpec("t", 1, TrainConfig, lambda ctx: None, "checkpoint")
+SPEC = StageSpec("t", 1, LMTrainConfig, lambda ctx: None, "checkpoint")
 
 
 def _ctx(tmp_path, name="run"):
@@ -30,7 +32,7 @@ def _docs(n=60, seed=0, vocab=64):
 def _cfg(**kw):
     base = dict(max_steps=12, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, checkpoint_every=4,
                 eval_every=0, eval_batches=2, device="cpu", precision="fp32")
-    return TrainConfig(**{**base, **kw})
+    return LMTrainConfig(**{**base, **kw})
 
 
 def _model(seed=0):
@@ -39,11 +41,11 @@ def _model(seed=0):
 
 
 def test_schedules():
-    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    cfg = LMTrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
     assert lr_at(55, cfg) == pytest.approx(0.55, abs=1e-6)  # cosine midpoint
-    wsd = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2)
+    wsd = LMTrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_fraction=0.2)
     assert lr_at(50, wsd) == 1.0 and lr_at(79, wsd) == 1.0
     assert lr_at(99, wsd) == pytest.approx(0.1) and 0.1 < lr_at(90, wsd) < 1.0
 
@@ -78,7 +80,7 @@ def test_training_lowers_loss(tmp_path):
     ctx = _ctx(tmp_path)
     docs = _docs()
     val = PackedTokens(_docs(seed=1), 32, 4, eos_id=0, seed=0, shuffle=False)
-    trainer = Trainer(_model(), PackedTokens(docs, 32, 4, eos_id=0, seed=0), _cfg(max_steps=40, eval_every=20),
+    trainer = LMTrainer(_model(), PackedTokens(docs, 32, 4, eos_id=0, seed=0), _cfg(max_steps=40, eval_every=20),
                       ctx, val_batches=val)
     before = trainer.validation_loss()
     summary = trainer.fit()
@@ -90,7 +92,7 @@ def test_training_lowers_loss(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path):
     docs = _docs()
-    full = Trainer(_model(), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), _ctx(tmp_path, "full"))
+    full = LMTrainer(_model(), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), _ctx(tmp_path, "full"))
     full.fit()
     ctx = _ctx(tmp_path, "split")
     from dsctl.model import compute_loss
@@ -105,9 +107,9 @@ def test_resume_is_bit_identical(tmp_path):
         return compute_loss(model, batch["input_ids"], batch["labels"], doc_ids=batch["doc_ids"])
 
     with pytest.raises(Killed):
-        Trainer(_model(), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx, loss_fn=dies_at_step_10).fit()
+        LMTrainer(_model(), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx, loss_fn=dies_at_step_10).fit()
     # a new process would start from fresh, differently initialized weights: resume must restore all
-    resumed = Trainer(_model(seed=99), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx)
+    resumed = LMTrainer(_model(seed=99), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx)
     resumed.fit()
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
@@ -129,7 +131,7 @@ def test_nan_loss_is_skipped_and_repeated_bad_steps_roll_back(tmp_path):
         return out
 
     ctx = _ctx(tmp_path)
-    trainer = Trainer(_model(), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=14, max_bad_steps=3), ctx,
+    trainer = LMTrainer(_model(), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=14, max_bad_steps=3), ctx,
                       loss_fn=loss_fn)
     summary = trainer.fit()
     assert summary["skipped_steps"] == 4 and summary["rollbacks"] == 1

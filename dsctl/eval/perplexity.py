@@ -34,9 +34,10 @@ def validation_perplexity(model: Any, shards_dir: Path, eos_id: int, seq_len: in
     n_batches = max(1, min(max_batches, windows.windows_per_epoch // batch_size))
     total, count = 0.0, 0
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(n_batches):
-            batch = windows.batch(i)
+            batch = {k: v.to(device) for k, v in windows.batch(i).items()}
             labels = batch["labels"]
             if from_position:
                 labels = labels.clone()

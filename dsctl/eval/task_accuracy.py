@@ -1,7 +1,11 @@
-"""Accuracy on the held-out (eval) split of the reasoning task families.
+"""Accuracy of a model on task problems: the one scorer behind eval and the held-out
+checks sft, grpo and distill report.
 
-Per problem: one greedy completion, and `samples` completions at (temperature, top-p).
-From them, averaged over problems (overall and per family):
+`greedy_accuracy` decodes each problem once, greedily (with format rate, per-family
+accuracy and decode speed); `task_accuracy` adds sampled completions:
+
+per problem, one greedy completion and `samples` completions at (temperature, top-p);
+from them, averaged over problems (overall and per family):
 
     greedy   greedy completion correct
     pass@1   mean correctness of the samples (DeepSeek-R1's way of reporting pass@1)
@@ -12,12 +16,14 @@ From them, averaged over problems (overall and per family):
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dsctl.eval.metrics import cons_at_k, mean, pass_at_1, pass_at_k
+from dsctl.sampling import Completion, sample
 from dsctl.tasks import Problem, get_family, parse_answer, reward
 
 
@@ -39,11 +45,60 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], n: in
     The one place eval draws samples, kept behind this function so the sampler can change
     without touching the metrics.
     """
-    from dsctl.sampling import sample
-
     out = sample(model, tokenizer, list(prompts), n=n, max_new_tokens=max_new_tokens,
                  temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
     return [[c.text for c in row] for row in out]
+
+
+@dataclass
+class AccuracyResult:
+    """Greedy accuracy of a model on a list of problems."""
+
+    n: int
+    accuracy: float
+    """Share of problems whose last <answer> verifies."""
+    format_rate: float
+    """Share of completions that are exactly one think block then one answer."""
+    per_family: dict[str, float]
+    """Accuracy per task family."""
+    mean_tokens: float
+    """Mean completion length in tokens."""
+    tokens_per_s: float
+    """Generated tokens per second of wall time (batched greedy decoding, cache on)."""
+    completions: list[Completion] = field(default_factory=list, repr=False)
+
+    def summary(self, prefix: str = "") -> dict[str, Any]:
+        """Flat metrics for a stage summary, e.g. prefix="eval_" -> eval_accuracy."""
+        out = {f"{prefix}accuracy": round(self.accuracy, 4), f"{prefix}format_rate": round(self.format_rate, 4),
+               f"{prefix}mean_tokens": round(self.mean_tokens, 1), f"{prefix}tokens_per_s": round(self.tokens_per_s, 1),
+               f"{prefix}problems": self.n}
+        out.update({f"{prefix}accuracy_{fam}": round(acc, 4) for fam, acc in sorted(self.per_family.items())})
+        return out
+
+
+def greedy_accuracy(model, tokenizer, problems: Sequence[Problem], *, max_new_tokens: int = 128,
+                    batch_size: int = 64) -> AccuracyResult:
+    """Greedy-decode every problem once and verify the answers."""
+    if not problems:
+        raise ValueError("greedy_accuracy needs at least one problem")
+    started = time.perf_counter()
+    completions = [c[0] for c in sample(model, tokenizer, [p.prompt for p in problems], n=1,
+                                        max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)]
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    scores = [reward(p, c.text) for p, c in zip(problems, completions)]
+    by_family: dict[str, list[int]] = defaultdict(list)
+    for p, s in zip(problems, scores):
+        by_family[p.family].append(s["correct"])
+    total_tokens = sum(c.n_tokens for c in completions)
+    return AccuracyResult(
+        n=len(problems),
+        accuracy=sum(s["correct"] for s in scores) / len(problems),
+        format_rate=sum(s["format"] for s in scores) / len(problems),
+        per_family={f: sum(v) / len(v) for f, v in by_family.items()},
+        mean_tokens=total_tokens / len(problems),
+        tokens_per_s=total_tokens / elapsed,
+        completions=completions,
+    )
 
 
 def problem_scores(problem: Problem, greedy: str, samples: Sequence[str], pass_ks: Sequence[int]) -> dict[str, float]:
@@ -70,9 +125,8 @@ def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
         raise ValueError(f"pass_ks {list(settings.pass_ks)} need at least {max(settings.pass_ks)} samples; "
                          f"samples = {settings.samples}")
     prompts = [p.prompt for p in problems]
-    greedy = sample_completions(model, tokenizer, prompts, 1, temperature=0.0, top_p=1.0,
-                                max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                                batch_size=settings.batch_size)
+    greedy = [[c.text] for c in greedy_accuracy(model, tokenizer, problems, max_new_tokens=settings.max_new_tokens,
+                                                batch_size=settings.batch_size).completions]
     sampled = sample_completions(model, tokenizer, prompts, settings.samples, temperature=settings.temperature,
                                  top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
                                  seed=settings.seed + 1, batch_size=settings.batch_size)

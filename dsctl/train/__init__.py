@@ -1,26 +1,13 @@
-"""The one training loop behind pretrain, extend, sft and distill (grpo reuses its parts).
+"""Training: the core every training stage runs on, its configs, batches and checkpoints.
 
-    from dsctl.train import TrainConfig, Trainer
-    Trainer(model, batches, config, ctx).fit()
+    config.py       the config pieces (optimizer, loop, language-model batches)
+    loop.py         the core `Trainer`, `LMTrainer`, `StepStrategy`
+    batches.py      packed token windows and chat examples, pure functions of the step
+    optim.py        AdamW parameter groups and the learning-rate schedules
+    checkpoint.py   resumable checkpoints; artifacts.py: exported checkpoint artifacts
+    distributed.py  data parallel and pipeline strategies under torchrun
 
-Names are loaded on first use, so a stage module can import `dsctl.train.config` for its
-config dataclass without paying for torch at CLI start-up.
+Import from the module that defines a name (`from dsctl.train.loop import LMTrainer`):
+this package imports nothing, so a stage can import `dsctl.train.config` for its config
+dataclass without paying for torch when the CLI starts.
 """
-
-import importlib
-
-_EXPORTS = {
-    "TrainConfig": "dsctl.train.config",
-    "Trainer": "dsctl.train.loop",
-    "PackedExamples": "dsctl.train.batches",
-    "PackedTokens": "dsctl.train.batches",
-    "load_token_split": "dsctl.train.batches",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'dsctl.train' has no attribute {name!r}")

@@ -67,7 +67,7 @@ from torch import nn
 from dsctl.errors import UserError
 from dsctl.stage import Artifact, StageContext, write_json_atomic
 from dsctl.train.checkpoint import save_checkpoint
-from dsctl.train.loop import StepStrategy, Trainer
+from dsctl.train.loop import LMTrainer, StepStrategy, Trainer
 
 SPEC_NAME = "distributed-job.json"
 SUMMARY_NAME = "distributed-summary.json"
@@ -291,7 +291,7 @@ class PipelineStep(StepStrategy):
         micros = [trainer.batches.batch(step, m) for m in range(trainer.cfg.grad_accum)]
         inputs = torch.cat([b["input_ids"] for b in micros]).to(trainer.device)
         labels = torch.cat([b["labels"] for b in micros]).to(trainer.device)
-        with trainer._autocast():
+        with trainer.autocast():
             loss = self.pipe.step(inputs, labels, len(micros))
         mine = float(loss) if self.rank == self.loss_rank else 0.0
         (value,) = _all_reduce_scalars([mine], trainer.device)
@@ -396,7 +396,7 @@ def train_rank(spec: dict[str, Any], world: int, rank: int) -> dict[str, Any] | 
         job, strategy = prepare(ctx, data_world=world), DataParallelStep(world, rank)
     else:
         job, strategy = prepare(ctx), PipelineStep(cfg.pipeline, world, rank)
-    trainer = Trainer(job.model, job.batches, cfg, ctx, val_batches=job.val_batches, strategy=strategy)
+    trainer = LMTrainer(job.model, job.batches, cfg, ctx, val_batches=job.val_batches, strategy=strategy)
     summary = trainer.fit()
     summary.update(nproc=world, pipeline=cfg.pipeline)
     if rank == 0:

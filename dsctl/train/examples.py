@@ -1,6 +1,5 @@
 """Supervised fine-tuning data: chat conversations from tasks, samples and JSONL files,
-tokenized with the chat template into (ids, learn_mask) examples; and the logit
-distillation term used by the distill stage.
+tokenized with the chat template into (ids, learn_mask) examples, for sft and distill.
 
     convs = task_conversations(["arithmetic"], n=2000, seed=0)            # reasoning_target answers
     convs += read_conversations(Path("mine.jsonl"), stats)                 # {prompt, response} / {messages}
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 
 from dsctl.errors import UserError
 from dsctl.tasks import reasoning_target
+from dsctl.tasks.config import task_problems
 
 Conversation = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
@@ -53,7 +53,7 @@ def task_conversations(families: Sequence[str], n: int, seed: int,
                        difficulty: dict[str, dict] | None = None) -> list[Conversation]:
     """`n` train-split problems over `families`, each answered by its worked solution in
     the reasoning format `<think>…</think><answer>…</answer>`."""
-    from dsctl.sampling import task_problems
+    from dsctl.tasks.config import task_problems
 
     return [chat(p.prompt, reasoning_target(p)) for p in task_problems(families, "train", n, seed, difficulty)]
 
@@ -161,27 +161,3 @@ def split_validation(examples: list, fraction: float, seed: int, minimum: int = 
     held = set(order[:n_val].tolist())
     return ([e for i, e in enumerate(examples) if i not in held],
             [e for i, e in enumerate(examples) if i in held])
-
-
-def logit_distillation_kl(student_logits, teacher_logits, labels, temperature: float = 1.0, doc_ids=None):
-    """Mean over learned positions of KL(teacher ∥ student) between the next-token
-    distributions softened at `temperature`, times T² (Hinton et al.) so its gradient
-    scale does not shrink as T grows.
-
-    `labels` are HF-aligned like the LM loss (logits at t predict labels[t+1]); positions
-    whose next label is −100 (prompt, padding) or lies in another packed document (with
-    `doc_ids`) are not scored. Returns 0 when none are.
-    """
-    import torch.nn.functional as F
-
-    s = student_logits[:, :-1].float() / temperature
-    t = teacher_logits[:, :-1].float() / temperature
-    keep = labels[:, 1:] != -100
-    if doc_ids is not None:
-        keep &= doc_ids[:, 1:] == doc_ids[:, :-1]
-    if not keep.any():
-        return s.sum() * 0.0
-    log_p_s = F.log_softmax(s[keep], dim=-1)
-    log_p_t = F.log_softmax(t[keep], dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
-    return kl.mean() * temperature**2

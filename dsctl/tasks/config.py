@@ -1,0 +1,85 @@
+"""Config pieces of the stages that work on task problems, each field declared once.
+
+    TaskConfig         which families, at which difficulty (every task stage)
+    TrainSplitConfig   how many train-split problems a stage draws
+    EvalSplitConfig    how many held-out (eval-split) problems a stage scores
+    CompletionConfig   how long a decoded completion may be
+    SamplingConfig     CompletionConfig + temperature and top-p
+
+Stages inherit the pieces they use and change defaults with
+`dsctl.configs.stage_defaults`; `task_problems` draws the problems they name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from dsctl.tasks import FAMILIES, Problem, split_problems
+
+
+@dataclass
+class TaskConfig:
+    families: list[str] = field(default_factory=lambda: ["arithmetic"])
+    """Task families (keys of dsctl.tasks.FAMILIES: arithmetic, countdown, equations)."""
+    difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = each
+    family's defaults: 2-digit + and − for arithmetic). Post-training stages and eval
+    should name the same difficulty, so each measures the distribution the others train on."""
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.families) | set(self.difficulty)) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
+        for family, knobs in self.difficulty.items():
+            extra = set(knobs) - set(FAMILIES[family].difficulty)
+            if extra:
+                raise ValueError(f"difficulty.{family}: unknown knob(s) {sorted(extra)}; "
+                                 f"known: {', '.join(sorted(FAMILIES[family].difficulty))}")
+
+
+@dataclass
+class TrainSplitConfig:
+    train_problems: int = 4000
+    """Train-split problems the stage draws, spread evenly over `families` (sft, distill:
+    worked solutions to learn from; grpo: the prompt pool, which needs answers only;
+    rejection_sample: the prompts to sample)."""
+
+
+@dataclass
+class EvalSplitConfig:
+    eval_problems: int = 64
+    """Held-out (eval-split) problems scored, spread evenly over `families`. A paired
+    difference of pass@1 between two checkpoints has a standard error of about
+    0.3/√eval_problems: 400 resolve a gain of ~0.03 at 2 SE, 64 only one of ~0.08."""
+
+
+@dataclass
+class CompletionConfig:
+    max_new_tokens: int = 64
+    """Longest completion in tokens; one cut here has no closed answer and counts as wrong
+    (a 2-digit arithmetic scratchpad with its tags is ~31 tokens: raise it with the difficulty)."""
+
+
+@dataclass
+class SamplingConfig(CompletionConfig):
+    temperature: float = 0.6
+    """Sampling temperature (DeepSeek-R1 samples and evaluates at 0.6)."""
+    top_p: float = 0.95
+    """Nucleus sampling: draw from the smallest token set with this much probability (1.0 = off)."""
+
+
+def task_problems(families: Sequence[str], split: str, n: int, seed: int,
+                  difficulty: dict[str, dict] | None = None) -> list[Problem]:
+    """`n` problems of `split` spread evenly over `families` (the first ones get the
+    remainder), interleaved family by family so any prefix is a balanced sample.
+    `difficulty` maps a family name to its difficulty overrides."""
+    if not families:
+        raise ValueError("no task families given")
+    difficulty = difficulty or {}
+    unknown = set(difficulty) - set(families)
+    if unknown:
+        raise ValueError(f"difficulty names families not in use: {sorted(unknown)}; families: {list(families)}")
+    per = [n // len(families) + (i < n % len(families)) for i in range(len(families))]
+    lists = [split_problems(f, split, k, seed, difficulty.get(f)) for f, k in zip(families, per)]
+    return [lst[i] for i in range(max(per, default=0)) for lst in lists if i < len(lst)]
