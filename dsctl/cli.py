@@ -26,8 +26,8 @@ from dsctl.errors import StageFailed, UserError
 from dsctl.progress import Reporter
 from dsctl.recipe import parse_override
 from dsctl.runner import Runner, single_stage_plan
-from dsctl.stage import Artifact, StageRegistry, StageSpec
-from dsctl.store import Store
+from dsctl.stage import StageRegistry, StageSpec
+from dsctl.store import Artifact, Store
 from dsctl import commands
 
 app = typer.Typer(

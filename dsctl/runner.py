@@ -19,10 +19,11 @@ from typing import Any
 
 from dsctl.configs import build_config, config_to_dict
 from dsctl.errors import StageFailed, UserError
+from dsctl.files import write_json_atomic
 from dsctl.progress import Reporter
 from dsctl.recipe import Recipe, key_location
-from dsctl.stage import METRICS_FILE, Artifact, StageContext, StageRegistry, StageSpec, write_json_atomic
-from dsctl.store import Store, compute_key
+from dsctl.stage import METRICS_FILE, StageContext, StageRegistry, StageSpec
+from dsctl.store import Artifact, Store, compute_key
 
 
 @dataclass

@@ -34,15 +34,18 @@ import json
 import os
 import pkgutil
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from rich.markup import escape
 
 from dsctl.errors import UserError
+from dsctl.files import write_json_atomic
 from dsctl.progress import ProgressHandle, Reporter
+from dsctl.store import Artifact
 
-#: The artifact kinds of DESIGN.md §4 (plus "any" for stages that accept every kind).
+#: The artifact kinds (docs/ARCHITECTURE.md, "Store"), plus "any" for stages that accept every kind.
 METRICS_FILE = "metrics.jsonl"
 """Per-step records a stage logs with `ctx.log`, at the root of its artifact."""
 
@@ -85,22 +88,6 @@ class StageSpec:
     user files a `source` stage reads), so changed files change the key."""
     example: str = ""
     """A copy-paste CLI example shown in `--help`."""
-
-
-@dataclass
-class Artifact:
-    """A finished artifact in the store, or a plain directory given by path."""
-
-    path: Path
-    key: str
-    kind: str
-    manifest: dict[str, Any]
-    label: str = ""
-    """How the user referred to it (e.g. "mini_r1:sft"); for reports."""
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.manifest.get("metrics", {})
 
 
 class StageContext:
@@ -173,20 +160,13 @@ class StageContext:
         return self.reporter.progress(total, f"{self.label} {description}".strip(), unit, completed)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class StageRegistry:
-    """The stage types a run can use: every module of `stages/` with a `STAGE` (or a
-    `STAGES` list), plus modules named in `$DSCTL_PLUGINS` (comma-separated) for stages
-    that live elsewhere."""
+    """The stage types a run can use: every `STAGE` (or `STAGES` list) of the modules that
+    installed packages declare under the `dsctl.stages` entry-point group (a package counts
+    all its modules; dsctl's own is `stages/`), plus modules named in `$DSCTL_PLUGINS`
+    (comma-separated) for stages that live elsewhere. The framework never names a stage."""
+
+    ENTRY_POINTS = "dsctl.stages"
 
     def __init__(self, specs: Iterable[StageSpec]):
         self._specs: dict[str, StageSpec] = {}
@@ -199,13 +179,19 @@ class StageRegistry:
 
     @classmethod
     def discover(cls, extra_modules: Iterable[str] = ()) -> "StageRegistry":
-        import stages
-
-        names = [f"stages.{m.name}" for m in pkgutil.iter_modules(stages.__path__)]
-        plugins = [m for m in os.environ.get("DSCTL_PLUGINS", "").split(",") if m.strip()]
+        modules = []
+        for entry in entry_points(group=cls.ENTRY_POINTS):
+            root = entry.load()
+            modules.append(root)
+            if hasattr(root, "__path__"):  # a package: each of its modules
+                modules += [importlib.import_module(f"{root.__name__}.{m.name}") for m in pkgutil.iter_modules(root.__path__)]
+        plugins = [m.strip() for m in os.environ.get("DSCTL_PLUGINS", "").split(",") if m.strip()]
+        modules += [importlib.import_module(name) for name in [*plugins, *extra_modules]]
+        if not modules:
+            raise UserError(f"no stages found: no installed package declares '{cls.ENTRY_POINTS}' entry points "
+                            "(install dsctl with `pip install -e .`)")
         specs = []
-        for module_name in [*names, *plugins, *extra_modules]:
-            module = importlib.import_module(module_name.strip())
+        for module in modules:
             found = [getattr(module, "STAGE", None), *getattr(module, "STAGES", [])]
             specs.extend(s for s in found if isinstance(s, StageSpec))
         return cls(specs)

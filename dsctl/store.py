@@ -1,4 +1,4 @@
-"""The content-addressed work directory (DESIGN.md §3).
+"""The content-addressed work directory (docs/ARCHITECTURE.md, "Store").
 
     <root>/objects/<key>/     finished artifacts: files + manifest.json, never modified
     <root>/staging/<key>/     work in progress: artifact/ (becomes the object) + scratch/
@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 from dsctl import __version__
 from dsctl.errors import UserError
-from dsctl.stage import Artifact, write_json_atomic
+from dsctl.files import write_json_atomic
 
 MANIFEST = "manifest.json"
 KEY_LEN = 64
@@ -73,6 +73,22 @@ def _fsync_tree(root: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@dataclass
+class Artifact:
+    """A finished artifact in the store, or a plain directory given by path."""
+
+    path: Path
+    key: str
+    kind: str
+    manifest: dict[str, Any]
+    label: str = ""
+    """How the user referred to it (e.g. "mini_r1:sft"); for reports."""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.get("metrics", {})
 
 
 @dataclass

@@ -10,8 +10,8 @@ from typing import Any
 
 from dsctl.progress import Reporter
 from dsctl.runner import Runner, single_stage_plan
-from dsctl.stage import Artifact, StageSpec
-from dsctl.store import Store
+from dsctl.stage import StageSpec
+from dsctl.store import Artifact, Store
 
 
 def run_stage(spec: StageSpec, config: dict[str, Any] | None = None,

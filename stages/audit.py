@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsctl.stage import Input, StageContext, StageSpec, write_json_atomic
+from dsctl.files import write_json_atomic
+from dsctl.stage import Input, StageContext, StageSpec
 
 
 @dataclass

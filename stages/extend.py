@@ -68,11 +68,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     import torch
 
-    from dsctl.eval.long_context import LongContextBatches, trained_context, with_yarn
+    from dsctl.model.yarn import with_yarn
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.batches import PackedTokens, load_token_split
+    from dsctl.train.long_context import LongContextBatches
     from dsctl.train.loop import LMTrainer
-    from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
+    from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir, trained_context
     from dsctl.train.checkpoint import latest_checkpoint
 
     cfg: ExtendConfig = ctx.config

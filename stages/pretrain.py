@@ -33,9 +33,9 @@ class PretrainConfig(LMTrainConfig):
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: PretrainConfig = ctx.config
     if cfg.nproc > 1 or cfg.pipeline != "none":
-        from dsctl.train.distributed import launch
+        from dsctl.train.launch import launch
 
-        return launch(ctx, prepare="stages.pretrain:prepare_training")
+        return launch(ctx, prepare_training)
     return train_single(ctx)
 
 
@@ -50,7 +50,7 @@ def train_single(ctx: StageContext) -> dict[str, Any]:
 def prepare_training(ctx: StageContext, data_world: int = 1):
     """Model, batches and the export step of a pretrain run, shared by the single-process
     and the torchrun paths. `data_world` data-parallel ranks each take a 1/data_world share
-    of `data_world × grad_accum` micro-batches per step (see dsctl.train.distributed)."""
+    of `data_world × grad_accum` micro-batches per step (see dsctl.train.strategies)."""
     import torch
 
     from dsctl.model import DeepSeekV3, ModelConfig
@@ -58,7 +58,7 @@ def prepare_training(ctx: StageContext, data_world: int = 1):
     from dsctl.train.batches import PackedTokens, load_token_split
     from dsctl.train.artifacts import export_checkpoint, tokenizer_dir, unigram_loss
     from dsctl.train.checkpoint import latest_checkpoint
-    from dsctl.train.distributed import TrainJob
+    from dsctl.train.launch import TrainJob
 
     cfg: PretrainConfig = ctx.config
     shards = ctx.input("shards")

@@ -8,7 +8,7 @@ Writes a corpus:
     planted.jsonl       the default world's answer key (which rows are planted dirt), for
                         measuring clean and dedup; never read by them
 
-The default world (DESIGN.md §7, dsctl/data/world.py) is made offline from the seed:
+The default world (dsctl/data/world.py) is made offline from the seed:
 reasoning documents from dsctl/tasks (train split only), English prose from the
 installed Python's docstrings, and planted exact/near duplicates, boilerplate, junk,
 stubs and non-English passages. Set `world = "none"` to read only your own data.

@@ -27,7 +27,8 @@ from pathlib import Path
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
 from dsctl.data.shards import EncodeStats, TokenShardWriter, encode_to_shards, is_validation, write_index
 from dsctl.errors import UserError
-from dsctl.stage import Artifact, Input, StageContext, StageSpec
+from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.store import Artifact
 from dsctl.tokenizer import Tokenizer
 
 

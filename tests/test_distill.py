@@ -62,7 +62,7 @@ def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
 
 
 def test_distill_loss_adds_nothing_when_student_is_the_teacher(world):
-    from dsctl.stage import Artifact
+    from dsctl.store import Artifact
     from dsctl.train.artifacts import load_model
 
     _, teacher_dir, _ = world

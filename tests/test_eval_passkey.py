@@ -2,8 +2,8 @@
 
 import pytest
 
-from dsctl.eval.passkey import (QUESTION, make_passkey_document, passkey_documents, retrieved_key,
-                                spread_depths)
+from dsctl.eval.passkey import retrieved_key
+from dsctl.tasks.passkey import QUESTION, make_passkey_document, passkey_documents, spread_depths
 
 
 class ByteTokenizer:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsctl.stage import Artifact
+from dsctl.store import Artifact
 from dsctl.testing import run_stage
 
 FIXTURE_MC = Path(__file__).parent / "fixtures" / "mc_tiny.jsonl"
 
 
 def tiny_tokenizer(directory: Path):
-    from dsctl.eval.passkey import FILLER, NEEDLE, QUESTION
+    from dsctl.tasks.passkey import FILLER, NEEDLE, QUESTION
     from dsctl.tasks import problem_document, split_problems
     from dsctl.tokenizer import Tokenizer
 
@@ -44,7 +44,7 @@ def tiny_shards(directory: Path, tokenizer) -> Path:
     import shutil
 
     from dsctl.data.shards import TokenShardWriter, write_index
-    from dsctl.eval.passkey import FILLER
+    from dsctl.tasks.passkey import FILLER
     from dsctl.tasks import problem_document, split_problems
 
     rng = random.Random(1)

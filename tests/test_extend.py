@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from dsctl.eval.long_context import (IGNORE_INDEX, LongContextBatches, trained_context, with_yarn,
-                                     yarn_rope_scaling)
-from dsctl.eval.passkey import FILLER, NEEDLE, QUESTION
+from dsctl.model.loss import IGNORE_INDEX
+from dsctl.model.yarn import with_yarn, yarn_rope_scaling
+from dsctl.train.artifacts import trained_context
+from dsctl.train.long_context import LongContextBatches
+from dsctl.tasks.passkey import FILLER, NEEDLE, QUESTION
 from dsctl.model import DeepSeekV3, ModelConfig
 from dsctl.model.hf import load_hf, save_hf
 

@@ -106,7 +106,7 @@ def test_pipeline_configs_that_would_be_ignored_are_refused(tokenized, store):
 
 
 def test_parallel_config_problems_accepts_valid_pipeline_and_data_parallel_configs():
-    from dsctl.train.distributed import check_parallel_config, parallel_config_problems
+    from dsctl.train.parallel_config import check_parallel_config, parallel_config_problems
 
     assert parallel_config_problems(pretrain.PretrainConfig(**PIPELINE_RUN, nproc=2, pipeline="dualpipe")) == []
     assert parallel_config_problems(pretrain.PretrainConfig(**PIPELINE_RUN, nproc=3, pipeline="1f1b")) == []
@@ -253,11 +253,11 @@ def test_two_node_launch_with_user_torchrun_flags_trains_like_one_process(tokeni
     node0 = subprocess.Popen([*dsctl_cmd, "run", str(recipe)], env={**env, "DSCTL_WORKDIR": str(workdir),
                              "DSCTL_TORCHRUN_ARGS": flags}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not list((workdir / "staging").glob("*/scratch/distributed-job.json")) and time.time() < deadline:
+    while not list((workdir / "staging").glob("*/scratch/distributed-job.pkl")) and time.time() < deadline:
         time.sleep(0.05)
-    (spec,) = (workdir / "staging").glob("*/scratch/distributed-job.json")
+    (spec,) = (workdir / "staging").glob("*/scratch/distributed-job.pkl")
     node1 = subprocess.run([sys.executable, "-m", "torch.distributed.run", *flags.split(), "-m",
-                            "dsctl.train.distributed", str(spec)], env=env, capture_output=True, text=True, timeout=600)
+                            "dsctl.train.worker", str(spec)], env=env, capture_output=True, text=True, timeout=600)
     _, node0_err = node0.communicate(timeout=600)
     assert node1.returncode == 0, node1.stderr[-3000:]
     assert node0.returncode == 0, node0_err[-3000:]

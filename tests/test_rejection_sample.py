@@ -62,7 +62,7 @@ def test_acceptance_stats_count_prompts_rates_and_lengths():
 def test_greedy_accuracy_scores_a_model_that_knows_the_answers(memorized):
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model
-    from dsctl.stage import Artifact
+    from dsctl.store import Artifact
 
     ckpt, problems = memorized
     model = load_model(Artifact(ckpt, "k", "checkpoint", {}))

@@ -1,6 +1,6 @@
 """Corpus artifacts: sharded JSONL (or Parquet) rows with at least `id` and `text`.
 
-Layout (DESIGN.md §4):
+Layout (the corpus artifact of docs/ARCHITECTURE.md):
 
     data/part-00000.jsonl       rows kept by the stage (extra fields carried through)
     rejected/part-00000.jsonl   rows a stage set aside, each with a `reason`

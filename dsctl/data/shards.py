@@ -1,6 +1,6 @@
 """Token shards (the `shards` artifact) and the ordered process-pool map the data stages share.
 
-Token shard layout (DESIGN.md §4, data_contracts.md):
+Token shard layout (the shards artifact of docs/ARCHITECTURE.md):
 
     tokenizer/                 the tokenizer files (dsctl/tokenizer.py)
     train-00000.arrow ...      Arrow IPC *stream* files: columns id: string,

@@ -1,6 +1,6 @@
 """The built-in default world: a small, dirty, fully offline pretraining corpus.
 
-It mixes three things, all deterministic from the seed (DESIGN.md §7):
+It mixes three things, all deterministic from the seed:
 
 * reasoning documents from `dsctl.tasks` (train split only, so eval stays unseen),
 * real English prose from the installed Python's docstrings (`world_prose`),
@@ -9,8 +9,8 @@ It mixes three things, all deterministic from the seed (DESIGN.md §7):
 * planted dirt (`world_dirt`): exact duplicates, near duplicates, boilerplate, symbol
   junk, very short stubs and non-English passages.
 
-Every planted row is also listed in `planted` (the rows of `planted.jsonl`, see
-notes/data_contracts.md) so clean and dedup can be scored for precision and recall.
+Every planted row is also listed in `planted` (the rows of `planted.jsonl`, which the
+`audit` stage reads) so clean and dedup can be scored for precision and recall.
 Near duplicates record their true Jaccard similarity to the original over word
 5-gram shingles of casefolded `\\w+` words, the shingling dedup uses
 (`minhash.shingle_set`, `minhash.jaccard`).

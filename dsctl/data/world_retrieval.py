@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import re
 
-from dsctl.eval.passkey import passkey_text, random_key
+from dsctl.tasks.passkey import passkey_text, random_key
 
 NAMES = (
     "Ada", "Bram", "Cleo", "Dario", "Edda", "Femi", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lars",

@@ -1,20 +1,14 @@
-"""Evaluation: task metrics (pass@k, cons@k), passkey retrieval, multiple choice, reports.
+"""Evaluation: task accuracy, passkey retrieval, multiple choice, perplexity, reports.
 
-    from dsctl.eval import pass_at_k, cons_at_k, passkey_accuracy, score_multiple_choice
-    pass_at_k(n=10, c=3, k=5)                     # unbiased estimator (Chen et al. 2021)
-    passkey_accuracy(model, tokenizer, length=1024, trials=10)
-    plot_report_files([path_a, path_b], "compare.png")
+    task_accuracy.py    greedy/pass@1/pass@k/cons@k on held-out problems (eval, and the
+                        held-out checks of sft, grpo and distill)
+    metrics.py          the estimators: pass@k (Chen et al. 2021), cons@k, paired differences
+    passkey.py          passkey documents and retrieval accuracy (also extend's training data)
+    perplexity.py       validation loss over token shards, optionally past a position
+    multiple_choice.py  log-likelihood scoring of choices, as lm-evaluation-harness does
+    report.py           report.json/.md/.png and the console table
+    lm_eval_task.py     an exported checkpoint under lm-evaluation-harness
 
-The `eval` stage (stages/eval.py) puts them together; `extend` uses the passkey code.
+The `eval` stage (stages/eval.py) puts them together. Import from the module that defines
+a name; this package imports nothing.
 """
-
-from dsctl.eval.metrics import cons_at_k, majority_answer, pass_at_1, pass_at_k
-from dsctl.eval.multiple_choice import load_choice_questions, score_multiple_choice
-from dsctl.eval.passkey import make_passkey_document, passkey_accuracy, passkey_documents
-from dsctl.eval.report import load_report, plot_report_files, write_report
-
-__all__ = [
-    "cons_at_k", "load_choice_questions", "load_report", "majority_answer", "make_passkey_document",
-    "pass_at_1", "pass_at_k", "passkey_accuracy", "passkey_documents", "plot_report_files",
-    "score_multiple_choice", "write_report",
-]

@@ -64,15 +64,24 @@ def wrap_data_parallel(
 
 
 def all_reduce_grads(module: nn.Module, group: Optional[dist.ProcessGroup] = None) -> None:
-    """Average every parameter's gradient over ``group`` (one flat all-reduce)."""
+    """Average every parameter's gradient over ``group`` (one flat all-reduce).
+
+    A parameter no rank touched keeps ``grad = None``, as it would in one process (so
+    AdamW skips it there too); one that only some ranks touched counts zero elsewhere.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:  # a rank whose batch skipped a parameter still takes part
+    if not params:
+        return
+    touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    dist.all_reduce(touched, op=dist.ReduceOp.MAX, group=group)
+    live = [p for p, t in zip(params, touched.tolist()) if t]
+    for p in live:
+        if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    if not live:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in live])
     dist.all_reduce(flat, group=group)
     flat /= dist.get_world_size(group)
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-        offset += p.numel()
+    for p, g in zip(live, flat.split([p.numel() for p in live])):
+        p.grad.copy_(g.view_as(p))

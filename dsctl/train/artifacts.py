@@ -1,4 +1,4 @@
-"""Checkpoint artifacts (DESIGN.md §4): HF DeepseekV3 weights + config + tokenizer files at
+"""Checkpoint artifacts: HF DeepseekV3 weights + config + tokenizer files at
 the root, so `transformers` and `AutoTokenizer` open the directory as it is, and the
 training state that produced it under `training_state/`."""
 
@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dsctl.errors import UserError
-from dsctl.stage import Artifact
+from dsctl.store import Artifact
 from dsctl.train.checkpoint import copy_training_state
 
 TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json",
@@ -81,3 +82,13 @@ def check_hf_export(directory: Path, seed: int = 0) -> dict[str, float | bool | 
         hf_tok = transformers.AutoTokenizer.from_pretrained(directory)
         tokenizer_match = hf_tok(sample, add_special_tokens=False)["input_ids"] == Tokenizer.load(directory).encode(sample)
     return {"max_logit_diff": diff, "tokenizer_match": tokenizer_match}
+
+
+def trained_context(manifest: dict[str, Any], model_config: Any) -> int:
+    """The context a checkpoint was trained at: YaRN's scaled length if it was already
+    extended, else the `seq_len` its training stage used, else max_position_embeddings."""
+    rs = model_config.rope_scaling
+    if rs:
+        return int(rs["original_max_position_embeddings"] * rs["factor"])
+    seq_len = manifest.get("config", {}).get("seq_len")
+    return int(seq_len) if seq_len else int(model_config.max_position_embeddings)

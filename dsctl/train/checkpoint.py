@@ -74,7 +74,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def copy_training_state(checkpoint: Path, dest: Path) -> None:
-    """Put the final optimizer/RNG/loop state beside an exported checkpoint (DESIGN §4)."""
+    """Put the final optimizer/RNG/loop state beside an exported checkpoint."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("optimizer.pt", "rng.pt", "state.json"):
         shutil.copy2(checkpoint / name, dest / name)

@@ -12,7 +12,7 @@ cadence and exact resume. A subclass says what one step is:
     GRPOTrainer   grpo (dsctl.rl.trainer): a rollout, then `update_epochs` updates
 
 How a step's gradients are computed and agreed across processes is a `StepStrategy`: one
-process by default; data parallel and DualPipe/1F1B in `dsctl.train.distributed`.
+process by default; data parallel and DualPipe/1F1B in `dsctl.train.strategies`.
 
 Resume is exact: the loop state, optimizer, RNG and weights come back from the newest
 checkpoint and batches are a pure function of the step, so on CPU "train N, kill, resume
@@ -71,7 +71,7 @@ def resolve_device(name: str) -> torch.device:
 
 class StepStrategy:
     """How one step's gradients are computed and agreed on: here, one process running
-    `grad_accum` micro-batches. `dsctl.train.distributed` swaps in data-parallel and
+    `grad_accum` micro-batches. `dsctl.train.strategies` swaps in data-parallel and
     pipeline versions; the core around them stays the same."""
 
     def bind(self, trainer: "Trainer") -> None:

@@ -1,63 +1,16 @@
-"""Context extension with YaRN: the scaled RoPE config, and the long-sequence batches the
-extend stage fine-tunes on.
-
-YaRN as DeepSeek-V3 applies it (`dsctl.model.rope`): rotary pairs that turn more than
-β_fast times over the original context keep their frequency, pairs that turn fewer than
-β_slow times are slowed by the factor s, a ramp blends the pairs in between, and the
-attention logits are sharpened by mscale² = (0.1 · ln s + 1)². The weights do not
-change; a short fine-tune on long documents then teaches the model to use the range.
-"""
+"""The long-sequence batches the extend stage fine-tunes on: packed long text and passkey
+documents, each batch a pure function of (seed, step)."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Any
 
 import numpy as np
+import torch
 
-from dsctl.eval.passkey import make_passkey_document, minimum_length, random_key
-
-IGNORE_INDEX = -100
-
-
-def trained_context(manifest: dict[str, Any], model_config: Any) -> int:
-    """The context a checkpoint was trained at: YaRN's scaled length if it was already
-    extended, else the `seq_len` its training stage used, else max_position_embeddings."""
-    rs = model_config.rope_scaling
-    if rs:
-        return int(rs["original_max_position_embeddings"] * rs["factor"])
-    seq_len = manifest.get("config", {}).get("seq_len")
-    return int(seq_len) if seq_len else int(model_config.max_position_embeddings)
-
-
-def yarn_rope_scaling(factor: float, original_context: int, beta_fast: float = 32.0,
-                      beta_slow: float = 1.0, mscale: float = 1.0) -> dict[str, Any]:
-    """The `rope_scaling` entry of config.json, with DeepSeek-V3's fields and values
-    (mscale = mscale_all_dim, so cos/sin stay unscaled and only the softmax sharpens)."""
-    if factor < 1:
-        raise ValueError(f"the YaRN factor must be >= 1, got {factor}")
-    return {"type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original_context),
-            "beta_fast": float(beta_fast), "beta_slow": float(beta_slow),
-            "mscale": float(mscale), "mscale_all_dim": float(mscale)}
-
-
-def with_yarn(model: Any, factor: float, original_context: int, **yarn: float) -> Any:
-    """A copy of `model` whose RoPE is YaRN-scaled by `factor` over `original_context`.
-
-    A model that is already scaled keeps its original context and gets the product of
-    both factors, so extending twice by 2 equals extending once by 4.
-    """
-    from dsctl.model import DeepSeekV3
-
-    old = model.config.rope_scaling
-    if old:
-        factor, original_context = factor * float(old["factor"]), int(old["original_max_position_embeddings"])
-    config = dataclasses.replace(model.config, rope_scaling=yarn_rope_scaling(factor, original_context, **yarn),
-                                 max_position_embeddings=int(round(original_context * factor)))
-    scaled = DeepSeekV3(config)
-    scaled.load_state_dict(model.state_dict())  # rope tables are buffers rebuilt from config
-    return scaled.to(next(model.parameters()).device)
+from dsctl.model.loss import IGNORE_INDEX
+from dsctl.tasks.passkey import make_passkey_document, minimum_length, random_key
 
 
 class LongContextBatches:
@@ -91,8 +44,6 @@ class LongContextBatches:
         return random.Random(f"{self.seed}:kind:{step}:{micro}").random() < self.passkey_fraction
 
     def batch(self, step: int, micro: int = 0) -> dict[str, Any]:
-        import torch
-
         if not self.is_passkey_step(step, micro):
             rows = self.corpus.batch(step, micro)["input_ids"]
             return {"input_ids": rows, "labels": rows.clone()}
@@ -107,4 +58,3 @@ class LongContextBatches:
             labels[b, doc.needle_start:doc.needle_end] = ids[b, doc.needle_start:doc.needle_end]
             labels[b, doc.question_start:] = ids[b, doc.question_start:]
         return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
-
