@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from dsctl.data.clean import RULE_NAMES, Cleaner
+from dsctl.data.config import ShardOutputConfig
 from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths, iter_rows
 from dsctl.data.quality import read_examples, train_quality_model
 from dsctl.errors import UserError
@@ -30,7 +31,7 @@ from dsctl.store import sha256_file
 
 
 @dataclass
-class CleanConfig:
+class CleanConfig(ShardOutputConfig):
     min_words: int = 20
     """Documents with fewer whitespace-separated words are rejected (rule `min_words`)."""
     max_words: int = 100_000
@@ -92,8 +93,6 @@ class CleanConfig:
     """Reject documents whose classifier P(good) is below this."""
     quality_epochs: int = 10
     """Training epochs of the quality classifier."""
-    rows_per_shard: int = 50_000
-    """Rows per output JSONL shard."""
 
     def __post_init__(self) -> None:
         unknown = set(self.disabled_rules) - set(RULE_NAMES)

@@ -27,19 +27,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsctl.configs import stage_defaults
+from dsctl.data.config import DataWorkConfig, ShardOutputConfig
 from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths, iter_rows
 from dsctl.data.decontaminate import NgramIndex, decontaminate_rows, file_eval_texts, task_eval_texts
 from dsctl.data.shards import file_sha256
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.tasks import FAMILIES
+from dsctl.tasks.config import FamiliesConfig
 
 
 @dataclass
-class DecontaminateConfig:
+@stage_defaults(families=sorted(FAMILIES), workers=1, docs_per_batch=1024)
+class DecontaminateConfig(FamiliesConfig, DataWorkConfig, ShardOutputConfig):
     n: int = 13
     """Window length in tokens (casefolded words and punctuation marks)."""
-    task_families: list[str] | None = None
-    """Task families whose eval split is protected; None = all of dsctl.tasks, [] = none."""
     eval_problems_per_family: int = 500
     """Eval problems per family to protect: covers any eval run with as many or fewer
     (eval problems are a stream: the first k of a larger draw are the same)."""
@@ -56,14 +59,9 @@ class DecontaminateConfig:
     """Field holding the text in `eval_files`."""
     max_shared: int = 1
     """A window shared by more than this many distinct eval items is template text and ignored."""
-    workers: int = 1
-    """Worker processes (0 = one per CPU core). Does not change the result."""
-    batch_size: int = 1024
-    """Documents per matching batch."""
-    rows_per_shard: int = 50_000
-    """Rows per output JSONL shard."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.eval_files = list(self.eval_files)
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
@@ -73,24 +71,18 @@ class DecontaminateConfig:
 
 def eval_index(cfg: DecontaminateConfig, seed: int) -> tuple[NgramIndex, dict[str, str]]:
     """The n-gram index of every eval text the config names, and each eval id's source."""
-    from dsctl.tasks import FAMILIES
-
-    families = sorted(FAMILIES) if cfg.task_families is None else cfg.task_families
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        raise UserError(f"task_families: unknown family {unknown}; known: {', '.join(sorted(FAMILIES))}")
     seed = seed if cfg.eval_seed is None else cfg.eval_seed
     texts = []
     for difficulty in cfg.eval_difficulties or [{}]:
         try:
-            texts += task_eval_texts(families, cfg.eval_problems_per_family, seed, difficulty)
+            texts += task_eval_texts(cfg.families, cfg.eval_problems_per_family, seed, difficulty)
         except ValueError as exc:
             raise UserError(f"eval_difficulties {difficulty}: {exc}") from None
     texts = list(dict.fromkeys(texts))  # a family a variant does not override repeats the default
     if cfg.eval_files:
         texts += list(file_eval_texts(expand_paths(cfg.eval_files), cfg.eval_text_field))
     if not texts:
-        raise UserError("decontaminate has no eval text: set task_families or eval_files")
+        raise UserError("decontaminate has no eval text: set families or eval_files")
     return NgramIndex.build(texts, cfg.n, cfg.max_shared), {t.id: t.source for t in texts}
 
 
@@ -107,7 +99,7 @@ def run(ctx: StageContext) -> dict:
     with ctx.progress(None, "match", unit="doc") as bar, \
             ShardWriter(ctx.out / "data", cfg.rows_per_shard) as kept, \
             ShardWriter(ctx.out / "rejected", cfg.rows_per_shard) as rejected:
-        for row, eval_id in decontaminate_rows(iter_rows(files, stats), index, workers, cfg.batch_size):
+        for row, eval_id in decontaminate_rows(iter_rows(files, stats), index, workers, cfg.docs_per_batch):
             if eval_id is None:
                 kept.write(row)
             else:

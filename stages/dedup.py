@@ -21,6 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from dsctl.data.config import DataWorkConfig, ShardOutputConfig
 from dsctl.data.corpus import ShardWriter, corpus_files
 from dsctl.data.dedup import DedupParams, RunOptions, find_duplicates, summary, write_decisions
 from dsctl.errors import UserError
@@ -28,35 +29,8 @@ from dsctl.stage import Input, StageContext, StageSpec
 
 
 @dataclass
-class DedupConfig:
-    threshold: float = 0.8
-    """Jaccard of word-5-gram shingle sets at or above which two documents are near duplicates."""
-    num_perm: int = 128
-    """MinHash permutations per document (more = better estimates, slower)."""
-    bands: int = 0
-    """LSH bands; 0 chooses bands and rows from the threshold (18×7 at 0.8)."""
-    rows: int = 0
-    """Signature values per LSH band; 0 chooses them with `bands`."""
-    verify_jaccard: bool = True
-    """Check each LSH candidate pair by its true shingle Jaccard before removing anything."""
-    false_negative_weight: float = 0.99
-    """When choosing bands×rows: weight of missed pairs vs. extra candidates (0..1)."""
-    workers: int = 0
-    """Worker processes; 0 = one per CPU core. Does not change the result."""
-    batch_size: int = 512
-    """Documents per hashing batch (memory vs. per-batch overhead). Does not change the result."""
-    rows_per_shard: int = 50_000
-    """Rows per output JSONL shard."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
-        if (self.bands == 0) != (self.rows == 0):
-            raise ValueError("set both bands and rows, or neither (0 = chosen from the threshold)")
-        if self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
-        if not 0.0 <= self.false_negative_weight <= 1.0:
-            raise ValueError(f"false_negative_weight must be in [0, 1], got {self.false_negative_weight}")
+class DedupConfig(DedupParams, DataWorkConfig, ShardOutputConfig):
+    """The algorithm's parameters (dsctl.data.dedup.DedupParams) and how to run it."""
 
 
 def run(ctx: StageContext) -> dict:
@@ -65,14 +39,9 @@ def run(ctx: StageContext) -> dict:
     files = corpus_files(source.path)
     if not files:
         raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to deduplicate")
-    params = DedupParams(
-        threshold=cfg.threshold, num_perm=cfg.num_perm, bands=cfg.bands, rows=cfg.rows,
-        verify_jaccard=cfg.verify_jaccard, false_negative_weight=cfg.false_negative_weight,
-        seed=ctx.seed,
-    )
-    options = RunOptions(workers=cfg.workers or os.cpu_count() or 1, batch_size=cfg.batch_size)
+    options = RunOptions(workers=cfg.workers or os.cpu_count() or 1, batch_size=cfg.docs_per_batch)
     with ctx.progress(None, "minhash", unit="doc") as bar:
-        result = find_duplicates(files, params, options, progress=bar.advance)
+        result = find_duplicates(files, cfg, options, progress=bar.advance, seed=ctx.seed)
     with ctx.progress(result.documents, "write", unit="doc") as bar, \
             ShardWriter(ctx.out / "data", cfg.rows_per_shard) as kept, \
             ShardWriter(ctx.out / "rejected", cfg.rows_per_shard) as rejected:

@@ -20,13 +20,13 @@ from typing import Any
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
-from dsctl.tasks.config import EvalSplitConfig, SamplingConfig, TaskConfig
-from dsctl.train.config import ComputeConfig
+from dsctl.tasks.config import EvalSplitConfig, PasskeyConfig, SamplingConfig, TaskConfig
+from dsctl.train.config import BatchConfig, ComputeConfig
 
 
 @dataclass
-@stage_defaults(eval_problems=400)
-class EvalConfig(TaskConfig, EvalSplitConfig, SamplingConfig, ComputeConfig):
+@stage_defaults(eval_problems=400, batch_size=256)
+class EvalConfig(TaskConfig, EvalSplitConfig, SamplingConfig, PasskeyConfig, BatchConfig, ComputeConfig):
     samples: int = 8
     """Sampled completions per problem for pass@1 / pass@k / cons@k (greedy is one more)."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 8])
@@ -34,16 +34,12 @@ class EvalConfig(TaskConfig, EvalSplitConfig, SamplingConfig, ComputeConfig):
     compare: list[list[str]] = field(default_factory=list)
     """Checkpoint pairs [before, after] (by label, e.g. ["sft", "grpo"]) whose paired
     differences the report gives; [] = each checkpoint against the one listed before it."""
-    batch_size: int = 256
-    """Sequences decoded together."""
     ppl_seq_len: int = 256
     """Window length for validation perplexity (needs a shards input)."""
     ppl_batches: int = 4
     """Validation batches of 8 windows for perplexity."""
     passkey_lengths: list[int] = field(default_factory=list)
     """Context lengths (tokens) for passkey retrieval; [] skips it."""
-    passkey_trials: int = 8
-    """Passkey documents per length, needles spread over the context."""
     mc_file: str = ""
     """A multiple-choice JSONL file (question, choices, answer); "" skips it."""
     mc_max_length: int = 1024

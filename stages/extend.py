@@ -18,6 +18,7 @@ from typing import Any
 
 from dsctl.configs import stage_defaults
 from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.tasks.config import PasskeyConfig
 from dsctl.train.config import LMTrainConfig
 
 
@@ -32,8 +33,9 @@ from dsctl.train.config import LMTrainConfig
     eval_every=0,
     eval_batches=2,
     doc_masking=False,  # a packed window is one long context with continuous positions: the point
+    passkey_trials=12,
 )
-class ExtendConfig(LMTrainConfig):
+class ExtendConfig(PasskeyConfig, LMTrainConfig):
     factor: float = 4.0
     """YaRN scale s: the new context is s × the base checkpoint's trained context."""
     original_context: int = 0
@@ -53,8 +55,6 @@ class ExtendConfig(LMTrainConfig):
     """Share of training steps made of passkey documents (the rest: packed long text)."""
     passkey_multiples: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     """Context lengths, as multiples of the original context, at which passkey accuracy is reported."""
-    passkey_trials: int = 12
-    """Passkey documents per length, needles spread evenly over the context."""
     passkey_batch_size: int = 4
     """Passkey documents decoded together."""
     length_eval_batches: int = 2

@@ -26,18 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+from dsctl.configs import stage_defaults
+from dsctl.data.config import ShardOutputConfig
 from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows
 from dsctl.data.world import WorldSizes, build_world
 from dsctl.errors import UserError
 from dsctl.stage import StageContext, StageSpec
 from dsctl.store import sha256_file
-from dsctl.tasks import FAMILIES
+from dsctl.tasks.config import TaskConfig
 
 _DEFAULT_SIZES = WorldSizes()
 
 
 @dataclass
-class SourceConfig:
+@stage_defaults(families=list(_DEFAULT_SIZES.task_families))
+class SourceConfig(TaskConfig, ShardOutputConfig):
     world: Literal["default", "none"] = "default"
     """"default": include the built-in offline world; "none": only `paths`/`dataset`."""
     paths: list[str] = field(default_factory=list)
@@ -60,10 +63,6 @@ class SourceConfig:
     task_doc_min_words: int = _DEFAULT_SIZES.task_doc_min_words
     """Default world: a worksheet takes problems until it has at least this many words (one
     compact arithmetic problem alone is a stub clean drops; a worded one stands alone)."""
-    task_families: list[str] = field(default_factory=lambda: list(_DEFAULT_SIZES.task_families))
-    """Default world: which task families to include."""
-    task_difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Default world: per-family difficulty overrides, e.g. {arithmetic = {max_digits = 4}}."""
     max_prose_docs: int = _DEFAULT_SIZES.max_prose_docs
     """Default world: at most this many docstring prose documents (about 2,000 exist)."""
     passkey_docs: int = _DEFAULT_SIZES.passkey_docs
@@ -84,10 +83,9 @@ class SourceConfig:
     """Default world: planted stubs of a few words."""
     non_english: int = _DEFAULT_SIZES.non_english
     """Default world: planted French/German/Spanish/Italian/Portuguese/Dutch passages."""
-    rows_per_shard: int = 50_000
-    """Rows per output JSONL shard."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # families and difficulty
         counts = ("task_problems_per_family", "task_doc_min_words", "max_prose_docs", "passkey_docs", "passkey_max_words", "ledger_docs",
                   "exact_dups", "near_dups", "boilerplate", "junk", "short", "non_english")
         negative = [name for name in counts if getattr(self, name) < 0]
@@ -95,19 +93,11 @@ class SourceConfig:
             raise ValueError(f"{', '.join(negative)} must be >= 0 (0 leaves that ingredient out)")
         if self.world == "none" and not self.paths and not self.dataset:
             raise ValueError("nothing to read: set `paths` or `dataset`, or use world = \"default\"")
-        unknown = (set(self.task_families) | set(self.task_difficulty)) - set(FAMILIES)
-        if unknown:
-            raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
-        for family, knobs in self.task_difficulty.items():
-            extra = set(knobs) - set(FAMILIES[family].difficulty)
-            if extra:
-                raise ValueError(f"task_difficulty.{family}: unknown knob(s) {sorted(extra)}; "
-                                 f"known: {', '.join(sorted(FAMILIES[family].difficulty))}")
 
     def sizes(self) -> WorldSizes:
         return WorldSizes(
             task_problems_per_family=self.task_problems_per_family, task_doc_min_words=self.task_doc_min_words,
-            task_families=tuple(self.task_families),
+            task_families=tuple(self.families),
             max_prose_docs=self.max_prose_docs, passkey_docs=self.passkey_docs,
             passkey_max_words=self.passkey_max_words, ledger_docs=self.ledger_docs, exact_dups=self.exact_dups, near_dups=self.near_dups,
             boilerplate=self.boilerplate, junk=self.junk, short=self.short, non_english=self.non_english,
@@ -121,7 +111,7 @@ def run(ctx: StageContext) -> dict:
     with ShardWriter(ctx.out / "data", cfg.rows_per_shard) as out:
         if cfg.world == "default":
             started = time.perf_counter()
-            world = build_world(ctx.seed, cfg.sizes(), cfg.task_difficulty)
+            world = build_world(ctx.seed, cfg.sizes(), cfg.difficulty)
             for row in world.rows:
                 out.write(row)
             _write_jsonl(ctx.out / "planted.jsonl", world.planted)

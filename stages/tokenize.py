@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dsctl.configs import stage_defaults
+from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
 from dsctl.data.shards import EncodeStats, TokenShardWriter, encode_to_shards, is_validation, write_index
 from dsctl.errors import UserError
@@ -33,7 +35,8 @@ from dsctl.tokenizer import Tokenizer
 
 
 @dataclass
-class TokenizeConfig:
+@stage_defaults(docs_per_batch=256)
+class TokenizeConfig(DataWorkConfig):
     vocab_size: int = 4096
     """Tokenizer vocabulary (incl. 256 byte pieces and 10 reserved tokens); sized for the CPU recipe."""
     validation_fraction: float = 0.01
@@ -44,10 +47,6 @@ class TokenizeConfig:
     """At most this many lines (the first ones, in corpus order) train the tokenizer."""
     train_threads: int = 1
     """Threads for tokenizer training; 1 keeps the trained model bit-identical run to run."""
-    workers: int = 0
-    """Encoding processes; 0 = one per CPU core. Does not change the output."""
-    batch_size: int = 256
-    """Documents per encoding batch."""
     tokens_per_shard: int = 50_000_000
     """Start a new shard file after this many tokens (documents are never split)."""
     checkpoint_every_docs: int = 1_000_000
@@ -149,7 +148,7 @@ def _encode(ctx: StageContext, files: list[Path], state: dict) -> tuple[EncodeSt
     with ctx.progress(None, "encode", unit="doc", completed=done["rows"]) as bar:
         stats = encode_to_shards(
             rows, ctx.out / "tokenizer" / "tokenizer.model", writers, cfg.validation_fraction,
-            workers=cfg.workers or os.cpu_count() or 1, batch_size=cfg.batch_size, progress=bar.advance,
+            workers=cfg.workers or os.cpu_count() or 1, batch_size=cfg.docs_per_batch, progress=bar.advance,
             stats=EncodeStats(**done["stats"]) if done["stats"] else None, first_row=done["rows"],
             checkpoint_every=cfg.checkpoint_every_docs, on_checkpoint=checkpoint,
         )

@@ -100,7 +100,7 @@ def test_stage_rejects_contaminated_rows_with_eval_id(corpus_dir):
     from stages import decontaminate
 
     config = {
-        "task_families": ["arithmetic"],
+        "families": ["arithmetic"],
         "eval_problems_per_family": 50,
         "eval_files": [str(corpus_dir / "bench.jsonl")],
         "eval_text_field": "question",
@@ -119,8 +119,8 @@ def test_stage_names_an_unknown_task_family(corpus_dir):
     from dsctl.testing import run_stage
     from stages import decontaminate
 
-    with pytest.raises((UserError, StageFailed), match="unknown family"):
-        run_stage(decontaminate.STAGE, {"task_families": ["algebra"]}, {"corpus": [corpus_dir / "src"]}, corpus_dir / "w")
+    with pytest.raises((UserError, StageFailed), match="unknown task families"):
+        run_stage(decontaminate.STAGE, {"families": ["algebra"]}, {"corpus": [corpus_dir / "src"]}, corpus_dir / "w")
 
 
 def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():

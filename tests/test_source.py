@@ -121,12 +121,12 @@ def test_negative_world_sizes_are_a_user_error(tmp_path):
 
 
 def test_task_difficulty_reaches_the_world_and_is_validated(tmp_path):
-    config = {**SMALL_WORLD, "task_families": ["arithmetic"], "task_difficulty": {"arithmetic": {"min_digits": 5, "max_digits": 5, "ops": "+"}}}
+    config = {**SMALL_WORLD, "families": ["arithmetic"], "difficulty": {"arithmetic": {"min_digits": 5, "max_digits": 5, "ops": "+"}}}
     artifact = run_stage(source.STAGE, config, {}, tmp_path / "w")
     tasks = [r["text"] for r in read_rows(artifact) if r["source"] == "tasks/arithmetic"]
     assert tasks and all(len(t.split("What is ")[1].split(" + ")[0]) == 5 for t in tasks)
     with pytest.raises(UserError, match="unknown knob"):
-        run_stage(source.STAGE, {"task_difficulty": {"arithmetic": {"digits": 4}}}, {}, tmp_path / "w")
+        run_stage(source.STAGE, {"difficulty": {"arithmetic": {"digits": 4}}}, {}, tmp_path / "w")
 
 
 def test_edited_input_file_changes_the_cache_key(tmp_path):

@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
     return root, rows
 
 
-CONFIG = {"vocab_size": 400, "validation_fraction": 0.1, "workers": 1, "batch_size": 32}
+CONFIG = {"vocab_size": 400, "validation_fraction": 0.1, "workers": 1, "docs_per_batch": 32}
 
 
 @pytest.fixture(scope="module")

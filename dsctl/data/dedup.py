@@ -42,9 +42,10 @@ from dsctl.data.shards import batched, ordered_map
 Progress = Callable[[int], None]
 
 
-@dataclass(frozen=True)
+@dataclass
 class DedupParams:
-    """What decides which documents are duplicates (all of it is part of the cache key)."""
+    """What decides which documents are duplicates (with the seed `find_duplicates` takes);
+    the dedup stage's config is these plus how to run them."""
 
     threshold: float = 0.8
     """Jaccard of word-5-gram shingle sets at or above which two documents are near duplicates."""
@@ -62,8 +63,16 @@ class DedupParams:
     at threshold 0.8 it picks 18 bands × 7 rows, which finds a pair of Jaccard 0.8 with
     probability 0.986 and one of 0.85 with 0.999 (equal weights would pick 9×13: 0.40),
     while a pair of Jaccard 0.3 becomes a candidate with probability 0.004."""
-    seed: int = 1
-    """Seed of the MinHash permutation family."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold}")
+        if (self.bands == 0) != (self.rows == 0):
+            raise ValueError("set both bands and rows, or neither (0 = chosen from the threshold)")
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        if not 0.0 <= self.false_negative_weight <= 1.0:
+            raise ValueError(f"false_negative_weight must be in [0, 1], got {self.false_negative_weight}")
 
 
 @dataclass(frozen=True)
@@ -130,13 +139,15 @@ class DedupResult:
 
 
 def find_duplicates(
-    files: list[Path], params: DedupParams, options: RunOptions = RunOptions(), progress: Progress | None = None
+    files: list[Path], params: DedupParams, options: RunOptions = RunOptions(), progress: Progress | None = None,
+    seed: int = 1,
 ) -> DedupResult:
-    """Passes 1 and 2: decide, for every readable row, which row survives in its place."""
+    """Passes 1 and 2: decide, for every readable row, which row survives in its place;
+    `seed` picks the MinHash permutation family."""
     bands, rows = resolve_bands(params)
     stats = ReadStats()
     texts = (row[options.text_field] for row in iter_rows(files, stats, options.text_field))
-    jobs = ((batch, params.num_perm, params.seed, bands, rows) for batch in batched(texts, options.batch_size))
+    jobs = ((batch, params.num_perm, seed, bands, rows) for batch in batched(texts, options.batch_size))
     digests, keys, has_words = [], [], []
     for batch_digests, batch_keys, batch_has_words in ordered_map(_scan_batch, jobs, options.workers):
         digests.append(batch_digests)

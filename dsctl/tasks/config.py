@@ -1,10 +1,12 @@
 """Config pieces of the stages that work on task problems, each field declared once.
 
-    TaskConfig         which families, at which difficulty (every task stage)
+    FamiliesConfig     which task families (decontaminate protects their eval split)
+    TaskConfig         which families, at which difficulty (every stage that uses problems)
     TrainSplitConfig   how many train-split problems a stage draws
     EvalSplitConfig    how many held-out (eval-split) problems a stage scores
     CompletionConfig   how long a decoded completion may be
     SamplingConfig     CompletionConfig + temperature and top-p
+    PasskeyConfig      how many passkey documents a retrieval measurement takes
 
 Stages inherit the pieces they use and change defaults with
 `dsctl.configs.stage_defaults`; `task_problems` draws the problems they name.
@@ -19,16 +21,26 @@ from dsctl.tasks import FAMILIES, Problem, split_problems
 
 
 @dataclass
-class TaskConfig:
+class FamiliesConfig:
     families: list[str] = field(default_factory=lambda: ["arithmetic"])
     """Task families (keys of dsctl.tasks.FAMILIES: arithmetic, countdown, equations)."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
+
+
+@dataclass
+class TaskConfig(FamiliesConfig):
     difficulty: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = each
     family's defaults: 2-digit + and − for arithmetic). Post-training stages and eval
     should name the same difficulty, so each measures the distribution the others train on."""
 
     def __post_init__(self) -> None:
-        unknown = (set(self.families) | set(self.difficulty)) - set(FAMILIES)
+        super().__post_init__()
+        unknown = set(self.difficulty) - set(FAMILIES)
         if unknown:
             raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
         for family, knobs in self.difficulty.items():
@@ -67,6 +79,12 @@ class SamplingConfig(CompletionConfig):
     """Sampling temperature (DeepSeek-R1 samples and evaluates at 0.6)."""
     top_p: float = 0.95
     """Nucleus sampling: draw from the smallest token set with this much probability (1.0 = off)."""
+
+
+@dataclass
+class PasskeyConfig:
+    passkey_trials: int = 8
+    """Passkey documents per length, needles spread evenly over the context."""
 
 
 def task_problems(families: Sequence[str], split: str, n: int, seed: int,

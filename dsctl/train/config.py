@@ -2,6 +2,7 @@
 
     OptimizerConfig   AdamW and the learning-rate schedule
     ComputeConfig     device and CPU threads (also eval and rejection_sample)
+    BatchConfig       sequences per forward pass (also eval)
     LoopConfig        steps, checkpoints, precision, bad-step handling, routing
     TrainConfig       both: everything the training core (dsctl.train.loop) reads
     LMBatchConfig     packed language-model batches and their validation loss
@@ -52,11 +53,15 @@ class ComputeConfig:
 
 
 @dataclass
-class LoopConfig(ComputeConfig):
+class BatchConfig:
+    batch_size: int = 16
+    """Sequences per forward pass: a training micro-batch, or a batch decoded together (eval)."""
+
+
+@dataclass
+class LoopConfig(BatchConfig, ComputeConfig):
     max_steps: int = 300
     """Training steps to take (grpo: one rollout batch and its updates per step)."""
-    batch_size: int = 16
-    """Sequences per forward/backward micro-batch."""
     checkpoint_every: int = 50
     """Save a resumable checkpoint every this many steps (and always at the end)."""
     log_every: int = 1

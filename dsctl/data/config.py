@@ -1,0 +1,19 @@
+"""Config pieces the data stages share, each field declared once (see dsctl.configs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataWorkConfig:
+    workers: int = 0
+    """Worker processes (0 = one per CPU core). Does not change the output."""
+    docs_per_batch: int = 512
+    """Documents a worker takes at a time (memory vs. per-batch overhead). Does not change the output."""
+
+
+@dataclass
+class ShardOutputConfig:
+    rows_per_shard: int = 50_000
+    """Rows per output JSONL shard."""
