@@ -78,7 +78,15 @@ def test_distill_loss_adds_nothing_when_student_is_the_teacher(world):
     assert with_kl.loss.item() == pytest.approx(plain.loss.item(), abs=1e-6)
     torch.nn.init.normal_(student.lm_head.weight, std=0.5)
     plain = distill_lib.make_distill_loss(None, 1.0, 2.0)(student, batch)
-    assert distill_lib.make_distill_loss(teacher, 1.0, 2.0)(student, batch).loss.item() > plain.loss.item() + 1e-3
+    with_kl = distill_lib.make_distill_loss(teacher, 0.5, 2.0)(student, batch)
+    assert with_kl.loss.item() > plain.loss.item() + 1e-3
+    # the term is the KL of the full next-token distributions at the learned positions
+    docs = batch["doc_ids"]
+    full = logit_distillation_kl(student(ids, doc_ids=docs), teacher(ids, doc_ids=docs), labels, 2.0, docs)
+    assert with_kl.loss.item() - plain.loss.item() == pytest.approx(0.5 * full.item(), rel=1e-4)
+    from dsctl.model import compute_loss
+
+    assert plain.loss.item() == compute_loss(student, ids, labels, doc_ids=docs).loss.item()  # one training loss
 
 
 def test_distill_trains_a_smaller_student_and_compares_it_with_the_teacher(tmp_path, world):

@@ -31,6 +31,9 @@ class LossOutput:
     """α-weighted sequence-wise MoE balance loss summed over MoE layers."""
     n_tokens: int
     """Number of positions scored by the main head."""
+    logits: torch.Tensor | None = None
+    """With return_logits: the main head's logits at the scored positions, (n_tokens, vocab)
+    in row-major order (what a distillation term compares with a teacher's)."""
 
 
 def _targets(labels: torch.Tensor, offset: int, doc_ids: torch.Tensor | None) -> torch.Tensor:
@@ -59,27 +62,36 @@ def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, offset: in
     return total / max(count, 1), count
 
 
+def scored_positions(labels: torch.Tensor, offset: int, doc_ids: torch.Tensor | None) -> torch.Tensor:
+    """(B, T − offset) mask of the positions t whose target labels[t + offset] is scored."""
+    T = labels.shape[1]
+    return _targets(labels, offset, doc_ids) != IGNORE_INDEX if T > offset else labels[:, :0] != IGNORE_INDEX
+
+
 def _head_cross_entropy(head: torch.nn.Module, norm: torch.nn.Module, hidden: torch.Tensor,
-                        labels: torch.Tensor, offset: int, doc_ids: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+                        labels: torch.Tensor, offset: int,
+                        doc_ids: torch.Tensor | None) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """shifted_cross_entropy, but the output head runs only on positions that are scored
-    (SFT prompts and padding cost no vocab projection)."""
+    (SFT prompts and padding cost no vocab projection); also returns those logits."""
     T = labels.shape[1]
     target = _targets(labels, offset, doc_ids) if T > offset else labels[:, :0]
     scored = target != IGNORE_INDEX
     count = int(scored.sum())
     if count == 0:
-        return hidden.sum() * 0.0, 0
+        return hidden.sum() * 0.0, 0, None
     logits = head(norm(hidden[:, : T - offset][scored]))
-    return F.cross_entropy(logits.float(), target[scored], reduction="sum") / count, count
+    return F.cross_entropy(logits.float(), target[scored], reduction="sum") / count, count, logits
 
 
 def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                  attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                 doc_ids: torch.Tensor | None = None, mtp_weight: float | None = None) -> LossOutput:
+                 doc_ids: torch.Tensor | None = None, mtp_weight: float | None = None,
+                 return_logits: bool = False) -> LossOutput:
     """One forward pass and the full DeepSeek-V3 training loss.
 
     labels default to input_ids; padding (attention_mask 0) is never scored.
     mtp_weight λ defaults to config.mtp_loss_weight; 0 skips the MTP modules entirely.
+    return_logits keeps the main head's logits at the scored positions (`LossOutput.logits`).
     """
     labels = input_ids if labels is None else labels
     if attention_mask is not None:
@@ -88,7 +100,7 @@ def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tenso
     use_mtp = weight > 0 and len(model.mtp) > 0
     out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
                 mtp=use_mtp, return_outputs=True, compute_logits=False)
-    lm_loss, n_tokens = _head_cross_entropy(model.lm_head, model.norm, out.hidden_states, labels, 1, doc_ids)
+    lm_loss, n_tokens, logits = _head_cross_entropy(model.lm_head, model.norm, out.hidden_states, labels, 1, doc_ids)
     mtp_loss = lm_loss.new_zeros(())
     if use_mtp:
         depth_losses = [
@@ -96,5 +108,5 @@ def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tenso
             for k, (module, h) in enumerate(zip(model.mtp, out.mtp_hidden_states), start=1)]
         mtp_loss = torch.stack(depth_losses).mean()
     loss = lm_loss + weight * mtp_loss + out.balance_loss
-    return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss,
-                      balance_loss=out.balance_loss, n_tokens=n_tokens)
+    return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss, balance_loss=out.balance_loss,
+                      n_tokens=n_tokens, logits=logits if return_logits else None)

@@ -19,32 +19,25 @@ import torch.nn.functional as F
 
 from dsctl.errors import UserError
 from dsctl.model import DeepSeekV3
-from dsctl.model.loss import LossOutput, shifted_cross_entropy
+from dsctl.model.loss import compute_loss, scored_positions
 from dsctl.train.artifacts import tokenizer_dir
 
 TOKENIZER_IDENTITY_FILES = ("tokenizer.model", "special_tokens.json")
 
 
 def make_distill_loss(teacher, kl_weight: float, temperature: float, doc_masking: bool = True):
-    """A Trainer loss_fn: the LM (+ MTP + balance) loss of the student on the learned
-    tokens, plus kl_weight × the logit-distillation term when a teacher is given."""
+    """A Trainer loss_fn: the training loss every stage uses (dsctl.model.compute_loss:
+    next-token + MTP + balance) on the learned tokens, plus kl_weight × KL(teacher_T ∥
+    student_T) at the same positions when a teacher is given."""
     def loss_fn(model, batch):
         ids, labels = batch["input_ids"], batch["labels"]
         doc_ids = batch.get("doc_ids") if doc_masking else None
-        use_mtp = model.config.mtp_loss_weight > 0 and len(model.mtp) > 0
-        out = model(ids, doc_ids=doc_ids, mtp=use_mtp, return_outputs=True)
-        lm_loss, n_tokens = shifted_cross_entropy(out.logits, labels, 1, doc_ids)
-        mtp_loss = lm_loss.new_zeros(())
-        if use_mtp:
-            mtp_loss = torch.stack([shifted_cross_entropy(lg, labels, k, doc_ids)[0]
-                                    for k, lg in enumerate(out.mtp_logits, start=2)]).mean()
-        loss = lm_loss + model.config.mtp_loss_weight * mtp_loss + out.balance_loss
-        if teacher is not None:
+        out = compute_loss(model, ids, labels, doc_ids=doc_ids, return_logits=teacher is not None)
+        if teacher is not None and out.logits is not None:
             with torch.no_grad():
-                teacher_logits = teacher(ids, doc_ids=doc_ids)
-            loss = loss + kl_weight * logit_distillation_kl(out.logits, teacher_logits, labels, temperature, doc_ids)
-        return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss, balance_loss=out.balance_loss,
-                          n_tokens=n_tokens)
+                targets = teacher(ids, doc_ids=doc_ids)[:, :-1][scored_positions(labels, 1, doc_ids)]
+            out.loss = out.loss + kl_weight * softened_kl(out.logits, targets, temperature)
+        return out
 
     return loss_fn
 
@@ -101,15 +94,16 @@ def logit_distillation_kl(student_logits, teacher_logits, labels, temperature: f
     whose next label is −100 (prompt, padding) or lies in another packed document (with
     `doc_ids`) are not scored. Returns 0 when none are.
     """
-    s = student_logits[:, :-1].float() / temperature
-    t = teacher_logits[:, :-1].float() / temperature
-    keep = labels[:, 1:] != -100
-    if doc_ids is not None:
-        keep &= doc_ids[:, 1:] == doc_ids[:, :-1]
+    keep = scored_positions(labels, 1, doc_ids)
     if not keep.any():
-        return s.sum() * 0.0
-    log_p_s = F.log_softmax(s[keep], dim=-1)
-    log_p_t = F.log_softmax(t[keep], dim=-1)
+        return student_logits.sum() * 0.0
+    return softened_kl(student_logits[:, :-1][keep], teacher_logits[:, :-1][keep], temperature)
+
+
+def softened_kl(student_logits, teacher_logits, temperature: float):
+    """Mean over rows of T² · KL(softmax(teacher / T) ∥ softmax(student / T)), for (N, vocab) logits."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
     return kl.mean() * temperature**2
 
