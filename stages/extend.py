@@ -70,11 +70,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from dsctl.model.yarn import with_yarn
     from dsctl.tokenizer import Tokenizer
+    from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir, trained_context
     from dsctl.train.batches import PackedTokens, load_token_split
+    from dsctl.train.checkpoint import latest_checkpoint
     from dsctl.train.long_context import LongContextBatches
     from dsctl.train.loop import LMTrainer
-    from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir, trained_context
-    from dsctl.train.checkpoint import latest_checkpoint
 
     cfg: ExtendConfig = ctx.config
     if cfg.threads:

@@ -55,8 +55,8 @@ def prepare_training(ctx: StageContext, data_world: int = 1):
 
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train.batches import PackedTokens, load_token_split
     from dsctl.train.artifacts import export_checkpoint, tokenizer_dir, unigram_loss
+    from dsctl.train.batches import PackedTokens, load_token_split
     from dsctl.train.checkpoint import latest_checkpoint
     from dsctl.train.launch import TrainJob
 

@@ -40,13 +40,12 @@ class SFTConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, CompletionConfig,
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from dsctl.train.examples import split_validation
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train.batches import PackedExamples
-    from dsctl.train.loop import LMTrainer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
+    from dsctl.train.batches import PackedExamples
     from dsctl.train.checkpoint import latest_checkpoint
-    from dsctl.train.loop import resolve_device
+    from dsctl.train.examples import split_validation
+    from dsctl.train.loop import LMTrainer, resolve_device
 
     cfg: SFTConfig = ctx.config
     base = ctx.input("checkpoint")
