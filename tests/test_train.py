@@ -138,3 +138,41 @@ def test_nan_loss_is_skipped_and_repeated_bad_steps_roll_back(tmp_path):
     events = [json.loads(l) for l in ctx.metrics_path.read_text().splitlines() if "event" in l]
     assert [(e["step"], e["event"]) for e in events] == [(6, "skipped"), (10, "skipped"), (11, "skipped"), (12, "rollback")]
     assert all(math.isfinite(p.detach().sum()) for p in trainer.model.parameters())
+
+
+class _PlainIO:
+    """Not a StageContext: the training core asks only for these six members."""
+
+    def __init__(self, root):
+        self.scratch, self.metrics_path = root / "scratch", root / "metrics.jsonl"
+        self.scratch.mkdir(parents=True)
+        self.messages = []
+
+    def log(self, **metrics):
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+
+    def info(self, message):
+        self.messages.append(message)
+
+    def warn(self, message):
+        self.messages.append(message)
+
+    def progress(self, total, description="", unit="it", completed=0):
+        import contextlib
+
+        class Bar:
+            def advance(self, n=1, **fields):
+                pass
+
+        return contextlib.nullcontext(Bar())
+
+
+def test_training_core_runs_on_any_run_io_and_resumes_from_its_scratch(tmp_path):
+    io = _PlainIO(tmp_path)
+    trainer = LMTrainer(_model(), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=4), io)
+    assert trainer.fit()["steps"] == 4
+    assert len(io.metrics_path.read_text().splitlines()) == 4
+    again = LMTrainer(_model(seed=5), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=4), io)
+    assert again.fit()["steps"] == 4 and any("resumed from step-0000004" in m for m in io.messages)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
