@@ -79,8 +79,31 @@ def test_wgrad_tiles_both_operands_along_tokens():
     x, dy = torch.randn(200, 256), torch.randn(200, 384)
     _, grads = _grads(fp8, x, dy)
     dyt_q, dyt_s = ref.act_quant(dy.t())  # (384, 200): tiles of 128 tokens per output channel
-    xt_q, xt_s = ref.act_quant(x.t())
+    cached = ref.act_dequant(*ref.act_quant(x))  # x as the forward cached it: FP8 in 1×128 tiles
+    xt_q, xt_s = ref.act_quant(cached.t())  # re-tiled along the tokens
     assert torch.equal(grads["weight"], ref.fp8_gemm(dyt_q, dyt_s, xt_q, xt_s))
+
+
+@pytest.mark.parametrize("dtype,plain_bytes", [(torch.float32, 4), (torch.bfloat16, 2)])
+def test_input_is_saved_for_backward_in_fp8_with_its_scales(dtype, plain_bytes):
+    def saved_bytes(module, x):
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x)
+        return sizes
+
+    lin, fp8 = _pair(256, 384, bias=False, seed=5)
+    lin, fp8 = lin.to(dtype), fp8.to(dtype)
+    x = torch.randn(200, 256, dtype=dtype, requires_grad=True)
+    assert plain_bytes * 200 * 256 in saved_bytes(lin, x)  # nn.Linear keeps x in its own precision
+    fp8_saved = saved_bytes(fp8, x)
+    assert 200 * 256 in fp8_saved and 200 * 2 * 4 in fp8_saved  # x as 1-byte E4M3 + 2 FP32 scales per row
+    assert plain_bytes * 200 * 256 not in fp8_saved
 
 
 def test_master_weight_and_grads_stay_fp32_with_bf16_activations():

@@ -89,3 +89,19 @@ def test_deepseek_model_converts_every_projection_but_keeps_the_head_in_high_pre
     assert any(n.endswith("kv_a_proj_with_mqa") for n in fp8_names)  # 128 -> 40: one partial block
     assert any(n.endswith("experts.0.gate_proj") for n in fp8_names)
     assert any(n.endswith("self_attn.o_proj") for n in fp8_names)
+
+
+def test_coverage_reports_the_fp8_share_of_linear_flops_and_the_activation_memory_saved():
+    from dsctl.fp8.coverage import fp8_coverage
+
+    model = DeepSeekV3(_config(widened=True))
+    ids = _markov_batches(1, 4, 32, seed=3)[0]
+    assert fp8_coverage(model, lambda: model(ids)) == {"fp8_linear_flop_share": 0.0, "fp8_activation_mb_saved": 0.0}
+    convert_to_fp8(model)
+    report = fp8_coverage(model, lambda: model(ids))
+    # everything but the output head (128 -> 256 per token) runs in FP8
+    assert 0.5 < report["fp8_linear_flop_share"] < 1.0
+    head_flops = 2 * ids.numel() * 128 * VOCAB
+    fp8_flops = report["fp8_linear_flop_share"] * head_flops / (1 - report["fp8_linear_flop_share"])
+    assert fp8_flops > head_flops
+    assert report["fp8_activation_mb_saved"] > 0  # fp32 inputs cached as 1 byte + 4/128

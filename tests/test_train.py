@@ -176,3 +176,13 @@ def test_training_core_runs_on_any_run_io_and_resumes_from_its_scratch(tmp_path)
     again = LMTrainer(_model(seed=5), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=4), io)
     assert again.fit()["steps"] == 4 and any("resumed from step-0000004" in m for m in io.messages)
     assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
+
+
+def test_fp8_run_reports_its_fp8_coverage_and_leaves_routing_unsteered(tmp_path):
+    trainer = LMTrainer(_model(), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=2, precision="fp8"),
+                        _ctx(tmp_path))
+    summary = trainer.fit()
+    assert summary["precision"] == "fp8"
+    assert 0 < summary["fp8_linear_flop_share"] < 1 and summary["fp8_activation_mb_saved"] > 0
+    loads = [m.expert_load for m in trainer.model.moe_layers()]
+    assert all(float(load.sum()) == 0 for load in loads)  # the measuring forward left no load counts

@@ -21,8 +21,10 @@ higher precision: the Function quantizes a fresh copy of the weight on every cal
 and ``weight``/``bias`` are ordinary ``nn.Linear`` parameters, so state dicts and
 optimizer state look exactly as they would without FP8.
 
-The input x is saved for backward in its own precision (DeepSeek caches it in FP8
-to save memory); that costs activation memory but spares wgrad a second rounding.
+The input x is saved for backward as the forward quantized it, FP8 in 1×128 tiles with
+their FP32 scales (1 + 4/128 bytes per element instead of 2 in BF16 or 4 in FP32), as
+DeepSeek-V3 caches Linear inputs; wgrad dequantizes it and re-tiles it along the tokens
+(128×1), so its x operand is rounded twice, the price of that memory.
 """
 
 from __future__ import annotations
@@ -57,15 +59,16 @@ class _Fp8LinearFunction(torch.autograd.Function):
         y = ops.fp8_gemm(x_fp8, x_s, w_fp8, w_s, out_dtype=torch.float32, block=block)
         if bias is not None:
             y += bias  # added in place to the FP32 result (a BF16 bias is promoted), never quantized
-        ctx.save_for_backward(x, w_fp8, w_s)
+        ctx.save_for_backward(x_fp8, x_s, w_fp8, w_s)  # x as FP8 + scales: the activation memory saved
         ctx.block = block
+        ctx.x_dtype = x.dtype
         ctx.weight_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         return y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_fp8, w_s = ctx.saved_tensors
+        x_fp8, x_s, w_fp8, w_s = ctx.saved_tensors
         block = ctx.block
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
@@ -75,11 +78,12 @@ class _Fp8LinearFunction(torch.autograd.Function):
             dy_fp8, dy_s = ops.act_quant(dy, block)
             w_t = w_fp8.t().contiguous()
             dx = ops.fp8_gemm(dy_fp8, dy_s, w_t, w_s.t(), out_dtype=torch.float32, block=block)
-            dx = dx.to(x.dtype)
+            dx = dx.to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            # Wgrad reduces over tokens: quantize dyᵀ (N, M) and xᵀ (K, M) along M (strided views, no copy).
+            # Wgrad reduces over tokens: quantize dyᵀ (N, M) and xᵀ (K, M) along M (strided views,
+            # no copy); x comes back from its cached 1×128 tiles and is re-tiled 128×1.
             dyt_fp8, dyt_s = ops.act_quant(dy.t(), block)
-            xt_fp8, xt_s = ops.act_quant(x.t(), block)
+            xt_fp8, xt_s = ops.act_quant(ops.act_dequant(x_fp8, x_s, block).t(), block)
             dw = ops.fp8_gemm(dyt_fp8, dyt_s, xt_fp8, xt_s, out_dtype=torch.float32, block=block)
             dw = dw.to(ctx.weight_dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:

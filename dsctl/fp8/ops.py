@@ -70,6 +70,11 @@ def act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.
     return _impl(x.device).act_quant(x, block)
 
 
+def act_dequant(x_fp8: torch.Tensor, scales: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """FP32 values of 1×block-quantized ``x_fp8``: elementwise, so the torch form serves every device."""
+    return reference.act_dequant(x_fp8, scales, block)
+
+
 def weight_quant(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """block×block quantization of a 2-D weight; see :func:`dsctl.fp8.reference.weight_quant`."""
     return _impl(w.device).weight_quant(w, block)

@@ -318,4 +318,18 @@ class LMTrainer(Trainer):
         if self.state.get("val_loss") is not None:
             summary["val_loss"] = self.state["val_loss"]
         summary.update(train_loss=self.state.get("last_loss"), **super().summary())
+        if self.precision == "fp8":
+            summary.update(self.fp8_coverage())
         return summary
+
+    @torch.no_grad()
+    def fp8_coverage(self) -> dict[str, float]:
+        """What FP8 covered, measured on one forward of the first training micro-batch."""
+        from dsctl.fp8.coverage import fp8_coverage
+
+        batch = {k: v.to(self.device) for k, v in self.batches.batch(0).items()}
+        with self.autocast():
+            report = fp8_coverage(self.model, lambda: self.loss_fn(self.model, batch))
+        if hasattr(self.model, "update_router_biases"):
+            self.model.update_router_biases(speed=0.0)  # a measurement must not steer routing
+        return report
