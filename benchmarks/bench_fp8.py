@@ -30,8 +30,9 @@ from torch import nn
 from dsctl.fp8 import Fp8Linear, ops
 from dsctl.fp8 import reference as ref
 
-GPU_SHAPES = [
+GPU_SHAPES = [  # (name, M, N, K)
     ("square", 4096, 4096, 4096),
+    ("V3 MLA/MoE scale: 4096 tokens, 16384 -> 7168", 4096, 7168, 16384),
     ("V3-like wide N, short K", 8192, 7168, 2048),
     ("100m MLP up: 8x1024 tokens, 512->1536", 8192, 1536, 512),
     ("100m MLP down: 1536->512", 8192, 512, 1536),

@@ -1,6 +1,7 @@
 """Ours vs transformers' DeepseekV3 on the same config and weights, in one run.
 
     python benchmarks/bench_model.py [--preset small] [--repeats 3] [--threads 1] [--seqs 256 1024]
+    python benchmarks/bench_model.py --device cuda --preset 100m     # on a GPU (wall clock, synchronized)
 
 Prints, with ratios (ours / transformers):
 * training step (forward + backward of the LM loss) tokens/s,
@@ -8,9 +9,10 @@ Prints, with ratios (ours / transformers):
 * KV-cache bytes per token: ours, the MLA formula, a full per-head K/V cache, and
   what transformers' cache actually held.
 Each measurement alternates ours and theirs and keeps the best of `repeats` runs, because
-the CPU is shared and noisy. Times are process CPU seconds (time.process_time) at
-`--threads` torch threads (default 1): on a machine shared by several jobs, wall-clock with
-2 OpenMP threads is dominated by threads waiting on descheduled siblings, not by the code.
+the CPU is shared and noisy. On the CPU, times are process CPU seconds (time.process_time)
+at `--threads` torch threads (default 1): on a machine shared by several jobs, wall-clock
+with 2 OpenMP threads is dominated by threads waiting on descheduled siblings, not by the
+code. On `--device cuda`, times are wall-clock between two `torch.cuda.synchronize()`.
 """
 
 from __future__ import annotations
@@ -25,17 +27,28 @@ from dsctl.model import DeepSeekV3, ModelConfig, compute_loss, generate
 from dsctl.model.hf import save_hf
 
 
+DEVICE = torch.device("cpu")
+"""Where both models run (set from --device)."""
+
+
+def _now() -> float:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
 def _best_time(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.process_time()
+        t0 = _now()
         fn()
-        best = min(best, time.process_time() - t0)
+        best = min(best, _now() - t0)
     return best
 
 
 def bench_training(ours, theirs, config, batch: int, seq: int, repeats: int) -> tuple[float, float]:
-    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     ours.train(), theirs.train()
 
     def step_ours():
@@ -60,8 +73,8 @@ def bench_generation(ours, theirs, config, batch: int, prompt_len: int, new_toke
     prompts = [torch.randint(2, config.vocab_size, (prompt_len + 4 * i,), generator=g).tolist()
                for i in range(batch)]
     L = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=DEVICE)
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=DEVICE)
     ours.eval(), theirs.eval()
     held = {}
 
@@ -101,8 +114,11 @@ def main() -> None:
     parser.add_argument("--prompt-lens", type=int, nargs="+", default=[8, 384, 896],
                         help="shortest prompt of each generation run (short chat .. long reasoning context)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
 
     import transformers
 
@@ -113,7 +129,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(ours, tmp)
         theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-    print(f"config: preset={args.preset} params={config.num_parameters()} threads={torch.get_num_threads()} "
+    ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
+    print(f"config: device={DEVICE} preset={args.preset} params={config.num_parameters()} threads={torch.get_num_threads()} "
           f"torch={torch.__version__} transformers={transformers.__version__} attn={theirs.config._attn_implementation}")
 
     for seq in args.seqs:
