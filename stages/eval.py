@@ -47,14 +47,12 @@ class EvalConfig(TaskConfig, EvalSplitConfig, SamplingConfig, PasskeyConfig, Bat
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
     from dsctl.eval.report import comparison_line, rich_table, write_report
     from dsctl.eval.task_accuracy import paired_comparisons
+    from dsctl.train.loop import use_compute
 
     cfg: EvalConfig = ctx.config
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_compute(cfg)
     checkpoints = ctx.inputs_of("checkpoint")
     labels = checkpoint_labels(checkpoints)
     for pair in cfg.compare:  # checked before minutes of decoding, not after

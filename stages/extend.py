@@ -66,19 +66,16 @@ class ExtendConfig(PasskeyConfig, LMTrainConfig):
 def run(ctx: StageContext) -> dict[str, Any]:
     import dataclasses
 
-    import torch
-
     from dsctl.model.yarn import with_yarn
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir, trained_context
     from dsctl.train.batches import PackedTokens, load_token_split
     from dsctl.train.checkpoint import latest_checkpoint
     from dsctl.train.long_context import LongContextBatches
-    from dsctl.train.loop import LMTrainer
+    from dsctl.train.loop import LMTrainer, use_compute
 
     cfg: ExtendConfig = ctx.config
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_compute(cfg)  # threads for the measurements before training; the Trainer places the model
     checkpoint, shards = ctx.input("checkpoint"), ctx.input("shards")
     tokenizer = Tokenizer.load(tokenizer_dir(checkpoint))
     base = load_model(checkpoint)

@@ -47,19 +47,16 @@ class RejectionSampleConfig(TaskConfig, TrainSplitConfig, SamplingConfig, Comput
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
     from dsctl.tasks.config import task_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
-    from dsctl.train.loop import resolve_device
+    from dsctl.train.loop import use_compute
 
     cfg: RejectionSampleConfig = ctx.config
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device = use_compute(cfg)
     source = ctx.input("checkpoint")
     tokenizer = Tokenizer.load(tokenizer_dir(source))
-    model = load_model(source).to(resolve_device(cfg.device))
+    model = load_model(source).to(device)
     problems = task_problems(cfg.families, "train", cfg.train_problems, ctx.seed + cfg.problem_seed_offset, cfg.difficulty)
     partial = ctx.scratch / "samples.partial.jsonl"
     state = ctx.load_state()

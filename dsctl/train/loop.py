@@ -33,7 +33,7 @@ from torch import nn
 
 from dsctl.model import compute_loss
 from dsctl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dsctl.train.config import LMTrainConfig, TrainConfig
+from dsctl.train.config import ComputeConfig, LMTrainConfig, TrainConfig
 from dsctl.train.optim import build_optimizer, lr_at
 
 SPIKE_WINDOW = 20
@@ -67,6 +67,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def use_compute(cfg: ComputeConfig) -> torch.device:
+    """Apply a ComputeConfig: torch's CPU threads (0 keeps torch's default), and the device."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return resolve_device(cfg.device)
 
 
 class StepStrategy:
@@ -122,10 +129,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, io: RunIO, *, strategy: StepStrategy | None = None,
                  spike_factor: float = 0.0):
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.cfg, self.io, self.spike_factor = cfg, io, spike_factor
-        self.device = resolve_device(cfg.device)
+        self.device = use_compute(cfg)
         self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
         if self.precision == "fp8":
             from dsctl.fp8 import convert_to_fp8
