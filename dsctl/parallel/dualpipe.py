@@ -58,8 +58,8 @@ a single process running all micro-batches would.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -192,7 +192,7 @@ class DualPipe:
     def __init__(
         self,
         chunks: tuple[nn.Module, nn.Module],
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
         group: Optional[dist.ProcessGroup] = None,
         links: Optional[LinkGroups] = None,
         sync_mirror_grads: bool = True,
@@ -209,12 +209,15 @@ class DualPipe:
         self.sync_mirror_grads = sync_mirror_grads
         self.defer_weight_grad = defer_weight_grad
         self.mirror = self.num_ranks - 1 - self.rank
+        self.idle_s = 0.0
+        """Seconds the last step waited on neighbours (see PipelineExecutor.idle_s)."""
 
     def step(
         self,
         inputs: Optional[torch.Tensor],
         labels: Optional[torch.Tensor],
         num_microbatches: int,
+        micro_kwargs: Optional[Sequence[dict[str, Any]]] = None,
     ) -> Optional[torch.Tensor]:
         """One forward+backward step; returns the batch's mean loss on ranks 0 and P-1.
 
@@ -225,7 +228,8 @@ class DualPipe:
         schedule = dualpipe_schedule(self.num_ranks, num_microbatches)
         executor = PipelineExecutor(schedule, {0: self.chunks[0], 1: self.chunks[1]}, self.loss_fn, self.group,
                                     self.links, self.defer_weight_grad)
-        loss_sum = executor.run(inputs, labels)
+        loss_sum = executor.run(inputs, labels, micro_kwargs)
+        self.idle_s = executor.idle_s
         if self.sync_mirror_grads:
             self.sum_mirror_grads()
         if self.rank not in (0, self.num_ranks - 1):

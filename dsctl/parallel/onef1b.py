@@ -8,8 +8,8 @@ DualPipe is measured against (see ``schedule_sim.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -56,7 +56,7 @@ class OneF1B:
     def __init__(
         self,
         stage: nn.Module,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
         group: Optional[dist.ProcessGroup] = None,
         links: Optional[LinkGroups] = None,
     ) -> None:
@@ -66,12 +66,15 @@ class OneF1B:
         self.rank = dist.get_rank(self.group)
         self.num_ranks = dist.get_world_size(self.group)
         self.links = LinkGroups.for_group(self.group, links)
+        self.idle_s = 0.0
+        """Seconds the last step waited on neighbours (see PipelineExecutor.idle_s)."""
 
     def step(
         self,
         inputs: Optional[torch.Tensor],
         labels: Optional[torch.Tensor],
         num_microbatches: int,
+        micro_kwargs: Optional[Sequence[dict[str, Any]]] = None,
     ) -> Optional[torch.Tensor]:
         """One forward+backward step; returns the batch's mean loss on the last rank, None elsewhere.
 
@@ -81,7 +84,8 @@ class OneF1B:
         schedule = onef1b_schedule(self.num_ranks, num_microbatches)
         executor = PipelineExecutor(schedule, {0: self.stage}, self.loss_fn, self.group,
                                     self.links)
-        loss_sum = executor.run(inputs, labels)
+        loss_sum = executor.run(inputs, labels, micro_kwargs)
+        self.idle_s = executor.idle_s
         if self.rank != self.num_ranks - 1:
             return None
         return loss_sum / num_microbatches

@@ -36,9 +36,10 @@ boundaries may change shape between micro-batches (e.g. a shorter last micro-bat
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
-from collections.abc import Callable
-from typing import Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -111,10 +112,14 @@ class _Inbox:
         self.src, self.expected, self.group, self.device = src, expected, group, device
         self.next = 0
         self.parked: dict[_MsgKey, torch.Tensor] = {}
+        self.waited_s = 0.0
+        """Seconds spent blocked on this neighbour: the rank's idle time (its bubble)."""
 
     def _recv(self, shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
         buf = torch.empty(shape, dtype=dtype, device=self.device)
+        started = time.perf_counter()
         dist.irecv(buf, src=self.src, group=self.group).wait()
+        self.waited_s += time.perf_counter() - started
         return buf
 
     def get(self, key: _MsgKey) -> torch.Tensor:
@@ -132,8 +137,8 @@ class PipelineExecutor:
     """Executes this rank's part of ``schedule`` once (one training step).
 
     ``chunks[direction]`` is the module this rank runs for micro-batches of that
-    direction. ``loss_fn(output, labels)`` runs after the last stage; every micro-batch
-    loss is multiplied by ``1 / num_microbatches`` before backward so accumulated
+    direction. ``loss_fn(output, labels)`` runs after the last stage (``None``: the last
+    stage's output is the micro-batch loss itself); every micro-batch loss is multiplied by ``1 / num_microbatches`` before backward so accumulated
     gradients are those of the mean loss over the batch.
     """
 
@@ -141,7 +146,7 @@ class PipelineExecutor:
         self,
         schedule: PipelineSchedule,
         chunks: dict[int, nn.Module],
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
         group: dist.ProcessGroup,
         links: Optional[LinkGroups] = None,
         defer_weight_grad: bool = True,
@@ -167,6 +172,8 @@ class PipelineExecutor:
         self._saved: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._deferred: dict[tuple[int, int], tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
         self._loss_sum = torch.zeros((), device=self.device)
+        self.idle_s = 0.0
+        """After `run`: seconds this rank spent waiting for its neighbours (measured bubble)."""
 
     def _build_inboxes(self) -> dict[int, _Inbox]:
         expected: dict[int, list[_MsgKey]] = {}
@@ -198,9 +205,11 @@ class PipelineExecutor:
         src = self.schedule.rank_of(op.direction, from_stage)
         return self._inboxes[src].get((kind, op.direction, op.microbatch))
 
-    def _forward(self, op: Op, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...]) -> None:
+    def _forward(self, op: Op, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...],
+                 micro_kwargs: Sequence[dict[str, Any]]) -> None:
         last = op.stage == self.schedule.num_stages - 1
-        for needed, given, what in ((op.stage == 0, inputs, "inputs"), (last, labels, "labels")):
+        needs_labels = last and self.loss_fn is not None
+        for needed, given, what in ((op.stage == 0, inputs, "inputs"), (needs_labels, labels, "labels")):
             if needed and not given:
                 raise ValueError(f"{self.schedule.name} rank {self.rank} runs stage {op.stage} of direction "
                                  f"{op.direction} and needs `{what}` in step(); pass the batch on this rank")
@@ -209,9 +218,9 @@ class PipelineExecutor:
         else:
             x = self._recv(_Msg.ACT, op, op.stage - 1)
             x.requires_grad_(x.is_floating_point())
-        out = self.chunks[op.direction](x)
+        out = self.chunks[op.direction](x, **(micro_kwargs[op.microbatch] if micro_kwargs else {}))
         if last:
-            loss = self.loss_fn(out, labels[op.microbatch].to(self.device))
+            loss = out if self.loss_fn is None else self.loss_fn(out, labels[op.microbatch].to(self.device))
             self._loss_sum += loss.detach()
             out = loss * self.loss_scale
         else:
@@ -241,24 +250,34 @@ class PipelineExecutor:
         params = [p for p in self.chunks[op.direction].parameters() if p.requires_grad]
         torch.autograd.backward(out, grad, inputs=params)
 
-    def run(self, inputs: Optional[torch.Tensor], labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """Run the step; returns the sum of the (unscaled) micro-batch losses computed here."""
+    def run(self, inputs: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+            micro_kwargs: Optional[Sequence[dict[str, Any]]] = None) -> torch.Tensor:
+        """Run the step; returns the sum of the (unscaled) micro-batch losses computed here.
+
+        ``micro_kwargs[m]``, if given, are keyword arguments every stage's forward gets for
+        micro-batch m: what a stage needs besides the boundary tensor (document ids, labels)
+        and every rank can build from the batch itself, so it never travels the pipeline.
+        """
         m = self.schedule.num_microbatches
         in_mbs = _split(inputs, m, "inputs")
         label_mbs = _split(labels, m, "labels")
+        if micro_kwargs is not None and len(micro_kwargs) != m:
+            raise ValueError(f"micro_kwargs has {len(micro_kwargs)} entries for {m} micro-batches")
         for slot in self.schedule.rank_slots[self.rank]:
             # A pair runs F then B: F's send is in flight while B computes (the CPU form
             # of DualPipe's overlap; on GPUs comm streams overlap more).
             for op in slot:
                 if op.kind is OpKind.F:
-                    self._forward(op, in_mbs, label_mbs)
+                    self._forward(op, in_mbs, label_mbs, micro_kwargs or ())
                 elif op.kind is OpKind.B:
                     self._backward(op)
                 else:
                     self._weight(op)
+        started = time.perf_counter()
         for work, _ in self._sends:
             work.wait()
         self._sends.clear()
+        self.idle_s = time.perf_counter() - started + sum(box.waited_s for box in self._inboxes.values())
         return self._loss_sum
 
 
