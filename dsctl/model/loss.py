@@ -100,13 +100,21 @@ def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tenso
     use_mtp = weight > 0 and len(model.mtp) > 0
     out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
                 mtp=use_mtp, return_outputs=True, compute_logits=False)
-    lm_loss, n_tokens, logits = _head_cross_entropy(model.lm_head, model.norm, out.hidden_states, labels, 1, doc_ids)
+    return loss_from_hidden(model.lm_head, model.norm, model.mtp if use_mtp else [], out.hidden_states,
+                            out.mtp_hidden_states, out.balance_loss, labels, doc_ids, weight, return_logits)
+
+
+def loss_from_hidden(lm_head: torch.nn.Module, norm: torch.nn.Module, mtp_modules, hidden: torch.Tensor,
+                     mtp_hiddens: list[torch.Tensor], balance_loss: torch.Tensor, labels: torch.Tensor,
+                     doc_ids: torch.Tensor | None, mtp_weight: float, return_logits: bool = False) -> LossOutput:
+    """The loss of `compute_loss` from the block outputs: what the last pipeline stage,
+    which holds the head and the MTP modules, computes from the hidden state it receives."""
+    lm_loss, n_tokens, logits = _head_cross_entropy(lm_head, norm, hidden, labels, 1, doc_ids)
     mtp_loss = lm_loss.new_zeros(())
-    if use_mtp:
-        depth_losses = [
-            _head_cross_entropy(model.lm_head, module.shared_head.norm, h, labels, k + 1, doc_ids)[0]
-            for k, (module, h) in enumerate(zip(model.mtp, out.mtp_hidden_states), start=1)]
+    if len(mtp_modules):
+        depth_losses = [_head_cross_entropy(lm_head, module.shared_head.norm, h, labels, k, doc_ids)[0]
+                        for k, (module, h) in enumerate(zip(mtp_modules, mtp_hiddens), start=2)]
         mtp_loss = torch.stack(depth_losses).mean()
-    loss = lm_loss + weight * mtp_loss + out.balance_loss
-    return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss, balance_loss=out.balance_loss,
+    loss = lm_loss + mtp_weight * mtp_loss + balance_loss
+    return LossOutput(loss=loss, lm_loss=lm_loss, mtp_loss=mtp_loss, balance_loss=balance_loss,
                       n_tokens=n_tokens, logits=logits if return_logits else None)

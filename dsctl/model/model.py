@@ -7,6 +7,7 @@ nn.Linear, and the pipeline-relevant parts are plain attributes (`embed_tokens`,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -50,23 +51,45 @@ class AttentionContext:
 class DeepSeekV3(nn.Module):
     """The decoder. `model(input_ids) -> logits (B, T, vocab)`; see `forward` for options."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, parts: Collection[str] | None = None):
+        """Build every part, or only `parts` (names from `model_parts(config)`): the others
+        are empty placeholders, so a pipeline rank holds just its stages under the same
+        parameter names. Each part is initialised from its own generator, seeded from one
+        draw of torch's global generator, so a part's weights do not depend on which other
+        parts were built: a rank's stage equals the same stage of the whole model."""
         super().__init__()
         self.config = config
-        n = config.num_hidden_layers
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(n))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # MTP module k uses cache/layer index n + k, as DeepSeek's release numbers it.
-        self.mtp = nn.ModuleList(MTPModule(config, n + k) for k in range(config.num_nextn_predict_layers))
-        self.rotary = RotaryEmbedding(config)
-        self.apply(self._init_weights)
+        base_seed = int(torch.randint(0, 2**62, (), device="cpu"))
+        built = set(model_parts(config)) if parts is None else set(parts)
+        unknown = built - set(model_parts(config))
+        if unknown:
+            raise ValueError(f"unknown model parts {sorted(unknown)}; parts are {model_parts(config)}")
 
-    def _init_weights(self, module: nn.Module) -> None:
+        def part(name: str, build: Callable[[], nn.Module]) -> nn.Module:
+            return build() if name in built else AbsentPart(name)
+
+        n = config.num_hidden_layers
+        # Construction's default initialisation draws are thrown away (each part is
+        # re-initialised below), so keep them off the global generator.
+        with torch.random.fork_rng(devices=[]):
+            self.embed_tokens = part("embed_tokens", lambda: nn.Embedding(config.vocab_size, config.hidden_size))
+            self.layers = nn.ModuleList(part(f"layers.{i}", lambda i=i: DecoderLayer(config, i)) for i in range(n))
+            self.norm = part("norm", lambda: RMSNorm(config.hidden_size, config.rms_norm_eps))
+            self.lm_head = part("lm_head", lambda: nn.Linear(config.hidden_size, config.vocab_size, bias=False))
+            # MTP module k uses cache/layer index n + k, as DeepSeek's release numbers it.
+            self.mtp = nn.ModuleList(part(f"mtp.{k}", lambda k=k: MTPModule(config, n + k))
+                                     for k in range(config.num_nextn_predict_layers))
+        self.rotary = RotaryEmbedding(config)
+        for index, name in enumerate(model_parts(config)):
+            if name in built:
+                generator = torch.Generator().manual_seed((base_seed + index * 0x9E3779B97F4A7C15) % 2**63)
+                self.get_submodule(name).apply(lambda m: self._init_weights(m, generator))
+
+    def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Embedding, Router)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            with torch.no_grad():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
@@ -107,14 +130,11 @@ class DeepSeekV3(nn.Module):
             return logits
         out = ModelOutput(logits=logits, hidden_states=h, balance_loss=balance)
         if mtp:
-            h_k, ids = h, input_ids
-            for module in self.mtp:
-                ids = shift_left(ids)
-                h_k, b = module(h_k, self.embed_tokens(ids), ctx.rope, ctx.mask, ctx.token_mask, impl=impl)
-                out.balance_loss = out.balance_loss + b
-                out.mtp_hidden_states.append(h_k)
-                if compute_logits:
-                    out.mtp_logits.append(self.lm_head(module.shared_head.norm(h_k)))
+            out.mtp_hidden_states, mtp_balance = mtp_hidden_states(self.mtp, self.embed_tokens, h, input_ids, ctx, impl)
+            out.balance_loss = out.balance_loss + mtp_balance
+            if compute_logits:
+                out.mtp_logits = [self.lm_head(module.shared_head.norm(h_k))
+                                  for module, h_k in zip(self.mtp, out.mtp_hidden_states)]
         return out
 
     def mtp_step(self, depth: int, hidden: torch.Tensor, next_ids: torch.Tensor, *,
@@ -136,29 +156,8 @@ class DeepSeekV3(nn.Module):
                           position_ids: torch.Tensor | None, doc_ids: torch.Tensor | None,
                           past: int) -> AttentionContext:
         """Rope tables and the (B, 1, T, S) mask for a chunk of T tokens after `past` slots."""
-        B, T = input_ids.shape
-        S, device = past + T, input_ids.device
-        if attention_mask is not None and attention_mask.shape != (B, S):
-            raise ValueError(f"attention_mask must have shape (batch, cached + new) = {(B, S)}, "
-                             f"got {tuple(attention_mask.shape)}.")
-        if doc_ids is not None and (past > 0 or doc_ids.shape != (B, T)):
-            raise ValueError(f"doc_ids must have shape {(B, T)} and cannot be used with a cache.")
-        if position_ids is None:
-            position_ids = _default_positions(B, T, past, attention_mask, doc_ids, device)
-        mask = token_mask = None
-        if attention_mask is not None or doc_ids is not None:
-            q_slot = torch.arange(past, S, device=device)[:, None]
-            mask = (torch.arange(S, device=device)[None, :] <= q_slot)[None, None]  # (1, 1, T, S)
-            if attention_mask is not None:
-                keys_ok = attention_mask.bool()
-                mask = mask & keys_ok[:, None, None, :]
-                token_mask = keys_ok[:, past:]
-            if doc_ids is not None:
-                mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
-            # Every query may see itself, so a pad query's softmax row is never empty (no NaN).
-            mask = mask | (torch.arange(S, device=device)[None, :] == q_slot)[None, None]
-        rope = self.rotary(position_ids, self.embed_tokens.weight.dtype)
-        return AttentionContext(rope=rope, mask=mask, token_mask=token_mask, position_ids=position_ids)
+        return attention_context(self.rotary, self.embed_tokens.weight.dtype, input_ids.shape, input_ids.device,
+                                 attention_mask, position_ids, doc_ids, past)
 
     # ---- MoE balancing and sizes ------------------------------------------------------
     def moe_layers(self) -> list[MoE]:
@@ -196,6 +195,50 @@ class DeepSeekV3(nn.Module):
         return total, total - idle
 
 
+def attention_context(rotary: RotaryEmbedding, dtype: torch.dtype, shape: torch.Size, device: torch.device,
+                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+                      doc_ids: torch.Tensor | None, past: int) -> AttentionContext:
+    """Rope tables (in `dtype`) and the (B, 1, T, S) mask for a (B, T) chunk after `past`
+    slots; a function, so a pipeline stage without the embedding builds the same context."""
+    B, T = shape
+    S = past + T
+    if attention_mask is not None and attention_mask.shape != (B, S):
+        raise ValueError(f"attention_mask must have shape (batch, cached + new) = {(B, S)}, "
+                         f"got {tuple(attention_mask.shape)}.")
+    if doc_ids is not None and (past > 0 or doc_ids.shape != (B, T)):
+        raise ValueError(f"doc_ids must have shape {(B, T)} and cannot be used with a cache.")
+    if position_ids is None:
+        position_ids = _default_positions(B, T, past, attention_mask, doc_ids, device)
+    mask = token_mask = None
+    if attention_mask is not None or doc_ids is not None:
+        q_slot = torch.arange(past, S, device=device)[:, None]
+        mask = (torch.arange(S, device=device)[None, :] <= q_slot)[None, None]  # (1, 1, T, S)
+        if attention_mask is not None:
+            keys_ok = attention_mask.bool()
+            mask = mask & keys_ok[:, None, None, :]
+            token_mask = keys_ok[:, past:]
+        if doc_ids is not None:
+            mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+        # Every query may see itself, so a pad query's softmax row is never empty (no NaN).
+        mask = mask | (torch.arange(S, device=device)[None, :] == q_slot)[None, None]
+    rope = rotary(position_ids, dtype)
+    return AttentionContext(rope=rope, mask=mask, token_mask=token_mask, position_ids=position_ids)
+
+
+def mtp_hidden_states(modules: nn.ModuleList, embed_tokens: nn.Module, h: torch.Tensor, input_ids: torch.Tensor,
+                      ctx: AttentionContext, impl: str = "explicit") -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run the MTP depths on the main model's last block output `h`: (each depth's block
+    output, their summed balance loss). Depth k sees the embedding of token t+k."""
+    hiddens, balance = [], h.new_zeros((), dtype=torch.float32)
+    h_k, ids = h, input_ids
+    for module in modules:
+        ids = shift_left(ids)
+        h_k, b = module(h_k, embed_tokens(ids), ctx.rope, ctx.mask, ctx.token_mask, impl=impl)
+        hiddens.append(h_k)
+        balance = balance + b
+    return hiddens, balance
+
+
 def _default_positions(B: int, T: int, past: int, attention_mask: torch.Tensor | None,
                        doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     """RoPE positions: restart per document, else count real tokens (left padding), else 0..S-1."""
@@ -209,3 +252,23 @@ def _default_positions(B: int, T: int, past: int, attention_mask: torch.Tensor |
         first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values
         return idx - first
     return torch.arange(past, past + T, device=device).expand(B, T)
+
+
+def model_parts(config: ModelConfig) -> list[str]:
+    """The top-level parts of a DeepSeekV3, in the order they are built and initialised."""
+    return (["embed_tokens"] + [f"layers.{i}" for i in range(config.num_hidden_layers)] + ["norm", "lm_head"]
+            + [f"mtp.{k}" for k in range(config.num_nextn_predict_layers)])
+
+
+class AbsentPart(nn.Module):
+    """Where a partially built model lacks a part: no parameters, and a clear error if used."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.part = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"model part {self.part!r} was not built on this process (DeepSeekV3(parts=...))")
+
+    def extra_repr(self) -> str:
+        return f"absent {self.part!r}"

@@ -20,7 +20,7 @@ import torch
 from dsctl.model import DeepSeekV3, ModelConfig
 from dsctl.parallel.dist import distributed
 from dsctl.parallel.dualpipe import DualPipe
-from dsctl.parallel.model_stages import lm_loss, split_deepseek_v3
+from dsctl.parallel.model_stages import split_deepseek_v3, stage_kwargs
 from dsctl.parallel.onef1b import OneF1B
 
 
@@ -59,10 +59,10 @@ def run(cfg: DemoConfig) -> list[float]:
         stages = split_deepseek_v3(model, world)
         if cfg.schedule == "dualpipe":
             chunks = (stages[info.rank], stages[world - 1 - info.rank])
-            pipe: DualPipe | OneF1B = DualPipe(chunks, lm_loss)
+            pipe: DualPipe | OneF1B = DualPipe(chunks, None)
         elif cfg.schedule == "1f1b":
             chunks = (stages[info.rank],)
-            pipe = OneF1B(chunks[0], lm_loss)
+            pipe = OneF1B(chunks[0], None)
         else:
             raise ValueError(f"--schedule must be 'dualpipe' or '1f1b', got {cfg.schedule!r}")
         params = list({id(p): p for c in chunks for p in c.parameters()}.values())
@@ -75,7 +75,7 @@ def run(cfg: DemoConfig) -> list[float]:
         for step in range(cfg.steps):
             start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = pipe.step(tokens, tokens, num_mb)
+            loss = pipe.step(tokens, None, num_mb, stage_kwargs(tokens, tokens, None, num_mb))
             opt.step()
             # DualPipe has the loss on ranks 0 and P-1, 1F1B on the last rank: print it once.
             if loss is not None and (info.is_rank0 or cfg.schedule == "1f1b"):
