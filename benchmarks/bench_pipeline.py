@@ -9,7 +9,7 @@ step, "idle %" that bubble over the step's makespan; the paper columns are the
 DeepSeek-V3 report's closed forms. The real runs use tiny MLP stages on CPU processes
 that share this machine's cores, so their times measure schedule and communication
 overhead, not GPU-style overlap. "DualPipe-eagerW" computes weight gradients at the
-split backwards instead of at the W ops (no repeated backward work).
+split backwards instead of at the W ops (the same GEMMs, none held back to fill bubbles).
 """
 
 from __future__ import annotations

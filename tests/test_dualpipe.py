@@ -16,10 +16,12 @@ from torch import nn
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
 from dsctl.parallel.data_parallel import all_reduce_grads
 from dsctl.parallel.dist import pipeline_data_groups
-from dsctl.parallel.dualpipe import DualPipe
+from dsctl.parallel.dualpipe import DualPipe, dualpipe_schedule
 from dsctl.parallel.launch import spawn_workers
 from dsctl.parallel.model_stages import lm_loss, split_deepseek_v3
 from dsctl.parallel.onef1b import OneF1B
+from dsctl.parallel.schedule import OpKind
+from dsctl.parallel.weight_grad import DeferrableLinear
 
 WIDTH, VOCAB, SEQ = 8, 11, 3
 
@@ -52,15 +54,17 @@ def loss_fn_for(kind: str):
     return nn.functional.mse_loss
 
 
-def reference(kind: str, num_stages: int, batch: int, num_mb: int, only_mbs: range | None = None) -> dict:
-    """Single process: all stages in sequence, micro-batch losses averaged, grads accumulated."""
+def reference(kind: str, num_stages: int, batch: int, num_mb: int, only_mbs: range | None = None,
+              shift: list[float] | None = None) -> dict:
+    """Single process: all stages in sequence, micro-batch losses averaged, grads accumulated
+    (``shift[mb]``: added to every stage's output, as OverlapHookStage does)."""
     stages = build_stages(kind, num_stages)
     x, y = make_batch(kind, batch)
     losses = []
     for mb, (xm, ym) in enumerate(zip(x.tensor_split(num_mb), y.tensor_split(num_mb))):
         h = xm
         for stage in stages:
-            h = stage(h)
+            h = stage(h) + (shift[mb] if shift else 0.0)
         loss = loss_fn_for(kind)(h, ym)
         losses.append(loss.detach())
         if only_mbs is None or mb in only_mbs:
@@ -118,6 +122,44 @@ def _run_dp_x_pp_case() -> dict:
             "grads": {s: [p.grad.clone() for p in stages[s].parameters()] for s in (0, 1)}}
 
 
+class OverlapHookStage(nn.Sequential):
+    """A stage whose class takes over DualPipe's paired slots (and takes a per-micro-batch
+    ``shift``): it records (forward stage, backward stage) of every pair it is given."""
+
+    pairs: list[tuple[int, int]] = []
+
+    def __init__(self, stage_index: int, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self.stage_index = stage_index
+
+    def forward(self, x: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+        return super().forward(x) + shift
+
+    @classmethod
+    def overlapped_forward_backward(cls, forward_chunk, forward_input, forward_kwargs, backward_chunk,
+                                    backward_output, backward_grad) -> torch.Tensor:
+        cls.pairs.append((forward_chunk.stage_index, backward_chunk.stage_index))
+        out = forward_chunk(forward_input, **forward_kwargs)
+        torch.autograd.backward(backward_output, backward_grad)
+        return out
+
+
+def shifts(num_mb: int) -> list[float]:
+    return [0.1 * mb for mb in range(num_mb)]
+
+
+def _run_overlap_hook_case(num_ranks: int, batch: int, num_mb: int) -> dict:
+    rank = dist.get_rank()
+    stages = [OverlapHookStage(s, *stage) for s, stage in enumerate(build_stages("mlp", num_ranks))]
+    x, y = make_batch("mlp", batch)
+    chunks = (stages[rank], stages[num_ranks - 1 - rank])
+    OverlapHookStage.pairs = []
+    loss = DualPipe(chunks, nn.functional.mse_loss).step(x, y, num_mb, [{"shift": s} for s in shifts(num_mb)])
+    return {"loss": loss, "pairs": OverlapHookStage.pairs,
+            "deferrable": all(type(m) is DeferrableLinear for c in chunks for m in c if isinstance(m, nn.Linear)),
+            "grads": {s: [p.grad.clone() for p in stages[s].parameters()] for s in {rank, num_ranks - 1 - rank}}}
+
+
 def _pipeline_job(info) -> dict:
     world = dist.group.WORLD
     pair = dist.new_group([0, 1])  # every rank must take part in creating a group
@@ -128,6 +170,7 @@ def _pipeline_job(info) -> dict:
         "dualpipe_p4_eager_w": _run_case("dualpipe", "mlp", 4, 16, 8, world, defer=False),
         "onef1b_p4": _run_case("onef1b", "mlp", 4, 12, 6, world),
         "dp_x_pp": _run_dp_x_pp_case(),
+        "overlap_hook_p4": _run_overlap_hook_case(4, 16, 8),
     }
     if info.rank < 2:
         results["dualpipe_p2"] = _run_case("dualpipe", "mlp", 2, 12, 6, pair)
@@ -155,6 +198,17 @@ def _assert_matches(per_rank: list[dict], ref: dict, loss_ranks: list[int]) -> N
 
 def test_dualpipe_four_ranks_matches_single_process(job):
     _assert_matches([r["dualpipe_p4"] for r in job], reference("mlp", 4, 16, 8), loss_ranks=[0, 3])
+
+
+def test_dualpipe_chunk_class_hook_runs_exactly_the_paired_slots_and_matches_single_process(job):
+    schedule = dualpipe_schedule(4, 8)
+    for rank, res in enumerate(r["overlap_hook_p4"] for r in job):
+        paired = [slot for slot in schedule.rank_slots[rank] if len(slot) == 2]
+        assert paired and all((f.kind, b.kind) == (OpKind.F, OpKind.B) for f, b in paired)
+        assert res["pairs"] == [(f.stage, b.stage) for f, b in paired]
+        assert res["deferrable"]  # DualPipe made the chunks' Linears defer their weight GEMMs
+    _assert_matches([r["overlap_hook_p4"] for r in job], reference("mlp", 4, 16, 8, shift=shifts(8)),
+                    loss_ranks=[0, 3])
 
 
 def test_dualpipe_with_weight_grads_at_backward_time_matches_single_process(job):

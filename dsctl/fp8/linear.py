@@ -36,6 +36,7 @@ from torch import nn
 
 from dsctl.fp8 import ops
 from dsctl.fp8.reference import BLOCK
+from dsctl.parallel.weight_grad import DeferrableLinear, weight_grads
 
 DEFAULT_SKIP = ("lm_head", "head", "gate", "router", "*embed*", "*norm*")
 """Linear modules that stay in high precision, matched (fnmatch) against a module's
@@ -60,6 +61,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
         if bias is not None:
             y += bias  # added in place to the FP32 result (a BF16 bias is promoted), never quantized
         ctx.save_for_backward(x_fp8, x_s, w_fp8, w_s)  # x as FP8 + scales: the activation memory saved
+        ctx.params = (weight, bias)  # where a deferred wgrad (pipeline W op) accumulates
         ctx.block = block
         ctx.x_dtype = x.dtype
         ctx.weight_dtype = weight.dtype
@@ -70,7 +72,7 @@ class _Fp8LinearFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x_fp8, x_s, w_fp8, w_s = ctx.saved_tensors
         block = ctx.block
-        dx = dw = db = None
+        dx = None
         if ctx.needs_input_grad[0]:
             # Dgrad reduces over N: dy tiles run along N; Wᵀ's blocks are W's blocks transposed.
             # The 1-byte transpose is materialized because FP8 tensor-core MMAs (Hopper
@@ -79,15 +81,25 @@ class _Fp8LinearFunction(torch.autograd.Function):
             w_t = w_fp8.t().contiguous()
             dx = ops.fp8_gemm(dy_fp8, dy_s, w_t, w_s.t(), out_dtype=torch.float32, block=block)
             dx = dx.to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            # Wgrad reduces over tokens: quantize dyᵀ (N, M) and xᵀ (K, M) along M (strided views,
-            # no copy); x comes back from its cached 1×128 tiles and is re-tiled 128×1.
-            dyt_fp8, dyt_s = ops.act_quant(dy.t(), block)
-            xt_fp8, xt_s = ops.act_quant(ops.act_dequant(x_fp8, x_s, block).t(), block)
-            dw = ops.fp8_gemm(dyt_fp8, dyt_s, xt_fp8, xt_s, out_dtype=torch.float32, block=block)
-            dw = dw.to(ctx.weight_dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            db = dy.float().sum(0).to(ctx.bias_dtype)
+        need_dw = ctx.needs_input_grad[1]
+        need_db = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
+        weight_dtype, bias_dtype = ctx.weight_dtype, ctx.bias_dtype
+
+        def compute():
+            dw = db = None
+            if need_dw:
+                # Wgrad reduces over tokens: quantize dyᵀ (N, M) and xᵀ (K, M) along M (strided views,
+                # no copy); x comes back from its cached 1×128 tiles and is re-tiled 128×1.
+                dyt_fp8, dyt_s = ops.act_quant(dy.t(), block)
+                xt_fp8, xt_s = ops.act_quant(ops.act_dequant(x_fp8, x_s, block).t(), block)
+                dw = ops.fp8_gemm(dyt_fp8, dyt_s, xt_fp8, xt_s, out_dtype=torch.float32, block=block)
+                dw = dw.to(weight_dtype)
+            if need_db:
+                db = dy.float().sum(0).to(bias_dtype)
+            return dw, db
+
+        # Inside a pipeline's split backward this queues compute() for the W op instead.
+        dw, db = weight_grads(ctx.params, compute)
         return dx, dw, db, None, None
 
 
@@ -97,7 +109,9 @@ class Fp8Linear(nn.Linear):
     Same constructor, same ``weight`` (out_features, in_features) and ``bias``
     parameters, same state-dict keys as ``nn.Linear``; only the arithmetic differs.
     Inputs of any leading shape (..., in_features) are accepted. Under autocast the
-    output takes the autocast dtype, otherwise the input's dtype.
+    output takes the autocast dtype, otherwise the input's dtype. Inside a pipeline's
+    split backward (``dsctl.parallel.weight_grad.collect_weight_grads``) the wgrad GEMM
+    and the bias gradient wait for the ``W`` op, with the same numerics.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
@@ -138,7 +152,7 @@ def _is_skipped(name: str, patterns: tuple[str, ...]) -> bool:
 
 def convert_to_fp8(model: nn.Module, *, min_features: int = 1, skip: tuple[str, ...] = DEFAULT_SKIP,
                    block_size: int = BLOCK) -> int:
-    """Swap, in place, every ``nn.Linear`` of ``model`` for an :class:`Fp8Linear`.
+    """Swap, in place, every ``nn.Linear`` (or ``DeferrableLinear``) of ``model`` for an :class:`Fp8Linear`.
 
     A Linear is converted when both its in_features and out_features are at least
     ``min_features`` and its name matches none of ``skip`` (see :data:`DEFAULT_SKIP`
@@ -155,7 +169,9 @@ def convert_to_fp8(model: nn.Module, *, min_features: int = 1, skip: tuple[str, 
     targets = [
         name for name, module in model.named_modules()
         if name  # the root module cannot be replaced in place
-        and type(module) is nn.Linear  # exact type: already-converted or custom Linear subclasses are left alone
+        # Exact types: already-converted or custom Linear subclasses are left alone. A
+        # DeferrableLinear is a plain Linear to convert; Fp8Linear defers its wgrad itself.
+        and type(module) in (nn.Linear, DeferrableLinear)
         and min(module.in_features, module.out_features) >= min_features
         and not _is_skipped(name, skip)
     ]

@@ -9,12 +9,16 @@ each other. In the steady state each slot pairs the forward of one direction wit
 backward of the other, so one chunk's communication (pipeline sends; on GPUs also the
 MoE all-to-all) hides behind the other chunk's compute. Backward is split in the
 warm-up and cool-down into "backward for input" (``b``, sent on at once) and "backward
-for weights" (``W``, run later to fill holes), the zero-bubble trick.
+for weights" (``W``, run later to fill holes), the zero-bubble trick. With
+``defer_weight_grad`` (the default) the chunks' ``nn.Linear`` layers become
+``DeferrableLinear`` (``weight_grad.py``), so a ``b`` runs the dgrad GEMMs only and its
+``W`` exactly the wgrad GEMMs it queued: together one full backward's work.
 
-This implementation runs a pair's two ops one after the other on the CPU: the
-forward's send is in flight while the backward computes. A chunk that can truly
-interleave its forward and backward (DeepSeek splits attention / dispatch / MLP /
-combine across two CUDA streams) would plug in at ``PipelineExecutor.run``.
+By default a pair's two ops run one after the other: the forward's send is in flight
+while the backward computes. A chunk class that can truly interleave its forward and
+backward (DeepSeek splits attention / dispatch / MLP / combine across two CUDA streams)
+defines ``overlapped_forward_backward``, which the executor calls for every paired slot
+(see ``PipelineExecutor._forward_backward``).
 
 Rank ``r`` of ``P`` with ``h = min(r, P-1-r)``, ``H = P/2`` and ``N`` micro-batches per
 direction runs eight phases. "Phase-0" is the direction whose entry is on this rank's
@@ -67,6 +71,7 @@ from torch import nn
 
 from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor, global_rank
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
+from dsctl.parallel.weight_grad import make_weight_grads_deferrable
 
 
 class _RankPlan:
@@ -184,9 +189,11 @@ class DualPipe:
     mean loss, as a single process running all micro-batches would produce.
 
     ``sync_mirror_grads=False`` leaves each copy with its own direction's gradient (sum
-    them yourself, e.g. fused with a data-parallel all-reduce). ``defer_weight_grad=False``
-    computes weight gradients at the split backwards instead of at the W ops (see
-    ``pipeline.py``: saves repeated work when there is no wait to fill).
+    them yourself, e.g. fused with a data-parallel all-reduce). With ``defer_weight_grad``
+    (the default) the chunks' exact ``nn.Linear`` layers are turned, in place and once,
+    into ``DeferrableLinear`` (same parameters and state-dict keys; ``Fp8Linear`` defers
+    by itself) so that W ops run their weight GEMMs; ``False`` computes every gradient at
+    the split backwards and leaves the chunks untouched (see ``pipeline.py``).
     """
 
     def __init__(
@@ -208,6 +215,9 @@ class DualPipe:
             raise ValueError(f"DualPipe needs an even number of pipeline ranks, got a group of {self.num_ranks}")
         self.sync_mirror_grads = sync_mirror_grads
         self.defer_weight_grad = defer_weight_grad
+        if defer_weight_grad:
+            for chunk in chunks:
+                make_weight_grads_deferrable(chunk)
         self.mirror = self.num_ranks - 1 - self.rank
         self.idle_s = 0.0
         """Seconds the last step waited on neighbours (see PipelineExecutor.idle_s)."""

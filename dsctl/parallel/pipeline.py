@@ -21,13 +21,20 @@ world create the split themselves; for sub-group pipelines pass the ``links`` th
 over the world, so it cannot happen inside one pipeline). Checked on gloo only: no
 multi-GPU machine was available.
 
-Split backward: a ``b`` op is ``autograd.grad`` w.r.t. the stage input only (the weight
-GEMMs are skipped), a ``W`` op later differentiates w.r.t. the parameters from the
-retained graph. Generic modules cannot reuse b's intermediate input gradients, so W
-repeats the input-gradient chain inside the stage: correct, but a W costs about a full
-backward here rather than DeepSeek's weight-GEMMs-only W (which needs layer-level hooks).
-``defer_weight_grad=False`` computes both gradients at ``b`` (no repeated work, W a no-op):
-the better choice when no communication wait is there to hide, as on CPU.
+Split backward: a ``b`` op is one ordinary autograd pass run inside
+:func:`~dsctl.parallel.weight_grad.collect_weight_grads`. Layers that honour it
+(``DeferrableLinear``, ``Fp8Linear``) compute only their input gradients (dgrad) there
+and queue their weight-gradient GEMMs; every other parameter (norms, embeddings, router
+gates) gets its gradient at once. The stage's input gradient is sent on, and the
+matching ``W`` op runs exactly the queued GEMMs, so b + W cost one full backward, as in
+DeepSeek's DualPipe. :class:`~dsctl.parallel.dualpipe.DualPipe` turns its chunks'
+``nn.Linear`` layers into ``DeferrableLinear``; with other layers W is a no-op and their
+b computes everything. ``defer_weight_grad=False`` computes all gradients at ``b``: the
+weight GEMMs are then not held back to fill bubbles, and dy and x are freed earlier.
+
+Paired slots (DualPipe's steady state: a forward of one chunk with a backward of the
+other) go through ``PipelineExecutor._forward_backward``, where a chunk class can take
+over with an ``overlapped_forward_backward`` hook (see there).
 
 Each message is a small int64 header (dtype, shape) followed by the payload, so stage
 boundaries may change shape between micro-batches (e.g. a shorter last micro-batch).
@@ -35,10 +42,11 @@ boundaries may change shape between micro-batches (e.g. a shorter last micro-bat
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from dataclasses import dataclass
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
@@ -46,6 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule
+from dsctl.parallel.weight_grad import WeightGradFn, collect_weight_grads
 
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32]
 _HEADER_LEN = 8  # dtype code, ndim, up to 6 dims
@@ -138,8 +147,10 @@ class PipelineExecutor:
 
     ``chunks[direction]`` is the module this rank runs for micro-batches of that
     direction. ``loss_fn(output, labels)`` runs after the last stage (``None``: the last
-    stage's output is the micro-batch loss itself); every micro-batch loss is multiplied by ``1 / num_microbatches`` before backward so accumulated
-    gradients are those of the mean loss over the batch.
+    stage's output is the micro-batch loss itself); every micro-batch loss is multiplied
+    by ``1 / num_microbatches`` before backward so accumulated gradients are those of the
+    mean loss over the batch. ``defer_weight_grad``: split backwards queue the weight
+    GEMMs of the chunks' deferring layers for their W ops (see the module docstring).
     """
 
     def __init__(
@@ -170,7 +181,10 @@ class PipelineExecutor:
         self._inboxes = self._build_inboxes()
         self._sends: list[tuple[dist.Work, torch.Tensor]] = []
         self._saved: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._deferred: dict[tuple[int, int], tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        self._deferred: dict[tuple[int, int], list[WeightGradFn]] = {}
+        self._inputs: tuple[torch.Tensor, ...] = ()  # run()'s micro-batches, labels and kwargs
+        self._labels: tuple[torch.Tensor, ...] = ()
+        self._kwargs: Sequence[dict[str, Any]] = ()
         self._loss_sum = torch.zeros((), device=self.device)
         self.idle_s = 0.0
         """After `run`: seconds this rank spent waiting for its neighbours (measured bubble)."""
@@ -205,50 +219,97 @@ class PipelineExecutor:
         src = self.schedule.rank_of(op.direction, from_stage)
         return self._inboxes[src].get((kind, op.direction, op.microbatch))
 
-    def _forward(self, op: Op, inputs: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...],
-                 micro_kwargs: Sequence[dict[str, Any]]) -> None:
+    def _micro_kwargs(self, op: Op) -> dict[str, Any]:
+        return self._kwargs[op.microbatch] if self._kwargs else {}
+
+    def _forward_input(self, op: Op) -> torch.Tensor:
+        """The stage input of forward ``op``: its micro-batch on stage 0, else received."""
         last = op.stage == self.schedule.num_stages - 1
         needs_labels = last and self.loss_fn is not None
-        for needed, given, what in ((op.stage == 0, inputs, "inputs"), (needs_labels, labels, "labels")):
+        for needed, given, what in ((op.stage == 0, self._inputs, "inputs"), (needs_labels, self._labels, "labels")):
             if needed and not given:
                 raise ValueError(f"{self.schedule.name} rank {self.rank} runs stage {op.stage} of direction "
                                  f"{op.direction} and needs `{what}` in step(); pass the batch on this rank")
         if op.stage == 0:
-            x = inputs[op.microbatch].to(self.device)
-        else:
-            x = self._recv(_Msg.ACT, op, op.stage - 1)
-            x.requires_grad_(x.is_floating_point())
-        out = self.chunks[op.direction](x, **(micro_kwargs[op.microbatch] if micro_kwargs else {}))
-        if last:
-            loss = out if self.loss_fn is None else self.loss_fn(out, labels[op.microbatch].to(self.device))
+            return self._inputs[op.microbatch].to(self.device)
+        x = self._recv(_Msg.ACT, op, op.stage - 1)
+        x.requires_grad_(x.is_floating_point())
+        return x
+
+    def _forward_output(self, op: Op, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Send ``out`` on (or turn it into the scaled loss on the last stage) and keep it for B."""
+        if op.stage == self.schedule.num_stages - 1:
+            loss = out if self.loss_fn is None else self.loss_fn(out, self._labels[op.microbatch].to(self.device))
             self._loss_sum += loss.detach()
             out = loss * self.loss_scale
         else:
             self._send(op, out)
         self._saved[(op.direction, op.microbatch)] = (x, out)
 
-    def _backward(self, op: Op) -> None:
+    def _forward(self, op: Op) -> None:
+        x = self._forward_input(op)
+        self._forward_output(op, x, self.chunks[op.direction](x, **self._micro_kwargs(op)))
+
+    def _backward_input(self, op: Op) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(stage input, stage output, gradient w.r.t. that output: None on the last stage)."""
         x, out = self._saved.pop((op.direction, op.microbatch))
         last = op.stage == self.schedule.num_stages - 1
-        grad = None if last else self._recv(_Msg.GRAD, op, op.stage + 1)
-        needs_input_grad = op.stage > 0
-        if op.split and self.defer_weight_grad:
-            # Backward for input only; the weight gradient waits for the matching W op.
-            if needs_input_grad:
-                (gx,) = torch.autograd.grad(out, x, grad, retain_graph=True, allow_unused=True)
-                self._send(op, gx if gx is not None else torch.zeros_like(x))
-            self._deferred[(op.direction, op.microbatch)] = (out, grad)
+        return x, out, None if last else self._recv(_Msg.GRAD, op, op.stage + 1)
+
+    @contextlib.contextmanager
+    def _weight_grads_of(self, op: Op) -> Iterator[None]:
+        """Around a B's autograd pass: a split one queues its weight GEMMs for the W op."""
+        if not (op.split and self.defer_weight_grad):
+            yield
             return
-        torch.autograd.backward(out, grad)
-        if needs_input_grad:
+        with collect_weight_grads() as queued:
+            yield
+        self._deferred[(op.direction, op.microbatch)] = queued
+
+    def _backward_output(self, op: Op, x: torch.Tensor) -> None:
+        if op.stage > 0:  # stage 0's input is the batch itself: nothing to send
             self._send(op, x.grad if x.grad is not None else torch.zeros_like(x))
+
+    def _backward(self, op: Op) -> None:
+        x, out, grad = self._backward_input(op)
+        with self._weight_grads_of(op):
+            torch.autograd.backward(out, grad)
+        self._backward_output(op, x)
 
     def _weight(self, op: Op) -> None:
         if not self.defer_weight_grad:
-            return  # its b already computed the weight gradient
-        out, grad = self._deferred.pop((op.direction, op.microbatch))
-        params = [p for p in self.chunks[op.direction].parameters() if p.requires_grad]
-        torch.autograd.backward(out, grad, inputs=params)
+            return  # its b computed every gradient
+        for compute in self._deferred.pop((op.direction, op.microbatch)):  # the GEMMs its b queued
+            compute()
+
+    def _forward_backward(self, f_op: Op, b_op: Op) -> None:
+        """A slot pairing F of one chunk with B of the other (DualPipe's steady state).
+
+        If the forward chunk's class defines ``overlapped_forward_backward(forward_chunk,
+        forward_input, forward_kwargs, backward_chunk, backward_output, backward_grad)``
+        (a classmethod or staticmethod), both ops' receives are done first and the hook
+        runs ``forward_chunk(forward_input, **forward_kwargs)`` and
+        ``torch.autograd.backward(backward_output, backward_grad)`` (``backward_grad`` is
+        None when ``backward_output`` is the last stage's scaled loss), interleaved as it
+        likes, and returns the forward output, whose send is issued at once. A split
+        backward's weight GEMMs are queued as in :meth:`_backward`. Without the hook the
+        forward runs and its send is issued, then the backward receives its gradient and
+        runs. On GPUs the hook is where one chunk's communication (pipeline sends, the MoE
+        all-to-all) would hide behind the other chunk's compute, as in DeepSeek's
+        DualPipe; here, either way, the two run one after the other.
+        """
+        f_chunk, b_chunk = self.chunks[f_op.direction], self.chunks[b_op.direction]
+        overlapped = getattr(type(f_chunk), "overlapped_forward_backward", None)
+        if overlapped is None:
+            self._forward(f_op)
+            self._backward(b_op)
+            return
+        x_f = self._forward_input(f_op)
+        x_b, out_b, grad_b = self._backward_input(b_op)
+        with self._weight_grads_of(b_op):
+            out_f = overlapped(f_chunk, x_f, self._micro_kwargs(f_op), b_chunk, out_b, grad_b)
+        self._forward_output(f_op, x_f, out_f)
+        self._backward_output(b_op, x_b)
 
     def run(self, inputs: Optional[torch.Tensor], labels: Optional[torch.Tensor],
             micro_kwargs: Optional[Sequence[dict[str, Any]]] = None) -> torch.Tensor:
@@ -259,20 +320,25 @@ class PipelineExecutor:
         and every rank can build from the batch itself, so it never travels the pipeline.
         """
         m = self.schedule.num_microbatches
-        in_mbs = _split(inputs, m, "inputs")
-        label_mbs = _split(labels, m, "labels")
+        self._inputs = _split(inputs, m, "inputs")
+        self._labels = _split(labels, m, "labels")
         if micro_kwargs is not None and len(micro_kwargs) != m:
             raise ValueError(f"micro_kwargs has {len(micro_kwargs)} entries for {m} micro-batches")
+        self._kwargs = micro_kwargs or ()
         for slot in self.schedule.rank_slots[self.rank]:
-            # A pair runs F then B: F's send is in flight while B computes (the CPU form
-            # of DualPipe's overlap; on GPUs comm streams overlap more).
-            for op in slot:
-                if op.kind is OpKind.F:
-                    self._forward(op, in_mbs, label_mbs, micro_kwargs or ())
-                elif op.kind is OpKind.B:
-                    self._backward(op)
-                else:
-                    self._weight(op)
+            if len(slot) == 2:
+                f_op, b_op = slot if slot[0].kind is OpKind.F else slot[::-1]
+                if (f_op.kind, b_op.kind) != (OpKind.F, OpKind.B):
+                    raise ValueError(f"{self.schedule.name}: a paired slot must hold one F and one B, got {slot}")
+                self._forward_backward(f_op, b_op)
+                continue
+            (op,) = slot
+            if op.kind is OpKind.F:
+                self._forward(op)
+            elif op.kind is OpKind.B:
+                self._backward(op)
+            else:
+                self._weight(op)
         started = time.perf_counter()
         for work, _ in self._sends:
             work.wait()
