@@ -27,12 +27,15 @@ class PretrainConfig(LMTrainConfig):
     nproc: int = 1
     """Processes to train with (torchrun on this machine: data parallel or a pipeline)."""
     pipeline: Literal["none", "dualpipe", "1f1b"] = "none"
-    """Pipeline schedule across the `nproc` ranks; "none" = data parallel."""
+    """Pipeline schedule across the `nproc` ranks (each builds only its stages); "none" = data parallel."""
+    expert_parallel: int = 1
+    """E > 1: shard the routed experts over groups of E ranks (all-to-all token dispatch);
+    every rank still takes its own micro-batches. nproc must be a multiple of E."""
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: PretrainConfig = ctx.config
-    if cfg.nproc > 1 or cfg.pipeline != "none":
+    if cfg.nproc > 1 or cfg.pipeline != "none" or cfg.expert_parallel != 1:
         from dsctl.train.launch import launch
 
         return launch(ctx, prepare_training)
@@ -47,18 +50,17 @@ def train_single(ctx: StageContext) -> dict[str, Any]:
     return job.finish(trainer, trainer.fit())
 
 
-def prepare_training(ctx: StageContext, data_world: int = 1):
+def prepare_training(ctx: StageContext, placement=None):
     """Model, batches and the export step of a pretrain run, shared by the single-process
-    and the torchrun paths. `data_world` data-parallel ranks each take a 1/data_world share
-    of `data_world × grad_accum` micro-batches per step (see dsctl.train.strategies)."""
+    and the torchrun paths. A `Placement` says what this rank builds (a pipeline rank: its
+    stages only) and how many data-parallel ranks split each step's micro-batches."""
     import torch
 
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.tokenizer import Tokenizer
-    from dsctl.train.artifacts import export_checkpoint, tokenizer_dir, unigram_loss
+    from dsctl.train.artifacts import tokenizer_dir, unigram_loss
     from dsctl.train.batches import PackedTokens, load_token_split
-    from dsctl.train.checkpoint import latest_checkpoint
-    from dsctl.train.launch import TrainJob
+    from dsctl.train.launch import Placement, TrainJob
 
     cfg: PretrainConfig = ctx.config
     shards = ctx.input("shards")
@@ -67,9 +69,12 @@ def prepare_training(ctx: StageContext, data_world: int = 1):
     overrides = {"vocab_size": tokenizer.vocab_size, "num_nextn_predict_layers": cfg.mtp_depth,
                  "mtp_loss_weight": cfg.mtp_weight, **cfg.model_overrides}
     model_config = ModelConfig.preset(cfg.model, **overrides)
+    placement = placement or Placement()
+    data_world = placement.data_world
     torch.manual_seed(ctx.seed)
-    model = DeepSeekV3(model_config)
-    total, active = model.num_parameters()
+    model = DeepSeekV3(model_config, parts=placement.model_parts(model_config))
+    with torch.device("meta"):  # the whole model's sizes, whatever this rank holds
+        total, active = DeepSeekV3(model_config).num_parameters()
     ctx.info(f"model {cfg.model}: {total / 1e6:.2f}M parameters ({active / 1e6:.2f}M active per token)")
 
     train_docs = load_token_split(shards.path, "train")
@@ -84,7 +89,7 @@ def prepare_training(ctx: StageContext, data_world: int = 1):
         eval_targets = torch.cat([val.batch(i)["input_ids"][:, 1:].flatten() for i in range(cfg.eval_batches)]).numpy()
         summary["unigram_val_loss"] = round(unigram_loss(train_docs, eval_targets, tokenizer.vocab_size, tokenizer.eos_id), 6)
         summary.update(params=total, active_params=active, model=cfg.model)
-        export_checkpoint(trainer.model, ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
+        trainer.strategy.export(trainer, ctx.out, tok_dir)
         return summary
 
     return TrainJob(model, batches, val, finish)

@@ -16,7 +16,7 @@ multi-process bridge rebuilds a StageContext on each rank."""
 ALLOWED = {
     "errors": set(), "progress": set(), "files": set(),
     "model": set(),
-    "fp8": set(),
+    "fp8": {"model"},
     "tasks": {"errors"},
     "tokenizer": {"errors"},
     "parallel": {"model"},

@@ -55,7 +55,7 @@ def test_stages_backward_matches_compute_loss_with_mtp_doc_masks_and_balance(mtp
     loss = run_stages(stages, ids, doc_ids)
     loss.backward()
     earlier_balance = sum(s.stats["balance_loss"] for s in stages[:-1])  # enters gradients, not the loss
-    torch.testing.assert_close(float(loss.detach()) + earlier_balance, float(ref.loss), rtol=1e-6, atol=0)
+    torch.testing.assert_close(float(loss.detach()) + earlier_balance, float(ref.loss.detach()), rtol=1e-6, atol=0)
     last = stages[-1].stats
     torch.testing.assert_close(torch.tensor(last["lm_loss"]), ref.lm_loss.detach())
     torch.testing.assert_close(torch.tensor(last["mtp_loss"]), ref.mtp_loss.detach())

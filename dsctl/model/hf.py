@@ -12,22 +12,31 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
-from .model import DeepSeekV3
+from .model import AbsentPart, DeepSeekV3
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
-def to_hf_state_dict(model: DeepSeekV3, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Our parameter names -> HF DeepseekV3 names (detached, contiguous, unshared copies)."""
+def to_hf_state_dict(model: DeepSeekV3, dtype: torch.dtype | None = None,
+                     keep: Callable[[str], bool] | None = None,
+                     state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Our parameter names -> HF DeepseekV3 names (detached, contiguous, unshared copies).
+    `keep(our_name)` selects what to export (a pipeline rank exports the stage it owns; the
+    MTP modules' copies of the embedding and head go with `mtp.{k}`); `state` replaces
+    `model.state_dict()` (an expert-parallel rank's, with experts numbered globally)."""
     n = model.config.num_hidden_layers
+    wanted = keep or (lambda name: True)
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (model.state_dict() if state is None else state).items():
+        if not wanted(name):
+            continue
         if name.startswith("lm_head."):
             key = name
         elif name.startswith("mtp."):
@@ -36,9 +45,10 @@ def to_hf_state_dict(model: DeepSeekV3, dtype: torch.dtype | None = None) -> dic
         else:
             key = f"model.{name}"
         out[key] = tensor
-    for k in range(len(model.mtp)):
-        out[f"model.layers.{n + k}.embed_tokens.weight"] = model.embed_tokens.weight
-        out[f"model.layers.{n + k}.shared_head.head.weight"] = model.lm_head.weight
+    for k, module in enumerate(model.mtp):
+        if not isinstance(module, AbsentPart) and wanted(f"mtp.{k}"):
+            out[f"model.layers.{n + k}.embed_tokens.weight"] = model.embed_tokens.weight
+            out[f"model.layers.{n + k}.shared_head.head.weight"] = model.lm_head.weight
     return {k: _export_tensor(k, v, dtype) for k, v in out.items()}
 
 
@@ -52,13 +62,36 @@ def _export_tensor(key: str, t: torch.Tensor, dtype: torch.dtype | None) -> torc
 def save_hf(model: DeepSeekV3, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
     """Write config.json + model.safetensors into `directory` (created if missing)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_hf_dict()
-    if dtype is not None:
-        config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_hf_config(model.config, directory, dtype)
     save_file(to_hf_state_dict(model, dtype), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     return directory
+
+
+def write_hf_config(config: ModelConfig, directory: Path, dtype: torch.dtype | None = None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    hf = config.to_hf_dict()
+    if dtype is not None:
+        hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (directory / CONFIG_NAME).write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+
+
+def save_hf_shard(model: DeepSeekV3, directory: Path, index: int, count: int, keep: Callable[[str], bool],
+                  state: dict[str, torch.Tensor] | None = None) -> tuple[str, dict[str, int]]:
+    """Write shard `index` of `count` (the parameters `keep` selects, see to_hf_state_dict)
+    as `model-0000i-of-0000n.safetensors`; returns its file name and {HF key: bytes}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+    tensors = to_hf_state_dict(model, keep=keep, state=state)
+    save_file(tensors, str(directory / name), metadata={"format": "pt"})
+    return name, {key: t.numel() * t.element_size() for key, t in tensors.items()}
+
+
+def write_hf_index(directory: Path, shards: list[tuple[str, dict[str, int]]]) -> None:
+    """The `model.safetensors.index.json` transformers reads to load a sharded checkpoint."""
+    weight_map = {key: name for name, sizes in shards for key in sizes}
+    total = sum(size for _, sizes in shards for size in sizes.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / f"{WEIGHTS_NAME}.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def load_hf(directory: str | Path, *, device: torch.device | str = "cpu",

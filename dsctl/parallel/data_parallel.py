@@ -69,7 +69,13 @@ def all_reduce_grads(module: nn.Module, group: Optional[dist.ProcessGroup] = Non
     A parameter no rank touched keeps ``grad = None``, as it would in one process (so
     AdamW skips it there too); one that only some ranks touched counts zero elsewhere.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
+    reduce_param_grads([p for p in module.parameters() if p.requires_grad], group)
+
+
+def reduce_param_grads(params: list[nn.Parameter], group: Optional[dist.ProcessGroup] = None,
+                       divisor: Optional[int] = None) -> None:
+    """Sum ``params``' gradients over ``group`` and divide by ``divisor`` (default: the
+    group's size, an average); every rank of the group passes the same parameters in order."""
     if not params:
         return
     touched = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
@@ -82,6 +88,6 @@ def all_reduce_grads(module: nn.Module, group: Optional[dist.ProcessGroup] = Non
         return
     flat = torch.cat([p.grad.reshape(-1) for p in live])
     dist.all_reduce(flat, group=group)
-    flat /= dist.get_world_size(group)
+    flat /= dist.get_world_size(group) if divisor is None else divisor
     for p, g in zip(live, flat.split([p.numel() for p in live])):
         p.grad.copy_(g.view_as(p))

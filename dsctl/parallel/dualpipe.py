@@ -71,7 +71,7 @@ from torch import nn
 
 from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor, global_rank
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
-from dsctl.parallel.weight_grad import make_weight_grads_deferrable
+from dsctl.model.weight_grad import make_weight_grads_deferrable
 
 
 class _RankPlan:
@@ -249,16 +249,15 @@ class DualPipe:
 
     def sum_mirror_grads(self) -> None:
         """Add the gradients of the mirror rank's copies of this rank's two stages."""
-        # Both ranks walk the stages in ascending order so sends and receives pair up.
+        # Both ranks walk the stages in ascending order so sends and receives pair up; a
+        # parameter both chunks share (the embedding when the last stage runs MTP) is
+        # one tensor on each rank and is summed once.
         stages = sorted([(self.rank, self.chunks[0]), (self.mirror, self.chunks[1])], key=lambda s: s[0])
-        flats = [_flat_grads(module) for _, module in stages]
-        received = self._exchange(flats, global_rank(self.group, self.mirror))
-        for (_, module), grad in zip(stages, received):
-            offset = 0
-            for p in _trainable(module):
-                n = p.numel()
-                p.grad.add_(grad[offset : offset + n].view_as(p))
-                offset += n
+        params = list({id(p): p for _, module in stages for p in _trainable(module)}.values())
+        (received,) = self._exchange([torch.cat([p.grad.reshape(-1) for p in params])],
+                                     global_rank(self.group, self.mirror))
+        for p, grad in zip(params, received.split([p.numel() for p in params])):
+            p.grad.add_(grad.view_as(p))
 
     def _exchange(self, tensors: list[torch.Tensor], peer: int) -> list[torch.Tensor]:
         """Send ``tensors`` to ``peer`` and receive same-shaped ones back, in one batch."""
@@ -276,7 +275,3 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
         if p.grad is None:  # a parameter no micro-batch touched still has a zero gradient
             p.grad = torch.zeros_like(p)
     return params
-
-
-def _flat_grads(module: nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in _trainable(module)])

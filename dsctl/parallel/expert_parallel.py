@@ -126,7 +126,9 @@ class ExpertParallelMoE(nn.Module):
             recv_counts.reshape(-1))
         perm = torch.argsort(expert_of_row, stable=True)
         sizes = torch.bincount(expert_of_row, minlength=local).tolist()
-        outs = [expert(chunk) for expert, chunk in zip(self.local_experts, rows[perm].split(sizes))]
+        # An expert no row reached is not run, as in the single-process MoE: its gradient
+        # stays None and AdamW leaves it alone unless another rank's copy was used.
+        outs = [expert(chunk) for expert, chunk, n in zip(self.local_experts, rows[perm].split(sizes), sizes) if n]
         grouped = torch.cat(outs) if outs else rows[:0]
         return grouped[torch.argsort(perm)]  # back to arrival order
 

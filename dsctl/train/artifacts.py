@@ -30,6 +30,12 @@ def export_checkpoint(model, out: Path, tokenizer_from: Path | None, training_ch
     from dsctl.model.hf import save_hf
 
     save_hf(model, out)
+    export_companions(out, tokenizer_from, training_checkpoint)
+
+
+def export_companions(out: Path, tokenizer_from: Path | None, training_checkpoint: Path | None) -> None:
+    """What a checkpoint artifact keeps beside its weights: tokenizer files and the
+    training state that produced them."""
     if tokenizer_from is not None:
         for name in TOKENIZER_FILES:
             if (tokenizer_from / name).is_file():

@@ -5,7 +5,7 @@
         --set mtp_depth=0 --set doc_masking=false --set grad_accum=8         # DualPipe
 
 `launch(ctx, prepare)` pickles the job (the stage, its config and inputs, and the stage's
-``prepare(ctx, data_world) -> TrainJob``, which travel by reference as pickle sends any
+``prepare(ctx, placement) -> TrainJob``, which travel by reference as pickle sends any
 function) into the stage's scratch dir, runs ``python -m torch.distributed.run
 --standalone --nproc-per-node N -m dsctl.train.worker JOB`` and returns the summary rank 0
 wrote. Each worker (dsctl.train.worker) rebuilds the stage's context, calls ``prepare``
@@ -55,22 +55,36 @@ TORCHRUN_ARGS_ENV = "DSCTL_TORCHRUN_ARGS"
 """torchrun flags that replace `--standalone --nproc-per-node <nproc>` (multi-node jobs)."""
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What one rank of a training run builds and which micro-batches it reads."""
+
+    data_world: int = 1
+    """Ranks that split each step's micro-batches: rank r reads micro ``m × data_world + r``."""
+    parts: Callable[[Any], set[str] | None] | None = None
+    """model config -> the model parts this rank builds (``DeepSeekV3(parts=...)``); None: all."""
+
+    def model_parts(self, model_config: Any) -> set[str] | None:
+        return self.parts(model_config) if self.parts is not None else None
+
+
 @dataclass
 class TrainJob:
-    """What a stage's ``prepare(ctx, data_world)`` hands the training loop."""
+    """What a stage's ``prepare(ctx, placement)`` hands the training loop."""
 
     model: nn.Module
-    """The model built for one device (same seed on every rank)."""
+    """The model (or this rank's parts of it) built for one device, same seed on every rank."""
     batches: Any
     """Training BatchSource; data parallel ranks read micro index ``m × world + rank``."""
     val_batches: Any
     """Validation BatchSource (or None)."""
     finish: Callable[[LMTrainer, dict[str, Any]], dict[str, Any]]
-    """Rank 0, after training: export the artifact into ctx.out, return the final summary."""
+    """Every rank, after training: export the artifact into ctx.out through
+    ``trainer.strategy.export`` (rank 0 writes what is not sharded), return the summary."""
 
 
 Prepare = Callable[..., TrainJob]
-"""A stage's ``prepare(ctx, data_world=1) -> TrainJob``: a module-level function."""
+"""A stage's ``prepare(ctx, placement: Placement | None = None) -> TrainJob``: a module-level function."""
 
 
 def write_job(ctx: StageContext, prepare: Prepare) -> Path:

@@ -118,6 +118,34 @@ class StepStrategy:
     def save_checkpoint(self, trainer: "Trainer") -> None:
         save_checkpoint(trainer.ckpt_dir, trainer.model, trainer.optimizer, trainer.state)
 
+    def export(self, trainer: "Trainer", out: Path, tokenizer_from: Path | None) -> None:
+        """Write the trained model as a checkpoint artifact into `out` (every rank calls it)."""
+        from dsctl.train.artifacts import export_checkpoint
+
+        export_checkpoint(trainer.model, out, tokenizer_from, latest_checkpoint(trainer.ckpt_dir))
+
+    def linear_totals(self, trainer: "LMTrainer", batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Linear and FP8 Linear FLOPs of one forward on `batch` (dsctl.fp8.coverage)."""
+        from dsctl.fp8.coverage import linear_totals
+
+        batch = {k: v.to(trainer.device) for k, v in batch.items()}
+        with trainer.autocast():
+            return linear_totals(trainer.model, lambda: trainer.loss_fn(trainer.model, batch))
+
+    def load_checkpoint(self, trainer: "Trainer", path: Path) -> dict[str, Any]:
+        """Restore weights, optimizer and RNG from checkpoint `path`; returns the loop state."""
+        return load_checkpoint(path, trainer.model, trainer.optimizer)
+
+    def validation_loss(self, trainer: "LMTrainer") -> float:
+        """Mean LM loss over `eval_batches` validation batches (no gradients)."""
+        losses = []
+        for i in range(trainer.cfg.eval_batches):
+            batch = {k: v.to(trainer.device) for k, v in trainer.val_batches.batch(i).items()}
+            with trainer.autocast():
+                out = trainer.loss_fn(trainer.model, batch)
+            losses.append(float(getattr(out, "lm_loss", out.loss)))
+        return sum(losses) / len(losses)
+
 
 class Trainer:
     """The training core; subclasses define `train_step` (see the module docstring)."""
@@ -239,7 +267,7 @@ class Trainer:
         self.io.warn(f"step {step + 1}: {problem}; step skipped")
         checkpoint = latest_checkpoint(self.ckpt_dir)
         if self.state["consecutive_bad"] >= self.cfg.max_bad_steps and checkpoint is not None:
-            saved = load_checkpoint(checkpoint, self.model, self.optimizer)
+            saved = self.strategy.load_checkpoint(self, checkpoint)
             self.state["rollbacks"] += 1
             self.state["consecutive_bad"] = 0
             self.state["recent_losses"] = saved["recent_losses"]
@@ -253,7 +281,7 @@ class Trainer:
         if checkpoint is None:
             self.io.metrics_path.unlink(missing_ok=True)
             return
-        self.state = load_checkpoint(checkpoint, self.model, self.optimizer)
+        self.state = self.strategy.load_checkpoint(self, checkpoint)
         self.resumed()
         step = self.state["step"]
         self.io.info(f"resumed from {checkpoint.name} (step {step}/{self.cfg.max_steps})")
@@ -307,16 +335,11 @@ class LMTrainer(Trainer):
     @torch.no_grad()
     def validation_loss(self) -> float:
         self.model.eval()
-        losses = []
-        for i in range(self.cfg.eval_batches):
-            batch = {k: v.to(self.device) for k, v in self.val_batches.batch(i).items()}
-            with self.autocast():
-                out = self.loss_fn(self.model, batch)
-            losses.append(float(getattr(out, "lm_loss", out.loss)))
+        loss = self.strategy.validation_loss(self)
         if hasattr(self.model, "update_router_biases"):
             self.model.update_router_biases(speed=0.0)  # validation must not steer routing
         self.model.train()
-        return round(sum(losses) / len(losses), 6)
+        return round(loss, 6)
 
     def summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {}
@@ -330,11 +353,9 @@ class LMTrainer(Trainer):
     @torch.no_grad()
     def fp8_coverage(self) -> dict[str, float]:
         """What FP8 covered, measured on one forward of the first training micro-batch."""
-        from dsctl.fp8.coverage import fp8_coverage
+        from dsctl.fp8.coverage import coverage_report
 
-        batch = {k: v.to(self.device) for k, v in self.batches.batch(0).items()}
-        with self.autocast():
-            report = fp8_coverage(self.model, lambda: self.loss_fn(self.model, batch))
+        report = coverage_report(self.strategy.linear_totals(self, self.batches.batch(0)))
         if hasattr(self.model, "update_router_biases"):
             self.model.update_router_biases(speed=0.0)  # a measurement must not steer routing
         return report

@@ -3,15 +3,18 @@
     torchrun --nproc-per-node 4 -m dsctl.train.worker <scratch>/distributed-job.pkl
 
 Each rank rebuilds the stage's context from the job `launch` pickled, calls the stage's
-``prepare(ctx, data_world)`` for model and batches, and trains with the strategy the
-config names. Rank 0 alone reports, writes metrics, checkpoints and the artifact; a rank
-that fails records why under ``rank-errors/`` for the launcher to report.
+``prepare(ctx, placement)`` for model (or its part of it) and batches, and trains with
+the strategy the config names. Rank 0 alone reports and writes metrics; checkpoints and
+the exported artifact are rank 0's (data parallel) or every rank's own part (pipeline,
+expert parallel); a rank that fails records why under ``rank-errors/`` for the
+launcher to report.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -23,10 +26,10 @@ from dsctl.errors import UserError
 from dsctl.progress import Reporter
 from dsctl.stage import StageContext
 from dsctl.files import write_json_atomic
-from dsctl.train.launch import ERRORS_DIR, SUMMARY_NAME, _die_with_parent
+from dsctl.train.launch import ERRORS_DIR, SUMMARY_NAME, Placement, _die_with_parent
 from dsctl.train.loop import LMTrainer
 from dsctl.train.parallel_config import check_parallel_config
-from dsctl.train.strategies import DataParallelStep, PipelineStep
+from dsctl.train.strategies import DataParallelStep, ExpertParallelStep, PipelineStep
 
 
 class _RankContext(StageContext):
@@ -65,19 +68,42 @@ def train_rank(job: dict[str, Any], world: int, rank: int) -> dict[str, Any] | N
     if world != cfg.nproc:
         raise UserError(f"torchrun started {world} processes in all but the stage's nproc = {cfg.nproc}; "
                         "set nproc to the total over all nodes (nnodes × nproc-per-node)")
-    prepare = job["prepare"]
-    if cfg.pipeline == "none":
-        work, strategy = prepare(ctx, data_world=world), DataParallelStep(world, rank)
+    strategy = strategy_for(cfg, world, rank)
+    if isinstance(strategy, PipelineStep):
+        placement = Placement(parts=strategy.model_parts)
     else:
-        work, strategy = prepare(ctx), PipelineStep(cfg.pipeline, world, rank)
+        placement = Placement(data_world=world)
+    work = job["prepare"](ctx, placement)
     trainer = LMTrainer(work.model, work.batches, cfg, ctx, val_batches=work.val_batches, strategy=strategy)
     summary = trainer.fit()
-    summary.update(nproc=world, pipeline=cfg.pipeline)
+    summary.update(nproc=world, pipeline=cfg.pipeline, expert_parallel=getattr(cfg, "expert_parallel", 1),
+                   **rank_metrics(trainer))
+    summary = work.finish(trainer, summary)  # every rank: the export may be sharded
     if rank == 0:
-        summary = work.finish(trainer, summary)
         write_json_atomic(ctx.scratch / SUMMARY_NAME, summary)
     dist.barrier()
     return summary if rank == 0 else None
+
+
+def strategy_for(cfg: Any, world: int, rank: int) -> DataParallelStep | PipelineStep:
+    if cfg.pipeline != "none":
+        return PipelineStep(cfg.pipeline, world, rank)
+    degree = getattr(cfg, "expert_parallel", 1)
+    return ExpertParallelStep(world, rank, degree) if degree > 1 else DataParallelStep(world, rank)
+
+
+def rank_metrics(trainer: LMTrainer) -> dict[str, list[Any]]:
+    """What each rank held and waited: parameters, peak resident memory, pipeline idle time."""
+    params = sum(p.numel() for p in trainer.model.parameters())
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    idle = getattr(trainer.strategy, "idle_s", None)
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (params, round(peak_mb, 1), idle))
+    metrics: dict[str, list[Any]] = {"params_per_rank": [g[0] for g in gathered],
+                                     "peak_rss_mb_per_rank": [g[1] for g in gathered]}
+    if idle is not None:
+        metrics["idle_s_per_rank"] = [round(g[2], 3) for g in gathered]
+    return metrics
 
 
 def _record_failure(scratch: Path, rank: int, exc: BaseException) -> None:
