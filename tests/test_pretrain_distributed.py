@@ -148,7 +148,8 @@ def _relative_loss_gaps(piped, one) -> list[float]:
     ("1f1b", 2, "fp32", 1e-5),
     ("dualpipe", 2, "fp32", 1e-5),
     ("1f1b", 2, "fp8", 1e-3),
-], ids=["1f1b-fp32", "dualpipe-fp32", "1f1b-fp8"])
+    ("dualpipe", 2, "fp8", 1e-3),
+], ids=["1f1b-fp32", "dualpipe-fp32", "1f1b-fp8", "dualpipe-fp8"])
 @pytest.mark.slow
 def test_pipeline_with_mtp_doc_masks_and_fp8_matches_one_process_step_by_step(tokenized, store, schedule, nproc,
                                                                             precision, tolerance):

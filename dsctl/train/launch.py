@@ -1,8 +1,9 @@
 """Start a training stage on several processes under torchrun, from the `dsctl` process.
 
     dsctl pretrain --from mini_r1:tokenize --nproc 4                         # data parallel
+    dsctl pretrain --from mini_r1:tokenize --nproc 4 --set expert_parallel=2 # + expert parallel
     dsctl pretrain --from mini_r1:tokenize --nproc 4 --set pipeline=dualpipe \\
-        --set mtp_depth=0 --set doc_masking=false --set grad_accum=8         # DualPipe
+        --set grad_accum=8                                                   # DualPipe
 
 `launch(ctx, prepare)` pickles the job (the stage, its config and inputs, and the stage's
 ``prepare(ctx, placement) -> TrainJob``, which travel by reference as pickle sends any
@@ -10,8 +11,9 @@ function) into the stage's scratch dir, runs ``python -m torch.distributed.run
 --standalone --nproc-per-node N -m dsctl.train.worker JOB`` and returns the summary rank 0
 wrote. Each worker (dsctl.train.worker) rebuilds the stage's context, calls ``prepare``
 for model and batches (the code the single-process path runs) and trains with a
-`StepStrategy` from dsctl.train.strategies. Rank 0 alone writes metrics, checkpoints and
-the exported artifact, so the artifact is laid out exactly as a single-process run's.
+`StepStrategy` from dsctl.train.strategies. Rank 0 alone writes metrics; checkpoints and
+the exported artifact are rank 0's (data parallel: laid out exactly as a single-process
+run's) or every rank's own part (pipeline, expert parallel: a sharded HF directory).
 Because ``-m dsctl.train.worker JOB`` is a plain torchrun entry point, a user can start
 the same job with torchrun's own flags on several nodes (scratch and out on a shared
 filesystem):

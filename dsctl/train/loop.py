@@ -112,9 +112,6 @@ class StepStrategy:
     def sync_router_load(self, model: nn.Module) -> None:
         """Make every replica's MoE load counts the step's global counts (before a bias update)."""
 
-    def sync_model(self, trainer: "Trainer") -> None:
-        """Make this process's model and optimizer whole (before validation or a checkpoint)."""
-
     def save_checkpoint(self, trainer: "Trainer") -> None:
         save_checkpoint(trainer.ckpt_dir, trainer.model, trainer.optimizer, trainer.state)
 
@@ -208,8 +205,6 @@ class Trainer:
                 done = self.state["step"] == cfg.max_steps
                 validate = self.validates_after(self.state["step"])
                 checkpoint = self.state["step"] % cfg.checkpoint_every == 0 or done
-                if validate or checkpoint:
-                    self.strategy.sync_model(self)
                 if validate:
                     metrics["val_loss"] = self.state["val_loss"] = self.validation_loss()
                 if step % cfg.log_every == 0 or done or "val_loss" in metrics or "event" in metrics:
