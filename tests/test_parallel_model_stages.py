@@ -62,8 +62,9 @@ def test_stages_backward_matches_compute_loss_with_mtp_doc_masks_and_balance(mtp
     balance = sum(s.stats["balance_loss"] for s in stages)
     torch.testing.assert_close(torch.tensor(balance), ref.balance_loss.detach(), rtol=1e-6, atol=1e-9)
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
-        assert p.grad is not None, name
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+        assert (p.grad is None) == (q.grad is None), name  # an expert no token chose has none in both
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_embedding_is_first_and_head_last_and_the_last_stage_keeps_the_embedding_for_mtp():

@@ -54,44 +54,44 @@ class DeepSeekV3(nn.Module):
     def __init__(self, config: ModelConfig, *, parts: Collection[str] | None = None):
         """Build every part, or only `parts` (names from `model_parts(config)`): the others
         are empty placeholders, so a pipeline rank holds just its stages under the same
-        parameter names. Each part is initialised from its own generator, seeded from one
-        draw of torch's global generator, so a part's weights do not depend on which other
-        parts were built: a rank's stage equals the same stage of the whole model."""
+        parameter names. A part left out is still constructed and initialised on the side,
+        one part at a time, and dropped: torch's generator then makes exactly the draws a
+        whole build makes, so a rank's stage equals the same stage of the whole model (and
+        a whole build is what it always was) while memory never holds more than this
+        rank's parts plus one other."""
         super().__init__()
         self.config = config
-        base_seed = int(torch.randint(0, 2**62, (), device="cpu"))
         built = set(model_parts(config)) if parts is None else set(parts)
         unknown = built - set(model_parts(config))
         if unknown:
             raise ValueError(f"unknown model parts {sorted(unknown)}; parts are {model_parts(config)}")
 
         def part(name: str, build: Callable[[], nn.Module]) -> nn.Module:
-            return build() if name in built else AbsentPart(name)
+            module = build()  # its default initialisation draws happen either way
+            if name in built:
+                return module
+            return AbsentPart(name, [m.weight.shape for m in module.modules() if _drawn_at_init(m)])
 
         n = config.num_hidden_layers
-        # Construction's default initialisation draws are thrown away (each part is
-        # re-initialised below), so keep them off the global generator.
-        with torch.random.fork_rng(devices=[]):
-            self.embed_tokens = part("embed_tokens", lambda: nn.Embedding(config.vocab_size, config.hidden_size))
-            self.layers = nn.ModuleList(part(f"layers.{i}", lambda i=i: DecoderLayer(config, i)) for i in range(n))
-            self.norm = part("norm", lambda: RMSNorm(config.hidden_size, config.rms_norm_eps))
-            self.lm_head = part("lm_head", lambda: nn.Linear(config.hidden_size, config.vocab_size, bias=False))
-            # MTP module k uses cache/layer index n + k, as DeepSeek's release numbers it.
-            self.mtp = nn.ModuleList(part(f"mtp.{k}", lambda k=k: MTPModule(config, n + k))
-                                     for k in range(config.num_nextn_predict_layers))
+        self.embed_tokens = part("embed_tokens", lambda: nn.Embedding(config.vocab_size, config.hidden_size))
+        self.layers = nn.ModuleList(part(f"layers.{i}", lambda i=i: DecoderLayer(config, i)) for i in range(n))
+        self.norm = part("norm", lambda: RMSNorm(config.hidden_size, config.rms_norm_eps))
+        self.lm_head = part("lm_head", lambda: nn.Linear(config.hidden_size, config.vocab_size, bias=False))
+        # MTP module k uses cache/layer index n + k, as DeepSeek's release numbers it.
+        self.mtp = nn.ModuleList(part(f"mtp.{k}", lambda k=k: MTPModule(config, n + k))
+                                 for k in range(config.num_nextn_predict_layers))
         self.rotary = RotaryEmbedding(config)
-        for index, name in enumerate(model_parts(config)):
-            if name in built:
-                generator = torch.Generator().manual_seed((base_seed + index * 0x9E3779B97F4A7C15) % 2**63)
-                self.get_submodule(name).apply(lambda m: self._init_weights(m, generator))
+        self.apply(self._init_weights)
 
-    def _init_weights(self, module: nn.Module, generator: torch.Generator) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding, Router)):
-            with torch.no_grad():
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+        if _drawn_at_init(module):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        if isinstance(module, AbsentPart):  # the draws its weights would have taken, in order
+            for shape in module.drawn_shapes:
+                torch.empty(shape).normal_(mean=0.0, std=std)
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -260,12 +260,20 @@ def model_parts(config: ModelConfig) -> list[str]:
             + [f"mtp.{k}" for k in range(config.num_nextn_predict_layers)])
 
 
+def _drawn_at_init(module: nn.Module) -> bool:
+    """Whether `_init_weights` draws this module's weight from the generator. Every such
+    module is a leaf, so a part's draws follow `modules()` order."""
+    return isinstance(module, (nn.Linear, nn.Embedding, Router))
+
+
 class AbsentPart(nn.Module):
     """Where a partially built model lacks a part: no parameters, and a clear error if used."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, drawn_shapes: list[torch.Size]):
         super().__init__()
         self.part = name
+        self.drawn_shapes = drawn_shapes
+        """Shapes of the weights the part's initialisation draws, in order."""
 
     def forward(self, *args, **kwargs):
         raise RuntimeError(f"model part {self.part!r} was not built on this process (DeepSeekV3(parts=...))")

@@ -4,8 +4,8 @@ Stage 0 embeds token ids, the last stage ends with the final RMSNorm, the LM hea
 MTP modules and the loss, and the decoder layers are spread over the stages as evenly as
 possible (earlier stages get the extra layer, since the last also runs the head). Stages
 share their modules with the model (no copy). A pipeline rank builds only the parts its
-stages use (``stage_parts`` → ``DeepSeekV3(config, parts=...)``), and every part is
-initialised from its own seed, so a rank's stage equals the same stage of the whole model.
+stages use (``stage_parts`` → ``DeepSeekV3(config, parts=...)``); the parts it leaves out
+still make their random draws, so a rank's stage equals the same stage of the whole model.
 
 What a stage needs besides the boundary hidden state (token ids for the MTP embeddings,
 labels, packed-document ids for the attention mask and RoPE positions) every rank builds
@@ -13,7 +13,7 @@ from the batch itself: the executor passes it as keyword arguments (``micro_kwar
 so only one tensor crosses each stage boundary, as in DeepSeek's pipeline.
 
 MTP on the last stage needs the embedding, which lives on stage 0: like Megatron's tied
-embeddings, the last stage holds a copy (same seed, same init) whose gradient is summed
+embeddings, the last stage holds a copy (initialised identically) whose gradient is summed
 with stage 0's after each step (``tied_parameter_names``). Under DualPipe the two end
 ranks hold both stage 0 and the last stage, so one embedding serves both there.
 
