@@ -6,10 +6,10 @@ schedules (DualPipe, 1F1B) with a cost simulator, data and expert parallel helpe
     schedule.py         pipeline ops; dualpipe.py, onef1b.py: the two schedules
     schedule_sim.py     the schedules' cost simulator (python -m dsctl.parallel.schedule_sim)
     pipeline.py         the executor that runs a schedule over real processes
-    weight_grad.py      Linear layers whose weight GEMMs wait for a split backward's W op
-    model_stages.py     the DeepSeekV3 stage adapter (the one module that imports the model)
+    model_stages.py     the DeepSeekV3 stage adapter (builds, cuts and runs the model's parts)
     data_parallel.py    gradient averaging; expert_parallel.py: all-to-all expert dispatch
 
-Model code never imports this package; these modules wrap modules built for one device.
+Model code never imports this package; these modules wrap modules built for one device
+(a split backward's deferred weight GEMMs live in dsctl/model/weight_grad.py).
 Import from the module that defines a name; this package imports nothing.
 """
