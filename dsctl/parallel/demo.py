@@ -55,7 +55,10 @@ def run(cfg: DemoConfig) -> list[float]:
                                "torchrun --standalone --nproc-per-node 2 -m dsctl.parallel.demo")
         torch.manual_seed(cfg.seed)
         layers = max(world, ModelConfig.preset(cfg.preset).num_hidden_layers)
-        model = DeepSeekV3(ModelConfig.preset(cfg.preset, num_hidden_layers=layers)).to(info.device).train()
+        # No MTP: its embedding copy on the last stage needs the tied-gradient sum that
+        # `dsctl pretrain`'s PipelineStep does; this demo exercises the schedules alone.
+        config = ModelConfig.preset(cfg.preset, num_hidden_layers=layers, num_nextn_predict_layers=0)
+        model = DeepSeekV3(config).to(info.device).train()
         stages = split_deepseek_v3(model, world)
         if cfg.schedule == "dualpipe":
             chunks = (stages[info.rank], stages[world - 1 - info.rank])
