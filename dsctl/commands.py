@@ -309,6 +309,51 @@ def plot(
     print(out)
 
 
+def chat(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="A checkpoint: key, key prefix, recipe:stage, or an exported HF directory."),
+    temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature; 0 = greedy."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest reply, in tokens."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first reply (turn t uses seed + t)."),
+) -> None:
+    """Talk to a checkpoint: each reply streams as it is generated, the <think> trace
+    dimmed and the answer plain, with the conversation kept in the chat template.
+    Type /reset to forget the history, /exit (or Ctrl-D) to leave. With stdin not a
+    terminal, each line is one turn, answered once.
+
+    Example:
+
+        dsctl chat mini_r1:grpo
+        echo "What is 36 + 48?" | dsctl chat mini_r1:grpo --temperature 0
+    """
+    import sys
+
+    from rich.console import Console
+
+    from dsctl.chat import ChatSession, ChatSettings, chat_loop, terminal_lines
+
+    if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
+        raise UserError("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
+    artifact = ctx.obj.store.resolve(ref, "checkpoint")
+    if not (artifact.path / "config.json").is_file() or not (artifact.path / "tokenizer.model").is_file():
+        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer (config.json, tokenizer.model)")
+    from dsctl.tokenizer import Tokenizer
+    from dsctl.train.artifacts import load_model, trained_context
+
+    model = load_model(artifact).eval()
+    context = trained_context(artifact.manifest or {}, model.config)
+    session = ChatSession(model, Tokenizer.load(artifact.path),
+                          ChatSettings(temperature, top_p, max_new_tokens, seed), context)
+    console = Console(highlight=False)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console.print(f"[dim]{artifact.label}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                      f"context {context}. /reset clears the history, /exit leaves.[/dim]")
+    chat_loop(session, terminal_lines(console) if interactive else sys.stdin, console, interactive)
+
+
 def register(app: typer.Typer) -> None:
     for fn in (run, status, show, ls, verify, gc, export, plot):
         app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)
+    app.command(name="chat", rich_help_panel="Use a model")(chat)

@@ -21,6 +21,7 @@ ALLOWED = {
     "tokenizer": {"errors"},
     "parallel": {"model"},
     "sampling": {"model"},
+    "chat": {"model"},
     "data": {"errors", "tasks"},
     "train": {"errors", "model", "fp8", "parallel", "tasks", "data", "tokenizer", "configs", "files"},
     "rl": {"errors", "model", "tasks", "train", "sampling", "configs"},

@@ -12,7 +12,7 @@ masked out for the rest of the generation, so rows of one batch can accept diffe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,22 +145,52 @@ def _left_pad(model: DeepSeekV3, prompts: list[list[int]], extra_slots: int, wit
     return ids, mask, cache, L
 
 
-def _sampling_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
-    ids, mask, cache, L = _left_pad(model, prompts, stopper.max_new_tokens)
+def _sampled_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[torch.Tensor]:
+    """(B,) ids, one step at a time; the forward that feeds a step back runs only when the
+    caller asks for the next one, so a caller that stops early wastes no pass."""
+    ids, mask, cache, L = _left_pad(model, prompts, max_new_tokens)
     generator = torch.Generator(device=ids.device).manual_seed(seed)
-    stopper.start(len(prompts))
     logits = model(ids, attention_mask=mask[:, :L], cache=cache, logits_to_keep=1)[:, -1]
-    passes = 0
-    for step in range(stopper.max_new_tokens):
+    for step in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_k, top_p, generator)
+        yield tok
+        mask[:, L + step] = 1  # finished rows keep decoding too; their tokens are ignored
+        logits = model(tok[:, None], attention_mask=mask[:, : L + step + 1], cache=cache)[:, -1]
+
+
+def _sampling_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
+    stopper.start(len(prompts))
+    steps = 0
+    for tok in _sampled_tokens(model, prompts, stopper.max_new_tokens, temperature, top_k, top_p, seed):
+        steps += 1
         for row, t in enumerate(tok.tolist()):
             stopper.emit(row, t)
         if stopper.done:
             break
-        mask[:, L + step] = 1  # finished rows keep decoding too; their tokens are ignored
-        logits = model(tok[:, None], attention_mask=mask[:, : L + step + 1], cache=cache)[:, -1]
-        passes += 1
-    return GenerationResult(tokens=stopper.tokens, finish_reasons=list(stopper.reasons), forward_passes=passes)
+    return GenerationResult(tokens=stopper.tokens, finish_reasons=list(stopper.reasons), forward_passes=steps - 1)
+
+
+def stream(model: DeepSeekV3, prompt: Sequence[int], *, max_new_tokens: int = 64, temperature: float = 1.0,
+           top_p: float = 1.0, top_k: int = 0, stop_token_ids: Sequence[int] = (),
+           seed: int = 0) -> Iterator[int]:
+    """Complete one prompt token by token, yielding each id as it is sampled (the stop
+    token included, then it ends): the same tokens `generate` returns for the same seed."""
+    if not prompt:
+        raise ValueError("stream needs a prompt of at least one token.")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            steps = _sampled_tokens(model, [list(prompt)], max_new_tokens, temperature, top_k, top_p, seed)
+            for tok in steps:
+                token = int(tok[0])
+                yield token
+                if token in stop_token_ids:
+                    return
+    finally:
+        model.train(was_training)
 
 
 def _speculative_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
