@@ -353,7 +353,45 @@ def chat(
     chat_loop(session, terminal_lines(console) if interactive else sys.stdin, console, interactive)
 
 
+def serve(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="A checkpoint: key, key prefix, recipe:stage, or an exported HF directory."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    model_name: str = typer.Option("", "--model-name", help="The name clients ask for (default: the ref)."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Requests decoded together at most."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Reply length when a request gives none."),
+) -> None:
+    """Serve a checkpoint over an OpenAI-compatible HTTP API (FastAPI + uvicorn):
+    /v1/chat/completions and /v1/completions (streaming included), /v1/models, /health.
+    Concurrent requests share one decode loop (continuous batching).
+
+    Example:
+
+        dsctl serve mini_r1:grpo --port 8000
+        curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+          -d '{"model": "mini_r1:grpo", "messages": [{"role": "user", "content": "What is 36 + 48?"}]}'
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("dsctl serve needs FastAPI and uvicorn: pip install 'dsctl[serve]'") from None
+    from dsctl.server import create_app
+    from dsctl.tokenizer import Tokenizer
+    from dsctl.train.artifacts import load_model, trained_context
+
+    artifact = ctx.obj.store.resolve(ref, "checkpoint")
+    if not (artifact.path / "config.json").is_file() or not (artifact.path / "tokenizer.model").is_file():
+        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer (config.json, tokenizer.model)")
+    model = load_model(artifact).eval()
+    context = trained_context(artifact.manifest or {}, model.config)
+    app = create_app(model, Tokenizer.load(artifact.path), model_name or ref, context, max_tokens, max_batch)
+    print(f"serving {model_name or ref} on http://{host}:{port}/v1 (context {context})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
 def register(app: typer.Typer) -> None:
     for fn in (run, status, show, ls, verify, gc, export, plot):
         app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)
     app.command(name="chat", rich_help_panel="Use a model")(chat)
+    app.command(name="serve", rich_help_panel="Use a model")(serve)

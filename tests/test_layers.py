@@ -22,6 +22,8 @@ ALLOWED = {
     "parallel": {"model"},
     "sampling": {"model"},
     "chat": {"model"},
+    "engine": {"model"},
+    "server": {"engine"},
     "data": {"errors", "tasks"},
     "train": {"errors", "model", "fp8", "parallel", "tasks", "data", "tokenizer", "configs", "files"},
     "rl": {"errors", "model", "tasks", "train", "sampling", "configs"},

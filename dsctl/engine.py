@@ -1,0 +1,186 @@
+"""One decode loop shared by every request: continuous batching over the MLA latent cache.
+
+`DecodeEngine.submit(prompt, params)` queues a request and returns a `Request` whose
+tokens arrive as they are sampled. A background thread runs the loop: a request that
+arrives while others decode is prefilled alone, then joins the batch at the next step;
+a finished (or cancelled) one leaves at once. The batch shares one `LatentCache` whose
+rows are left-padded to a common slot clock: joining shifts the rows right so every
+row's last token sits at the clock, and the attention mask hides the padding. Positions
+count a row's real tokens, so each row decodes as it would alone, and each row samples
+with its own generator, seeded from its request: at temperature 0, and at any
+temperature with the same seed, an answer equals what the same request gets alone.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from dsctl.model.generate import sample_next
+from dsctl.model.mla import LatentCache
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    """Stop strings: the reply ends once its text contains one (which is then cut off)."""
+
+
+@dataclass
+class Request:
+    """A submitted request; `on_event` gets ("token", id) per emitted token, then
+    ("done", "stop" | "length" | "cancelled"), called from the engine's thread."""
+
+    prompt: list[int]
+    params: SamplingParams
+    on_event: Callable[[tuple[str, object]], None]
+    tokens: list[int] = field(default_factory=list)
+    """Every sampled id, the stop token included."""
+    cancelled: bool = False
+    finish: str | None = None
+    """"stop" or "length" once the request is done."""
+    generator: torch.Generator | None = None
+    cache_kv: torch.Tensor | None = None
+    """(layers, clock, width) view of this request's row of the batch cache."""
+    mask: torch.Tensor | None = None
+    """(clock,) view of this row's attention mask (1 = a real slot)."""
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step (a client that went away)."""
+        self.cancelled = True
+
+
+class DecodeEngine:
+    """Continuous batching for one model; see the module docstring."""
+
+    def __init__(self, model, decode: Callable[[list[int]], str], max_batch: int = 16) -> None:
+        self.model, self.decode, self.max_batch = model.eval(), decode, max_batch
+        self.pending: queue.Queue[Request] = queue.Queue()
+        self.active: list[Request] = []
+        self.steps = 0
+        """Batched decode steps run so far (tests count them)."""
+        self.largest_batch = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dsctl-decode", daemon=True)
+        self._thread.start()
+
+    def submit(self, prompt: list[int], params: SamplingParams,
+               on_event: Callable[[tuple[str, object]], None]) -> Request:
+        request = Request(list(prompt), params, on_event)
+        self.pending.put(request)
+        return request
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    # -- the loop (one thread) -------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                if not self.active:
+                    try:
+                        self.pending.put(self.pending.get(timeout=0.05))
+                    except queue.Empty:
+                        continue
+                while len(self.active) < self.max_batch and not self.pending.empty():
+                    self._admit(self.pending.get())
+                if self.active:
+                    self._step()
+
+    def _admit(self, request: Request) -> None:
+        """Prefill `request` alone, emit its first token, and add its row to the batch."""
+        if request.cancelled:
+            request.on_event(("done", "cancelled"))
+            return
+        request.generator = torch.Generator().manual_seed(request.params.seed)
+        ids = torch.tensor([request.prompt])
+        cache = LatentCache(self.model.config, self.model.config.num_hidden_layers, 1, len(request.prompt))
+        logits = self.model(ids, cache=cache, logits_to_keep=1)[:, -1]
+        row_mask = torch.ones(1, len(request.prompt), dtype=torch.long)
+        self._join(request, cache, row_mask)
+        self._emit(len(self.active) - 1, logits[0])
+        self._finish_rows()
+
+    def _join(self, request: Request, cache: LatentCache, row_mask: torch.Tensor) -> None:
+        """Rebuild the batch cache with the new row, every row right-aligned at the clock."""
+        rows = [(r.cache_kv, r.mask) for r in self.active] + [(cache.kv[:, 0], row_mask[0])]
+        clock = max(mask.shape[0] for _, mask in rows)
+        room = clock + max(r.params.max_tokens for r in [*self.active, request])
+        kv = torch.zeros(cache.kv.shape[0], len(rows), room, cache.kv.shape[-1], dtype=cache.kv.dtype)
+        mask = torch.zeros(len(rows), room, dtype=torch.long)
+        for i, (row_kv, row_mask_i) in enumerate(rows):
+            n = row_mask_i.shape[0]
+            kv[:, i, clock - n:clock] = row_kv[:, :n]
+            mask[i, clock - n:clock] = row_mask_i
+        self.batch = LatentCache(self.model.config, cache.kv.shape[0], len(rows), room, dtype=cache.kv.dtype)
+        self.batch.kv.copy_(kv)
+        self.batch.length = clock
+        self.mask = mask
+        self.active.append(request)
+        self._refresh_views()
+        self.largest_batch = max(self.largest_batch, len(self.active))
+
+    def _refresh_views(self) -> None:
+        clock = self.batch.length
+        for i, r in enumerate(self.active):
+            r.cache_kv = self.batch.kv[:, i, :clock]
+            r.mask = self.mask[i, :clock]
+
+    def _leave(self, finished: list[int]) -> None:
+        keep = [i for i in range(len(self.active)) if i not in finished]
+        self.active = [self.active[i] for i in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep)
+        batch = LatentCache(self.model.config, self.batch.kv.shape[0], len(keep), self.batch.max_slots,
+                            dtype=self.batch.kv.dtype)
+        batch.kv.copy_(self.batch.kv.index_select(1, index))
+        batch.length = self.batch.length
+        self.batch, self.mask = batch, self.mask.index_select(0, index)
+        self._refresh_views()
+
+    def _step(self) -> None:
+        """Feed every row its last token, sample the next, let finished rows leave."""
+        clock = self.batch.length
+        if clock >= self.batch.max_slots:  # cannot happen: rows leave before their budget ends
+            raise RuntimeError("decode batch ran out of cache slots")
+        last = torch.tensor([[r.tokens[-1]] for r in self.active])
+        self.mask[:, clock] = 1
+        logits = self.model(last, attention_mask=self.mask[:, :clock + 1], cache=self.batch)[:, -1]
+        self.steps += 1
+        self._refresh_views()
+        for i in range(len(self.active)):
+            self._emit(i, logits[i])
+        self._finish_rows()
+
+    def _finish_rows(self) -> None:
+        finished = [i for i, r in enumerate(self.active) if r.finish or r.cancelled]
+        for i in finished:
+            r = self.active[i]
+            r.on_event(("done", r.finish or "cancelled"))
+        if finished:
+            self._leave(finished)
+
+    def _emit(self, row: int, logits: torch.Tensor) -> None:
+        r = self.active[row]
+        p = r.params
+        token = int(sample_next(logits[None], p.temperature, 0, p.top_p, r.generator)[0])
+        r.tokens.append(token)
+        if token in p.stop_token_ids:
+            r.finish = "stop"
+            return
+        r.on_event(("token", token))
+        if p.stop and any(s in self.decode(r.tokens) for s in p.stop):
+            r.finish = "stop"
+        elif len(r.tokens) >= p.max_tokens:
+            r.finish = "length"
