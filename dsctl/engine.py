@@ -38,7 +38,8 @@ class SamplingParams:
 @dataclass
 class Request:
     """A submitted request; `on_event` gets ("token", id) per emitted token, then
-    ("done", "stop" | "length" | "cancelled"), called from the engine's thread."""
+    ("done", "stop" | "length" | "cancelled"), or ("error", message) if decoding failed,
+    called from the engine's thread."""
 
     prompt: list[int]
     params: SamplingParams
@@ -92,10 +93,19 @@ class DecodeEngine:
                         self.pending.put(self.pending.get(timeout=0.05))
                     except queue.Empty:
                         continue
-                while len(self.active) < self.max_batch and not self.pending.empty():
-                    self._admit(self.pending.get())
-                if self.active:
-                    self._step()
+                try:
+                    while len(self.active) < self.max_batch and not self.pending.empty():
+                        self._admit(self.pending.get())
+                    if self.active:
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 (a failed step must not stop the loop)
+                    self._fail_active(f"{type(exc).__name__}: {exc}")
+
+    def _fail_active(self, message: str) -> None:
+        """End every request in the batch with an error; the loop serves the next ones."""
+        for request in self.active:
+            request.on_event(("error", message))
+        self.active = []
 
     def _admit(self, request: Request) -> None:
         """Prefill `request` alone, emit its first token, and add its row to the batch."""

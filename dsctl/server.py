@@ -127,6 +127,8 @@ def create_app(model, tokenizer, model_name: str, context: int, default_max_toke
             done = 0
             while done < n:
                 event = await events.get()
+                if event[1] == "error":
+                    raise ApiError(500, f"decoding failed: {event[2]}", None, "internal_error", "server_error")
                 done += event[1] == "done"
                 yield event
         finally:  # the client went away (or we finished): free every row still decoding
@@ -182,23 +184,30 @@ def create_app(model, tokenizer, model_name: str, context: int, default_max_toke
             return "data: " + json.dumps({"id": rid, "object": obj, "created": int(time.time()),
                                           "model": model_name, "choices": [choice]}) + "\n\n"
 
+        def on_event(i: int, what: str, value) -> list[str]:
+            """The SSE chunks one engine event turns into."""
+            text = _text(ids[i] + [value] if what == "token" else ids[i], params.stop)
+            if what != "token":
+                return [chunk(i, text[len(sent[i]):], value)]
+            ids[i].append(value)
+            # hold back a character that may still change as more bytes arrive
+            safe = text[:-1] if text.endswith("\ufffd") else text
+            if len(safe) <= len(sent[i]):
+                return []
+            delta, sent[i] = safe[len(sent[i]):], safe
+            return [chunk(i, delta, None)]
+
         if kind == "chat":
             for i in range(body.n):
                 yield chunk(i, None, None, first=True)
-        async for i, what, value in _run(prompt, params, body.n):
-            if await http.is_disconnected():
-                return  # leaving _run's generator cancels every row
-            if what == "token":
-                ids[i].append(value)
-                text = _text(ids[i], params.stop)
-                # hold back a character that may still change as more bytes arrive
-                safe = text[:-1] if text.endswith("\ufffd") else text
-                if len(safe) > len(sent[i]):
-                    yield chunk(i, safe[len(sent[i]):], None)
-                    sent[i] = safe
-            else:
-                text = _text(ids[i], params.stop)
-                yield chunk(i, text[len(sent[i]):], value)
+        try:
+            async for event in _run(prompt, params, body.n):
+                if await http.is_disconnected():
+                    return  # leaving _run's generator cancels every row
+                for piece in on_event(*event):
+                    yield piece
+        except ApiError as exc:  # the status line is sent already: report it in the stream
+            yield "data: " + json.dumps(exc.body()) + "\n\n"
         yield "data: [DONE]\n\n"
 
     @app.post("/v1/chat/completions")

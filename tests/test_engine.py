@@ -1,0 +1,102 @@
+"""The continuous-batching engine: requests that join mid-decode give what they give
+alone, a cancelled request leaves at once, and a failing step fails only its batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from dsctl.engine import DecodeEngine, SamplingParams
+from dsctl.model import DeepSeekV3, ModelConfig, generate
+
+
+@pytest.fixture(scope="module")
+def model() -> DeepSeekV3:
+    torch.manual_seed(0)
+    return DeepSeekV3(ModelConfig.preset("tiny", vocab_size=300)).eval()
+
+
+class Collector:
+    def __init__(self, count: int) -> None:
+        self.events: dict[int, list] = {i: [] for i in range(count)}
+        self.left = count
+        self.all_done = threading.Event()
+
+    def __call__(self, i: int):
+        def on_event(event) -> None:
+            self.events[i].append(event)
+            if event[0] in ("done", "error"):
+                self.left -= 1
+                if not self.left:
+                    self.all_done.set()
+        return on_event
+
+    def tokens(self, i: int) -> list[int]:
+        return [value for kind, value in self.events[i] if kind == "token"]
+
+
+def prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(3, 300, (n,), generator=g).tolist() for n in (5, 17, 9, 30, 2, 12)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_requests_joining_mid_decode_give_what_they_give_alone(model, temperature):
+    engine = DecodeEngine(model, lambda ids: "", max_batch=4)
+    try:
+        got = Collector(len(prompts()))
+        for i, prompt in enumerate(prompts()):  # staggered: later ones join a running batch
+            engine.submit(prompt, SamplingParams(max_tokens=10 + i, temperature=temperature, seed=i), got(i))
+            time.sleep(0.01 * (i % 3))
+        assert got.all_done.wait(60)
+    finally:
+        engine.close()
+    assert engine.largest_batch >= 2
+    for i, prompt in enumerate(prompts()):
+        alone = generate(model, [prompt], max_new_tokens=10 + i, temperature=temperature, seed=i).tokens[0]
+        assert got.tokens(i) == alone, i
+        assert got.events[i][-1] == ("done", "length")
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(model):
+    engine = DecodeEngine(model, lambda ids: "")
+    try:
+        got = Collector(2)
+        slow = engine.submit(prompts()[0], SamplingParams(max_tokens=500), got(0))
+        engine.submit(prompts()[1], SamplingParams(max_tokens=20), got(1))
+        while len(got.tokens(0)) < 3:
+            time.sleep(0.005)
+        slow.cancel()
+        assert got.all_done.wait(60)
+    finally:
+        engine.close()
+    assert got.events[0][-1] == ("done", "cancelled") and len(got.tokens(0)) < 500
+    assert got.events[1][-1] == ("done", "length") and len(got.tokens(1)) == 20
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_serves_the_next(model, monkeypatch):
+    engine = DecodeEngine(model, lambda ids: "")
+    calls = {"n": 0}
+    forward = model.forward
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated kernel failure")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky)
+    try:
+        first = Collector(1)
+        engine.submit(prompts()[0], SamplingParams(max_tokens=10), first(0))
+        assert first.all_done.wait(60)
+        second = Collector(1)
+        engine.submit(prompts()[1], SamplingParams(max_tokens=4), second(0))
+        assert second.all_done.wait(60)
+    finally:
+        engine.close()
+    assert first.events[0][-1] == ("error", "RuntimeError: simulated kernel failure")
+    assert second.events[0][-1] == ("done", "length") and len(second.tokens(0)) == 4
