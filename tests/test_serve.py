@@ -168,3 +168,49 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(checkpoint, tmp_path
     assert result["response"].status_code == 200 and reply["usage"]["completion_tokens"] > 0, json.dumps(reply)
     with pytest.raises(httpx.HTTPError):
         httpx.get(base + "/health", timeout=2)
+
+
+@pytest.mark.slow
+def test_lm_evaluation_harness_local_completions_runs_against_dsctl_serve(server, client, tmp_path):
+    pytest.importorskip("lm_eval")
+    import shutil
+
+    problems = tmp_path / "problems.jsonl"
+    rows = [{"prompt": f"Compute {a} + {a + 3}.", "answer": str(2 * a + 3)} for a in range(10, 16)]
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "dsctl_serve_arith.yaml").write_text(f"""task: dsctl_serve_arith
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {problems}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["</answer>"]
+  max_gen_toks: 12
+  do_sample: false
+  temperature: 0.0
+metric_list:
+  - metric: exact_match
+""")
+    cli = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or "lm_eval"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OPENAI_API_KEY": "unused"}
+    done = subprocess.run([cli, "--model", "local-completions", "--model_args",
+                           f"model={MODEL},base_url={server}/v1/completions,tokenizer_backend=None,"
+                           "tokenized_requests=False,num_concurrent=4,max_retries=1",
+                           "--tasks", "dsctl_serve_arith", "--include_path", str(task),
+                           "--output_path", str(tmp_path / "out"), "--log_samples"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(line) for f in (tmp_path / "out").rglob("samples_dsctl_serve_arith_*.jsonl")
+              for line in f.read_text().splitlines()]
+    assert len(logged) == len(rows)
+    for row in logged:  # what the harness got is what the server answers that prompt
+        prompt = rows[row["doc_id"]]["prompt"]
+        ours = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0,
+                                         stop=["</answer>"]).choices[0].text
+        assert row["resps"][0][0] == ours
