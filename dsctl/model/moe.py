@@ -142,7 +142,7 @@ class MoE(nn.Module):
         The key holds every weight's storage pointer and in-place version counter, so an
         optimizer step, load_state_dict or .to() invalidates the copy.
         """
-        weights = [p for e in self.experts for p in (e.gate_proj.weight, e.up_proj.weight, e.down_proj.weight)]
+        weights = self._expert_weights()
         key = tuple((p.data_ptr(), p._version) for p in weights)
         if getattr(self, "_stack_key", None) != key:
             gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts])
@@ -151,6 +151,16 @@ class MoE(nn.Module):
             self._stack = (gate_up.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous())
             self._stack_key = key
         return self._stack
+
+    def _expert_weights(self) -> list[torch.Tensor]:
+        """Every expert's three weights, listed once per set of expert modules: walking the
+        modules for them on each decode step cost more than the grouped GEMM itself."""
+        owner = (id(self.experts), id(self.experts[0].gate_proj))
+        if getattr(self, "_weights_owner", None) != owner:
+            self._weights = [p for e in self.experts for p in (e.gate_proj.weight, e.up_proj.weight,
+                                                                 e.down_proj.weight)]
+            self._weights_owner = owner
+        return self._weights
 
     def _grouped_experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         gate_up, down = self._stacked_weights()
