@@ -50,10 +50,6 @@ class Request:
     finish: str | None = None
     """"stop" or "length" once the request is done."""
     generator: torch.Generator | None = None
-    cache_kv: torch.Tensor | None = None
-    """(layers, clock, width) view of this request's row of the batch cache."""
-    mask: torch.Tensor | None = None
-    """(clock,) view of this row's attention mask (1 = a real slot)."""
 
     def cancel(self) -> None:
         """Leave the batch at the next step (a client that went away)."""
@@ -88,16 +84,15 @@ class DecodeEngine:
     def _loop(self) -> None:
         with torch.inference_mode():
             while not self._stop.is_set():
-                if not self.active:
-                    try:
-                        self.pending.put(self.pending.get(timeout=0.05))
-                    except queue.Empty:
-                        continue
                 try:
+                    if not self.active:  # idle: wait for the next request
+                        self._admit(self.pending.get(timeout=0.05))
                     while len(self.active) < self.max_batch and not self.pending.empty():
                         self._admit(self.pending.get())
                     if self.active:
                         self._step()
+                except queue.Empty:
+                    continue
                 except Exception as exc:  # noqa: BLE001 (a failed step must not stop the loop)
                     self._fail_active(f"{type(exc).__name__}: {exc}")
 
@@ -113,51 +108,43 @@ class DecodeEngine:
             request.on_event(("done", "cancelled"))
             return
         request.generator = torch.Generator().manual_seed(request.params.seed)
-        ids = torch.tensor([request.prompt])
         cache = LatentCache(self.model.config, self.model.config.num_hidden_layers, 1, len(request.prompt))
-        logits = self.model(ids, cache=cache, logits_to_keep=1)[:, -1]
-        row_mask = torch.ones(1, len(request.prompt), dtype=torch.long)
-        self._join(request, cache, row_mask)
+        try:
+            logits = self.model(torch.tensor([request.prompt]), cache=cache, logits_to_keep=1)[:, -1]
+        except Exception as exc:  # noqa: BLE001 (only this request failed; the batch goes on)
+            request.on_event(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        self._join(request, cache)
         self._emit(len(self.active) - 1, logits[0])
         self._finish_rows()
 
-    def _join(self, request: Request, cache: LatentCache, row_mask: torch.Tensor) -> None:
-        """Rebuild the batch cache with the new row, every row right-aligned at the clock."""
-        rows = [(r.cache_kv, r.mask) for r in self.active] + [(cache.kv[:, 0], row_mask[0])]
-        clock = max(mask.shape[0] for _, mask in rows)
-        room = clock + max(r.params.max_tokens for r in [*self.active, request])
-        kv = torch.zeros(cache.kv.shape[0], len(rows), room, cache.kv.shape[-1], dtype=cache.kv.dtype)
-        mask = torch.zeros(len(rows), room, dtype=torch.long)
-        for i, (row_kv, row_mask_i) in enumerate(rows):
-            n = row_mask_i.shape[0]
-            kv[:, i, clock - n:clock] = row_kv[:, :n]
-            mask[i, clock - n:clock] = row_mask_i
-        self.batch = LatentCache(self.model.config, cache.kv.shape[0], len(rows), room, dtype=cache.kv.dtype)
-        self.batch.kv.copy_(kv)
-        self.batch.length = clock
-        self.mask = mask
+    def _join(self, request: Request, row: LatentCache) -> None:
+        """Rebuild the batch cache with the new row: the batch's slots and the row's prompt
+        both end at the new clock, the longer of the two, so every row's last token sits
+        there; the slots a shorter side lacks stay masked."""
+        old = self.batch.length if self.active else 0
+        new = row.length
+        clock = max(old, new)
+        room = clock + max(r.params.max_tokens - len(r.tokens) for r in [*self.active, request])
+        batch = LatentCache(self.model.config, row.kv.shape[0], len(self.active) + 1, room, dtype=row.kv.dtype)
+        mask = torch.zeros(len(self.active) + 1, room, dtype=torch.long)
+        if self.active:
+            batch.kv[:, :-1, clock - old:clock] = self.batch.kv[:, :, :old]
+            mask[:-1, clock - old:clock] = self.mask[:, :old]
+        batch.kv[:, -1, clock - new:clock] = row.kv[:, 0, :new]
+        mask[-1, clock - new:clock] = 1
+        batch.length = clock
+        self.batch, self.mask = batch, mask
         self.active.append(request)
-        self._refresh_views()
         self.largest_batch = max(self.largest_batch, len(self.active))
-
-    def _refresh_views(self) -> None:
-        clock = self.batch.length
-        for i, r in enumerate(self.active):
-            r.cache_kv = self.batch.kv[:, i, :clock]
-            r.mask = self.mask[i, :clock]
 
     def _leave(self, finished: list[int]) -> None:
         keep = [i for i in range(len(self.active)) if i not in finished]
         self.active = [self.active[i] for i in keep]
-        if not keep:
-            return
-        index = torch.tensor(keep)
-        batch = LatentCache(self.model.config, self.batch.kv.shape[0], len(keep), self.batch.max_slots,
-                            dtype=self.batch.kv.dtype)
-        batch.kv.copy_(self.batch.kv.index_select(1, index))
-        batch.length = self.batch.length
-        self.batch, self.mask = batch, self.mask.index_select(0, index)
-        self._refresh_views()
+        if keep:
+            index = torch.tensor(keep)
+            self.batch.kv = self.batch.kv.index_select(1, index)
+            self.mask = self.mask.index_select(0, index)
 
     def _step(self) -> None:
         """Feed every row its last token, sample the next, let finished rows leave."""
@@ -168,7 +155,6 @@ class DecodeEngine:
         self.mask[:, clock] = 1
         logits = self.model(last, attention_mask=self.mask[:, :clock + 1], cache=self.batch)[:, -1]
         self.steps += 1
-        self._refresh_views()
         for i in range(len(self.active)):
             self._emit(i, logits[i])
         self._finish_rows()

@@ -84,19 +84,21 @@ def test_a_failing_step_fails_its_requests_and_the_loop_serves_the_next(model, m
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] in (1, 4):  # the first request's prefill, then the second's second step
             raise RuntimeError("simulated kernel failure")
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", flaky)
     try:
-        first = Collector(1)
-        engine.submit(prompts()[0], SamplingParams(max_tokens=10), first(0))
-        assert first.all_done.wait(60)
-        second = Collector(1)
-        engine.submit(prompts()[1], SamplingParams(max_tokens=4), second(0))
-        assert second.all_done.wait(60)
+        outcomes = []
+        for prompt in prompts()[:3]:
+            got = Collector(1)
+            engine.submit(prompt, SamplingParams(max_tokens=4), got(0))
+            assert got.all_done.wait(60)
+            outcomes.append(got)
     finally:
         engine.close()
-    assert first.events[0][-1] == ("error", "RuntimeError: simulated kernel failure")
-    assert second.events[0][-1] == ("done", "length") and len(second.tokens(0)) == 4
+    failure = ("error", "RuntimeError: simulated kernel failure")
+    assert outcomes[0].events[0] == [failure]  # its prefill failed: nothing was sampled
+    assert outcomes[1].events[0][-1] == failure and len(outcomes[1].tokens(0)) == 2  # a decode step failed
+    assert outcomes[2].events[0][-1] == ("done", "length") and len(outcomes[2].tokens(0)) == 4
