@@ -186,10 +186,11 @@ def create_app(model, tokenizer, model_name: str, context: int, default_max_toke
 
         def on_event(i: int, what: str, value) -> list[str]:
             """The SSE chunks one engine event turns into."""
-            text = _text(ids[i] + [value] if what == "token" else ids[i], params.stop)
+            if what == "token":
+                ids[i].append(value)
+            text = _text(ids[i], params.stop)
             if what != "token":
                 return [chunk(i, text[len(sent[i]):], value)]
-            ids[i].append(value)
             # hold back a character that may still change as more bytes arrive
             safe = text[:-1] if text.endswith("\ufffd") else text
             if len(safe) <= len(sent[i]):

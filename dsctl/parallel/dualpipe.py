@@ -244,7 +244,7 @@ class DualPipe:
             self.sum_mirror_grads()
         if self.rank not in (0, self.num_ranks - 1):
             return None
-        other = self._exchange([loss_sum.reshape(1)], global_rank(self.group, self.num_ranks - 1 - self.rank))
+        other = self.exchange([loss_sum.reshape(1)], global_rank(self.group, self.num_ranks - 1 - self.rank))
         return (loss_sum + other[0][0]) / num_microbatches
 
     def sum_mirror_grads(self) -> None:
@@ -254,12 +254,12 @@ class DualPipe:
         # one tensor on each rank and is summed once.
         stages = sorted([(self.rank, self.chunks[0]), (self.mirror, self.chunks[1])], key=lambda s: s[0])
         params = list({id(p): p for _, module in stages for p in _trainable(module)}.values())
-        (received,) = self._exchange([torch.cat([p.grad.reshape(-1) for p in params])],
+        (received,) = self.exchange([torch.cat([p.grad.reshape(-1) for p in params])],
                                      global_rank(self.group, self.mirror))
         for p, grad in zip(params, received.split([p.numel() for p in params])):
             p.grad.add_(grad.view_as(p))
 
-    def _exchange(self, tensors: list[torch.Tensor], peer: int) -> list[torch.Tensor]:
+    def exchange(self, tensors: list[torch.Tensor], peer: int) -> list[torch.Tensor]:
         """Send ``tensors`` to ``peer`` and receive same-shaped ones back, in one batch."""
         out = [torch.empty_like(t) for t in tensors]
         ops = [dist.P2POp(dist.isend, t, peer, self.group) for t in tensors]

@@ -60,6 +60,36 @@ _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 _HEADER_LEN = 8  # dtype code, ndim, up to 6 dims
 
 
+def _header(payload: torch.Tensor) -> torch.Tensor:
+    """The int64 header that announces `payload`'s dtype and shape to its receiver."""
+    if payload.dim() > _HEADER_LEN - 2:
+        raise ValueError(f"pipeline boundary tensors may have at most {_HEADER_LEN - 2} dims, got {payload.dim()}")
+    dims = list(payload.shape) + [0] * (_HEADER_LEN - 2 - payload.dim())
+    return torch.tensor([_DTYPES.index(payload.dtype), payload.dim(), *dims], device=payload.device)
+
+
+def _announced(header: torch.Tensor) -> tuple[list[int], torch.dtype]:
+    values = header.tolist()
+    return values[2 : 2 + values[1]], _DTYPES[values[0]]
+
+
+def send_tensor(tensor: torch.Tensor, dst: int, group: Optional[dist.ProcessGroup] = None) -> None:
+    """Blocking send of any tensor, header first: for a forward chain outside a schedule."""
+    payload = tensor.detach().contiguous()
+    dist.send(_header(payload), dst, group=group)
+    dist.send(payload, dst, group=group)
+
+
+def recv_tensor(src: int, device: torch.device, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """Receive what `send_tensor` sent from `src`."""
+    header = torch.empty(_HEADER_LEN, dtype=torch.int64, device=device)
+    dist.recv(header, src, group=group)
+    shape, dtype = _announced(header)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    dist.recv(out, src, group=group)
+    return out
+
+
 class _Msg(str, enum.Enum):
     ACT = "act"  # forward activation, stage s -> s+1
     GRAD = "grad"  # gradient w.r.t. a stage's input, stage s -> s-1
@@ -135,9 +165,8 @@ class _Inbox:
         while key not in self.parked:
             if self.next >= len(self.expected):
                 raise RuntimeError(f"rank waits for {key} from rank {self.src}, which never sends it")
-            header = self._recv((_HEADER_LEN,), torch.int64).tolist()
-            dtype, ndim = _DTYPES[header[0]], header[1]
-            self.parked[self.expected[self.next]] = self._recv(header[2 : 2 + ndim], dtype)
+            shape, dtype = _announced(self._recv((_HEADER_LEN,), torch.int64))
+            self.parked[self.expected[self.next]] = self._recv(shape, dtype)
             self.next += 1
         return self.parked.pop(key)
 
@@ -208,11 +237,7 @@ class PipelineExecutor:
         link = self.links.between(self.rank, sent[1])
         dst = global_rank(link, sent[1])
         payload = tensor.detach().contiguous()
-        if payload.dim() > _HEADER_LEN - 2:
-            raise ValueError(f"pipeline boundary tensors may have at most {_HEADER_LEN - 2} dims, got {payload.dim()}")
-        dims = list(payload.shape) + [0] * (_HEADER_LEN - 2 - payload.dim())
-        header = torch.tensor([_DTYPES.index(payload.dtype), payload.dim(), *dims], device=self.device)
-        for t in (header, payload):
+        for t in (_header(payload), payload):
             self._sends.append((dist.isend(t, dst=dst, group=link), t))
 
     def _recv(self, kind: _Msg, op: Op, from_stage: int) -> torch.Tensor:

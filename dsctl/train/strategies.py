@@ -41,6 +41,7 @@ from torch import nn
 
 from dsctl.errors import UserError
 from dsctl.parallel.data_parallel import all_reduce_grads, reduce_param_grads
+from dsctl.parallel.pipeline import recv_tensor, send_tensor
 from dsctl.train.checkpoint import Shard, latest_checkpoint, load_checkpoint, save_checkpoint
 from dsctl.train.loop import LMTrainer, StepStrategy, Trainer
 
@@ -92,7 +93,24 @@ class DataParallelStep(StepStrategy):
         dist.barrier()
 
 
-class ExpertParallelStep(DataParallelStep):
+class _ShardedCheckpoints:
+    """Checkpoints for strategies whose ranks hold different parts of the model: every
+    rank writes and reads its own files (dsctl.train.checkpoint.Shard)."""
+
+    rank: int
+    world: int
+
+    def save_checkpoint(self, trainer: Trainer) -> None:
+        save_checkpoint(trainer.ckpt_dir, trainer.model, trainer.optimizer, trainer.state, self._shard())
+
+    def load_checkpoint(self, trainer: Trainer, path: Path) -> dict[str, Any]:
+        return load_checkpoint(path, trainer.model, trainer.optimizer, self._shard())
+
+    def _shard(self) -> Shard:
+        return Shard(self.rank, self.world, dist.barrier)
+
+
+class ExpertParallelStep(_ShardedCheckpoints, DataParallelStep):
     """Data parallel with the routed experts sharded over groups of `degree` ranks."""
 
     def __init__(self, world: int, rank: int, degree: int) -> None:
@@ -117,7 +135,6 @@ class ExpertParallelStep(DataParallelStep):
         params = [p for p in trainer.model.parameters() if p.requires_grad]
         self.expert_params = [p for p in params if id(p) in expert_ids]
         self.dense_params = [p for p in params if id(p) not in expert_ids]
-        self.expert_names = {n for n, p in trainer.model.named_parameters() if id(p) in expert_ids}
 
     def reduce_grads(self, model: nn.Module) -> None:
         reduce_param_grads(self.dense_params)
@@ -135,15 +152,6 @@ class ExpertParallelStep(DataParallelStep):
         mine += squares(self.expert_params) if self.rank < self.degree else 0.0
         (total,) = _all_reduce_scalars([mine], trainer.device)
         return _clip_to(math.sqrt(total), max_norm, self.dense_params + self.expert_params)
-
-    def save_checkpoint(self, trainer: Trainer) -> None:
-        save_checkpoint(trainer.ckpt_dir, trainer.model, trainer.optimizer, trainer.state, self._shard())
-
-    def load_checkpoint(self, trainer: Trainer, path: Path) -> dict[str, Any]:
-        return load_checkpoint(path, trainer.model, trainer.optimizer, self._shard())
-
-    def _shard(self) -> Shard:
-        return Shard(self.rank, self.world, dist.barrier)
 
     def export(self, trainer: Trainer, out: Path, tokenizer_from: Path | None) -> None:
         """A sharded HF checkpoint: rank 0 the dense weights and its experts, ranks 1..E-1
@@ -173,7 +181,7 @@ def _global_expert_names(state: dict[str, torch.Tensor], first: int) -> tuple[di
     return out, experts
 
 
-class PipelineStep(StepStrategy):
+class PipelineStep(_ShardedCheckpoints, StepStrategy):
     """A DualPipe or 1F1B step over the stage(s) this rank built."""
 
     def __init__(self, schedule: str, world: int, rank: int) -> None:
@@ -203,25 +211,24 @@ class PipelineStep(StepStrategy):
         from dsctl.parallel.model_stages import split_deepseek_v3, stage_of_parameter, tied_parameter_names
         from dsctl.parallel.onef1b import OneF1B
 
-        model = trainer.model
-        self.config = model.config
+        model, config = trainer.model, trainer.model.config
         self.chunks = tuple(split_deepseek_v3(model, self.world, self.stage_indices))
         if self.schedule == "dualpipe":
             self.pipe: Any = DualPipe((self.chunks[0], self.chunks[-1]), None)
         else:
             self.pipe = OneF1B(self.chunks[0], None)
         named = dict(model.named_parameters())
-        self.owned = [p for n, p in named.items() if stage_of_parameter(n, self.config, self.world) == self.rank]
+        self.owned = [p for n, p in named.items() if stage_of_parameter(n, config, self.world) == self.rank]
         self.owned_names = {n for n in model.state_dict()  # with buffers: router biases are saved too
-                            if stage_of_parameter(n, self.config, self.world) == self.rank}
+                            if stage_of_parameter(n, config, self.world) == self.rank}
         # 1F1B: the last stage's embedding copy (for MTP) and stage 0's sum their gradients.
         # Under DualPipe the end ranks hold both stages, so one embedding serves both there.
         self.tied: list[nn.Parameter] = []
-        if self.schedule == "1f1b" and tied_parameter_names(self.config, self.world):
+        if self.schedule == "1f1b" and tied_parameter_names(config, self.world):
             ends = dist.new_group([0, self.world - 1])
             if self.rank in (0, self.world - 1):
                 self.tied_group = ends
-                self.tied = [named[n] for n in tied_parameter_names(self.config, self.world)]
+                self.tied = [named[n] for n in tied_parameter_names(config, self.world)]
 
     def forward_backward(self, trainer: Trainer, step: int) -> tuple[dict[str, float], int]:
         from dsctl.parallel.model_stages import stage_kwargs
@@ -264,7 +271,7 @@ class PipelineStep(StepStrategy):
         if not moes:
             return
         mine = torch.cat([m.expert_load for m in moes])
-        (theirs,) = self.pipe._exchange([mine], self.world - 1 - self.rank)
+        (theirs,) = self.pipe.exchange([mine], self.world - 1 - self.rank)
         for m, load in zip(moes, (mine + theirs).split([m.expert_load.numel() for m in moes])):
             m.expert_load.copy_(load)
 
@@ -292,18 +299,11 @@ class PipelineStep(StepStrategy):
         doc_ids = batch.get("doc_ids") if trainer.cfg.doc_masking else None
         kwargs = stage_kwargs(ids, batch["labels"].to(trainer.device),
                               doc_ids.to(trainer.device) if doc_ids is not None else None, 1)[0]
-        x = ids if self.rank == 0 else _recv_tensor(self.rank - 1, trainer.device)
+        x = ids if self.rank == 0 else recv_tensor(self.rank - 1, trainer.device)
         with trainer.autocast():
             out = self.chunks[0](x, **kwargs)
         if self.rank < self.world - 1:
-            _send_tensor(out, self.rank + 1)
-
-    def save_checkpoint(self, trainer: Trainer) -> None:
-        save_checkpoint(trainer.ckpt_dir, trainer.model, trainer.optimizer, trainer.state,
-                        Shard(self.rank, self.world, dist.barrier))
-
-    def load_checkpoint(self, trainer: Trainer, path: Path) -> dict[str, Any]:
-        return load_checkpoint(path, trainer.model, trainer.optimizer, Shard(self.rank, self.world, dist.barrier))
+            send_tensor(out, self.rank + 1)
 
     def export(self, trainer: Trainer, out: Path, tokenizer_from: Path | None) -> None:
         """A sharded HF checkpoint: rank s writes stage s (transformers reads the index)."""
@@ -340,24 +340,3 @@ def _clip_to(norm: float, max_norm: float, params: list[nn.Parameter]) -> float:
         if p.grad is not None:
             p.grad.mul_(scale)
     return norm
-
-
-_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-
-
-def _send_tensor(t: torch.Tensor, dst: int) -> None:
-    header = torch.tensor([_DTYPES.index(t.dtype), t.dim(), *t.shape], dtype=torch.int64)
-    dist.send(torch.tensor([header.numel()]), dst)
-    dist.send(header, dst)
-    dist.send(t.detach().contiguous(), dst)
-
-
-def _recv_tensor(src: int, device: torch.device) -> torch.Tensor:
-    size = torch.empty(1, dtype=torch.int64)
-    dist.recv(size, src)
-    header = torch.empty(int(size), dtype=torch.int64)
-    dist.recv(header, src)
-    dtype, ndim, *shape = header.tolist()
-    out = torch.empty(shape[:ndim], dtype=_DTYPES[dtype], device=device)
-    dist.recv(out, src)
-    return out
