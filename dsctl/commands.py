@@ -309,6 +309,18 @@ def plot(
     print(out)
 
 
+def _talking_model(store: Store, ref: str):
+    """(artifact, model in eval mode, tokenizer, trained context) of a checkpoint to talk to."""
+    from dsctl.tokenizer import Tokenizer
+    from dsctl.train.artifacts import load_model, trained_context
+
+    artifact = store.resolve(ref, "checkpoint")
+    if not (artifact.path / "config.json").is_file() or not (artifact.path / "tokenizer.model").is_file():
+        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer (config.json, tokenizer.model)")
+    model = load_model(artifact).eval()
+    return artifact, model, Tokenizer.load(artifact.path), trained_context(artifact.manifest or {}, model.config)
+
+
 def chat(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="A checkpoint: key, key prefix, recipe:stage, or an exported HF directory."),
@@ -335,16 +347,8 @@ def chat(
 
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise UserError("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
-    artifact = ctx.obj.store.resolve(ref, "checkpoint")
-    if not (artifact.path / "config.json").is_file() or not (artifact.path / "tokenizer.model").is_file():
-        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer (config.json, tokenizer.model)")
-    from dsctl.tokenizer import Tokenizer
-    from dsctl.train.artifacts import load_model, trained_context
-
-    model = load_model(artifact).eval()
-    context = trained_context(artifact.manifest or {}, model.config)
-    session = ChatSession(model, Tokenizer.load(artifact.path),
-                          ChatSettings(temperature, top_p, max_new_tokens, seed), context)
+    artifact, model, tokenizer, context = _talking_model(ctx.obj.store, ref)
+    session = ChatSession(model, tokenizer, ChatSettings(temperature, top_p, max_new_tokens, seed), context)
     console = Console(highlight=False)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -377,15 +381,9 @@ def serve(
     except ImportError:
         raise UserError("dsctl serve needs FastAPI and uvicorn: pip install 'dsctl[serve]'") from None
     from dsctl.server import create_app
-    from dsctl.tokenizer import Tokenizer
-    from dsctl.train.artifacts import load_model, trained_context
 
-    artifact = ctx.obj.store.resolve(ref, "checkpoint")
-    if not (artifact.path / "config.json").is_file() or not (artifact.path / "tokenizer.model").is_file():
-        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer (config.json, tokenizer.model)")
-    model = load_model(artifact).eval()
-    context = trained_context(artifact.manifest or {}, model.config)
-    app = create_app(model, Tokenizer.load(artifact.path), model_name or ref, context, max_tokens, max_batch)
+    _, model, tokenizer, context = _talking_model(ctx.obj.store, ref)
+    app = create_app(model, tokenizer, model_name or ref, context, max_tokens, max_batch)
     print(f"serving {model_name or ref} on http://{host}:{port}/v1 (context {context})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
