@@ -94,3 +94,19 @@ def test_bad_mask_shapes_are_named_in_the_error():
         model(ids, attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="doc_ids"):
         model(ids, doc_ids=torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_a_decode_step_gets_the_context_the_general_path_builds():
+    from dsctl.model.model import attention_context
+
+    model = DeepSeekV3(ModelConfig.preset("tiny"))
+    # Left padding, a pad query (row 1's last slot), and a full row.
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    step = attention_context(model.rotary, torch.float32, (3, 1), torch.device("cpu"), mask, None, None, 5)
+    # The same last query, as the second token of a two-token chunk (the general path).
+    chunk = attention_context(model.rotary, torch.float32, (3, 2), torch.device("cpu"), mask, None, None, 4)
+    assert torch.equal(step.mask[:, :, 0], chunk.mask[:, :, 1])
+    assert torch.equal(step.position_ids[:, 0], chunk.position_ids[:, 1])
+    assert torch.equal(step.token_mask[:, 0], chunk.token_mask[:, 1])
+    for a, b in zip(step.rope, chunk.rope):
+        assert torch.equal(a[:, 0], b[:, 1])

@@ -1,4 +1,4 @@
-"""MLA: explicit and absorbed paths agree, the cache is latent-only, attention is causal."""
+"""MLA: explicit, absorbed and folded paths agree, the cache is latent-only, attention is causal."""
 
 import pytest
 import torch
@@ -18,6 +18,43 @@ def test_absorbed_attention_matches_explicit_on_prompts(overrides):
         absorbed = model(ids, attn_impl="absorbed")
     rel = (explicit - absorbed).abs().max() / explicit.abs().max()
     assert rel <= 1e-5
+
+
+@pytest.mark.parametrize("overrides", [{}, {"q_lora_rank": 16}, {"rope_scaling": YARN, "rope_interleave": False}])
+def test_folded_weights_compute_the_absorbed_attention(overrides):
+    torch.manual_seed(3)
+    model = DeepSeekV3(ModelConfig.preset("tiny", **overrides)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 11))
+    with torch.no_grad():
+        absorbed = model(ids, attn_impl="absorbed")
+        folded = model(ids, attn_impl="folded")
+    assert model.layers[0].self_attn.__dict__.get("_folded") is not None  # the folded path ran
+    assert (absorbed - folded).abs().max() / absorbed.abs().max() <= 1e-5
+
+
+def test_folded_weights_follow_a_weight_update_and_step_aside_for_autograd():
+    torch.manual_seed(4)
+    model = DeepSeekV3(ModelConfig.preset("tiny")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        model(ids, attn_impl="folded")
+        for p in model.parameters():  # an optimizer step: in place, same storage
+            p.add_(0.01 * torch.randn_like(p))
+        after = model(ids, attn_impl="folded")
+        assert torch.allclose(after, model(ids, attn_impl="absorbed"), rtol=1e-4, atol=1e-5)
+    # Under autograd "folded" is "absorbed", so gradients reach the real projections.
+    model(ids, attn_impl="folded").sum().backward()
+    assert model.layers[0].self_attn.kv_b_proj.weight.grad.abs().sum() > 0
+
+
+def test_folding_is_skipped_where_it_would_grow_the_weights():
+    # DeepSeek-V3's proportions: kv_lora_rank 4x the nope head dim.
+    model = DeepSeekV3(ModelConfig.preset("tiny", kv_lora_rank=64, qk_nope_head_dim=8)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 5))
+    with torch.no_grad():
+        folded, absorbed = model(ids, attn_impl="folded"), model(ids, attn_impl="absorbed")
+    assert torch.equal(folded, absorbed)
+    assert "_folded" not in model.layers[0].self_attn.__dict__
 
 
 def test_absorbed_decode_with_cache_matches_explicit_full_forward():
@@ -51,7 +88,7 @@ def test_changing_a_future_token_leaves_earlier_logits_unchanged():
     ids = torch.randint(0, model.config.vocab_size, (1, 10))
     changed = ids.clone()
     changed[0, 6] = (ids[0, 6] + 1) % model.config.vocab_size
-    for impl in ("explicit", "absorbed"):
+    for impl in ("explicit", "absorbed", "folded"):
         with torch.no_grad():
             a, b = model(ids, attn_impl=impl), model(changed, attn_impl=impl)
         # Identical up to float reassociation (masked keys still enter the matmuls).

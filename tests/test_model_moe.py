@@ -102,11 +102,12 @@ def test_balance_loss_is_minimal_for_uniform_routing_and_larger_when_skewed():
     assert sequence_balance_loss(skewed_scores, skewed_ids, None) > 1.5
 
 
-def test_inference_grouped_gemm_path_matches_training_path_and_sees_weight_updates():
+@pytest.mark.parametrize("tokens", [(3, 5), (1, 1)], ids=["grouped GEMM", "loop over the chosen experts"])
+def test_inference_fast_paths_match_training_path_and_see_weight_updates(tokens):
     moe = _moe().eval()
-    x = torch.randn(3, 5, moe.config.hidden_size)
+    x = torch.randn(*tokens, moe.config.hidden_size)
     with torch.no_grad():
-        fast, _ = moe(x)  # F.grouped_mm over stacked expert weights
+        fast, _ = moe(x)  # stacked expert weights: grouped GEMM, or a loop for one token
     slow, _ = moe(x)  # grad enabled: one call per expert module
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-6)
     with torch.no_grad():

@@ -13,6 +13,14 @@ Two ways to compute the same attention, side by side as in DeepSeek's `attn_impl
   the query and keys never leave the latent space; W_UV is applied after attending over
   c_kv. The cache holds only c_kv and k_pe: kv_lora_rank + qk_rope_head_dim values per
   token per layer.
+* "folded" (decoding without autograd, the default there): the same attention with the
+  absorption done once in the weights: W_UK^T W_Q^nope (times the softmax scale) is one
+  query matrix, stacked with W_DKV so one GEMM yields queries and latents, and
+  W_O · W_UV is one output matrix. A decode step then runs three GEMMs per layer instead
+  of seven, which is most of its cost at short prompts. Where folding would grow the
+  weights (kv_lora_rank > 2 · min(qk_nope_head_dim, v_head_dim), as at DeepSeek-V3's own
+  sizes), under autograd, or on projections that are not plain bias-free nn.Linear (FP8),
+  "folded" runs as "absorbed".
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .derived import derived
 from .norm import RMSNorm
 from .rope import apply_rope, softmax_scale
 
@@ -114,6 +123,10 @@ class MultiHeadLatentAttention(nn.Module):
         With a cache, this chunk's c_kv/k_pe are written at slots [cache_start, cache_start+T)
         and attention runs over slots [0, cache_start+T).
         """
+        if impl == "folded":
+            if self._can_fold():
+                return self._forward_folded(x, cos, sin, mask, cache, layer, cache_start)
+            impl = "absorbed"
         q_nope, q_pe = self._queries(x, cos, sin)
         c_kv, k_pe = self._latent(x, cos, sin)
         if cache is not None:
@@ -125,7 +138,7 @@ class MultiHeadLatentAttention(nn.Module):
             latent = torch.cat((c_kv, k_pe), dim=-1) if cache is None else latent
             o = self._attend_absorbed(q_nope, q_pe, latent, mask)
         else:
-            raise ValueError(f"MLA impl must be 'explicit' or 'absorbed', got {impl!r}.")
+            raise ValueError(f"MLA impl must be 'explicit', 'absorbed' or 'folded', got {impl!r}.")
         return self.o_proj(o.flatten(2))
 
     def _attend_explicit(self, q_nope, q_pe, c_kv, k_pe, mask) -> torch.Tensor:
@@ -152,10 +165,16 @@ class MultiHeadLatentAttention(nn.Module):
         w = self.kv_b_proj.weight.view(H, self.dn + self.dv, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # (H, dn, r), (H, dv, r)
         q_latent = torch.matmul(q_nope.transpose(1, 2), w_uk)  # (B, H, T, r) = q_nope · W_UK per head
+        q = torch.cat((q_latent, q_pe.transpose(1, 2)), dim=-1).transpose(1, 2) * self.softmax_scale
+        o_latent = self._latent_attention(q, latent, mask)
+        return torch.matmul(o_latent.transpose(1, 2), w_uv.transpose(1, 2)).transpose(1, 2)  # · W_UV
+
+    def _latent_attention(self, q: torch.Tensor, latent: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Scaled latent queries q (B, T, H, r + dr) over latent keys (B, S, r + dr) -> (B, T, H, r)."""
+        B, T, H, _ = q.shape
         # Every head shares one latent key [c_kv; k_pe] and value c_kv (like MQA), so the
         # T*H (time, head) queries form one long query axis of a single-head attention.
-        q = torch.cat((q_latent, q_pe.transpose(1, 2)), dim=-1).transpose(1, 2).reshape(B, T * H, -1)
-        scores = torch.matmul(q, latent.transpose(1, 2)) * self.softmax_scale  # (B, T*H, S)
+        scores = torch.matmul(q.reshape(B, T * H, -1), latent.transpose(1, 2))  # (B, T*H, S)
         if mask is None and T > 1:
             mask = _causal_mask(T, latent.shape[1], latent.device)
         if mask is not None:
@@ -164,8 +183,62 @@ class MultiHeadLatentAttention(nn.Module):
             mask = mask[:, 0].repeat_interleave(H, dim=1) if T > 1 else mask[:, 0]
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = scores.float().softmax(-1).to(latent.dtype)  # fp32 softmax, as HF, when running bf16
-        o_latent = torch.matmul(probs, latent[..., : self.kv_lora_rank]).view(B, T, H, self.kv_lora_rank)
-        return torch.matmul(o_latent.transpose(1, 2), w_uv.transpose(1, 2)).transpose(1, 2)  # · W_UV
+        return torch.matmul(probs, latent[..., : self.kv_lora_rank]).view(B, T, H, self.kv_lora_rank)
+
+    # ---- "folded": the absorbed attention with its weight products computed once ------------
+    def _can_fold(self) -> bool:
+        projections = [self.kv_a_proj_with_mqa, self.kv_b_proj, self.o_proj]
+        projections += [self.q_proj] if self.config.q_lora_rank is None else [self.q_a_proj, self.q_b_proj]
+        return (not torch.is_grad_enabled()
+                and self.kv_lora_rank <= 2 * min(self.dn, self.dv)
+                and all(type(p) is nn.Linear and p.bias is None for p in projections))
+
+    def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(input projection, folded q_b or None, output projection), as nn.Linear weights.
+
+        Input: rows [q of every head; c_kv; k_pe] without q LoRA, [c_q; c_kv; k_pe] with it
+        (the folded query then comes from c_q through the second matrix). A head's query
+        rows are [scale · W_UK^T W_Q^nope ; scale · W_Q^pe]: RoPE is linear, so scaling
+        before rotating equals scaling the scores. Output: W_O · blockdiag(W_UV), (d, H·r).
+        """
+        H, dn, dr, dv, r = self.n_heads, self.dn, self.dr, self.dv, self.kv_lora_rank
+        q_source = self.q_proj if self.config.q_lora_rank is None else self.q_b_proj
+        sources = [q_source.weight, self.kv_a_proj_with_mqa.weight, self.kv_b_proj.weight, self.o_proj.weight]
+        if self.config.q_lora_rank is not None:
+            sources.append(self.q_a_proj.weight)
+
+        def fold():
+            w_kv = self.kv_b_proj.weight.view(H, dn + dv, r)
+            w_q = q_source.weight.view(H, dn + dr, -1)
+            q_latent = torch.einsum("hnr,hni->hri", w_kv[:, :dn], w_q[:, :dn])  # (H, r, in)
+            q = (torch.cat((q_latent, w_q[:, dn:]), 1) * self.softmax_scale).reshape(H * (r + dr), -1)
+            w_o = self.o_proj.weight.view(-1, H, dv)
+            out = torch.einsum("dhv,hvr->dhr", w_o, w_kv[:, dn:]).reshape(w_o.shape[0], H * r)
+            if self.config.q_lora_rank is None:
+                return torch.cat((q, self.kv_a_proj_with_mqa.weight)), None, out
+            return torch.cat((self.q_a_proj.weight, self.kv_a_proj_with_mqa.weight)), q, out
+
+        return derived(self, "_folded", sources, fold)
+
+    def _forward_folded(self, x, cos, sin, mask, cache, layer, cache_start) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, dr, r = self.n_heads, self.dr, self.kv_lora_rank
+        w_in, w_q, w_out = self._folded_weights()
+        if w_q is None:
+            q, c_kv, k_pe = F.linear(x, w_in).split([H * (r + dr), r, dr], dim=-1)
+        else:
+            c_q, c_kv, k_pe = F.linear(x, w_in).split([self.config.q_lora_rank, r, dr], dim=-1)
+            q = F.linear(self.q_a_layernorm(c_q), w_q)
+        q = q.view(B, T, H, r + dr)
+        # Rotate the H query parts and the one key part in one call: slot H is the key.
+        pe = apply_rope(torch.cat((q[..., r:], k_pe[:, :, None]), dim=2), cos, sin, self.config.rope_interleave)
+        c_kv = self.kv_a_layernorm(c_kv)
+        if cache is not None:
+            latent = cache.write(layer, cache_start, c_kv, pe[:, :, H])
+        else:
+            latent = torch.cat((c_kv, pe[:, :, H]), dim=-1)
+        o = self._latent_attention(torch.cat((q[..., :r], pe[:, :, :H]), dim=-1), latent, mask)
+        return F.linear(o.reshape(B, T, H * r), w_out)
 
 
 def _causal_mask(T: int, S: int, device: torch.device) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .derived import derived
 
 
 class MLP(nn.Module):
@@ -113,16 +114,19 @@ class MoE(nn.Module):
         token_of = order // K  # source token of each sorted row
         rows = x[token_of]
         if self._can_group(x):
-            routed = self._grouped_experts(rows, counts)
+            # A grouped GEMM pays for every expert, used or not; a handful of rows (one
+            # decoding token) is cheaper as one small GEMM pair per expert it chose.
+            few = 2 * N * K < len(self.experts)
+            routed = (self._looped_experts if few else self._grouped_experts)(rows, counts)
         else:
             sizes = counts.tolist()
             routed = torch.cat([self.experts[e](chunk) for e, chunk in enumerate(rows.split(sizes)) if sizes[e]])
         routed = routed * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, token_of, routed.to(x.dtype))
 
-    # ---- inference fast path: one grouped GEMM over all experts ---------------------------
+    # ---- inference fast paths: one grouped GEMM over all experts, or a loop over a few ----
     def _can_group(self, x: torch.Tensor) -> bool:
-        """Without autograd, plain-Linear experts on CPU (or bf16 CUDA) use F.grouped_mm.
+        """Without autograd, plain-Linear experts on CPU (or bf16 CUDA) use the stacked weights.
 
         Training keeps one call per expert module so gradients reach each expert's own
         nn.Linear, and so FP8 (or other) Linear replacements are always honoured.
@@ -137,20 +141,15 @@ class MoE(nn.Module):
         return type(first) is nn.Linear and first.weight.dtype == x.dtype
 
     def _stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E, d, 2I) gate|up and (E, I, d) down weights, rebuilt whenever any expert weight changed.
+        """(E, d, 2I) gate|up and (E, I, d) down weights, rebuilt whenever any expert weight changed."""
 
-        The key holds every weight's storage pointer and in-place version counter, so an
-        optimizer step, load_state_dict or .to() invalidates the copy.
-        """
-        weights = self._expert_weights()
-        key = tuple((p.data_ptr(), p._version) for p in weights)
-        if getattr(self, "_stack_key", None) != key:
+        def stack() -> tuple[torch.Tensor, torch.Tensor]:
             gate_up = torch.stack([torch.cat((e.gate_proj.weight, e.up_proj.weight)) for e in self.experts])
             down = torch.stack([e.down_proj.weight for e in self.experts])
             # Contiguous (E, in, out): a transposed view would be re-packed by every tiny GEMM.
-            self._stack = (gate_up.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous())
-            self._stack_key = key
-        return self._stack
+            return gate_up.transpose(1, 2).contiguous(), down.transpose(1, 2).contiguous()
+
+        return derived(self, "_stack", self._expert_weights(), stack)
 
     def _expert_weights(self) -> list[torch.Tensor]:
         """Every expert's three weights, listed once per set of expert modules: walking the
@@ -167,6 +166,16 @@ class MoE(nn.Module):
         offs = counts.cumsum(0).to(torch.int32)
         gate, up = F.grouped_mm(rows, gate_up, offs=offs).chunk(2, dim=-1)
         return F.grouped_mm(F.silu(gate) * up, down, offs=offs)
+
+    def _looped_experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self._stacked_weights()
+        out, start = [], 0
+        for e, n in enumerate(counts.tolist()):
+            if n:
+                gate, up = (rows[start:start + n] @ gate_up[e]).chunk(2, dim=-1)
+                out.append((F.silu(gate) * up) @ down[e])
+                start += n
+        return torch.cat(out)
 
     # ---- auxiliary-loss-free balancing ---------------------------------------------------
     def max_load_violation(self) -> float:

@@ -78,8 +78,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         angles = position_ids[..., None].float() * self.inv_freq  # (B, T, dr/2)
-        cos = (angles.cos() * self.cos_sin_scale).to(dtype)
-        sin = (angles.sin() * self.cos_sin_scale).to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        if self.cos_sin_scale != 1.0:
+            cos, sin = cos * self.cos_sin_scale, sin * self.cos_sin_scale
+        cos, sin = cos.to(dtype), sin.to(dtype)
         return cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads in (B, T, H, dr/2)
 
 
