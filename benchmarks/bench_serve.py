@@ -1,5 +1,5 @@
 """`dsctl serve` throughput: tokens/s with 1, 4 and 16 concurrent clients, against the same
-requests sent one by one.
+requests sent one by one, and what MTP speculative decoding buys one client.
 
     python benchmarks/bench_serve.py CHECKPOINT            # e.g. a mini_r1 grpo checkpoint dir
     DSCTL_WORKDIR=work python benchmarks/bench_serve.py mini_r1:grpo
@@ -7,16 +7,20 @@ requests sent one by one.
 It starts a real server on 127.0.0.1, sends each client's requests with the official
 `openai` client (greedy, `max_tokens` fixed, distinct 2-digit problems), and counts the
 completion tokens the server reports in `usage`. "one by one" sends the very same
-requests sequentially; the ratio is what continuous batching buys.
+requests sequentially; the ratio is what continuous batching buys. Then one client sends
+the same requests to a second server started with `--no-speculative`: the ratio is what
+MTP drafts buy at batch 1, next to the draft acceptance the first server reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -25,17 +29,12 @@ import openai
 from dsctl.parallel.launch import free_port
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=48)
-    args = parser.parse_args(argv)
-
+@contextlib.contextmanager
+def serving(checkpoint: str, *flags: str) -> Iterator[str]:
+    """A `dsctl serve` process on a free port; yields its base URL once /health answers."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dsctl.cli", "serve", args.checkpoint, "--port", str(port),
-                               "--model-name", "bench"], env=os.environ.copy(),
+    server = subprocess.Popen([sys.executable, "-m", "dsctl.cli", "serve", checkpoint, "--port", str(port),
+                               "--model-name", "bench", *flags], env=os.environ.copy(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -45,16 +44,44 @@ def main(argv: list[str] | None = None) -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
-        def ask(a: int) -> int:
-            reply = client.chat.completions.create(
-                model="bench", temperature=0, max_tokens=args.max_tokens,
-                messages=[{"role": "user", "content": f"What is {10 + a % 80} + {17 + (a * 7) % 80}?"}])
-            return reply.usage.completion_tokens
 
-        ask(0)  # warm-up
-        print(f"| clients | requests | tokens | concurrent tok/s | one by one tok/s | speed-up |")
+def asker(base: str, max_tokens: int) -> Callable[[int], int]:
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+    def ask(a: int) -> int:
+        reply = client.chat.completions.create(
+            model="bench", temperature=0, max_tokens=max_tokens,
+            messages=[{"role": "user", "content": f"What is {10 + a % 80} + {17 + (a * 7) % 80}?"}])
+        return reply.usage.completion_tokens
+
+    ask(0)  # warm-up
+    return ask
+
+
+def one_by_one(ask: Callable[[int], int], ids: list[int]) -> float:
+    started = time.perf_counter()
+    tokens = sum(ask(a) for a in ids)
+    return tokens / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--speculative-requests", type=int, default=40,
+                        help="requests one client sends to compare speculative and plain greedy decoding")
+    args = parser.parse_args(argv)
+
+    with serving(args.checkpoint) as base:
+        ask = asker(base, args.max_tokens)
+        print("| clients | requests | tokens | concurrent tok/s | one by one tok/s | speed-up |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         for n in args.clients:
             ids = list(range(n * args.requests_per_client))
@@ -62,15 +89,23 @@ def main(argv: list[str] | None = None) -> None:
             with ThreadPoolExecutor(n) as pool:
                 tokens = sum(pool.map(ask, ids))
             together = tokens / (time.perf_counter() - started)
-            started = time.perf_counter()
-            alone_tokens = sum(ask(a) for a in ids)
-            alone = alone_tokens / (time.perf_counter() - started)
+            alone = one_by_one(ask, ids)
             print(f"| {n} | {len(ids)} | {tokens} | {together:.0f} | {alone:.0f} | {together / alone:.2f}× |")
         health = httpx.get(base + "/health").json()
         print(f"\nlargest decode batch {health['largest_batch']}, {health['decode_steps']} batched decode steps")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+        ids = list(range(args.speculative_requests))
+        before = httpx.get(base + "/health").json()
+        speculative = one_by_one(ask, ids)
+        after = httpx.get(base + "/health").json()
+    if not after["speculative"]:
+        print("the checkpoint has no MTP module: no speculative decoding to compare")
+        return
+    accepted = after["draft_acceptance"] * after["drafts_proposed"] - before["draft_acceptance"] * before["drafts_proposed"]
+    acceptance = accepted / (after["drafts_proposed"] - before["drafts_proposed"])
+    with serving(args.checkpoint, "--no-speculative") as base:
+        plain = one_by_one(asker(base, args.max_tokens), ids)
+    print(f"one client, {len(ids)} greedy requests: MTP draft acceptance {acceptance:.3f}; "
+          f"speculative {speculative:.0f} tok/s vs plain {plain:.0f} tok/s ({speculative / plain:.2f}×)")
 
 
 if __name__ == "__main__":

@@ -365,10 +365,13 @@ def serve(
     model_name: str = typer.Option("", "--model-name", help="The name clients ask for (default: the ref)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Requests decoded together at most."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Reply length when a request gives none."),
+    speculative: bool = typer.Option(True, "--speculative/--no-speculative",
+                                     help="Greedy requests decode with MTP drafts (checkpoints with MTP)."),
 ) -> None:
     """Serve a checkpoint over an OpenAI-compatible HTTP API (FastAPI + uvicorn):
     /v1/chat/completions and /v1/completions (streaming included), /v1/models, /health.
-    Concurrent requests share one decode loop (continuous batching).
+    Concurrent requests share one decode loop (continuous batching); greedy requests on a
+    checkpoint with MTP modules decode speculatively (same answer, fewer steps).
 
     Example:
 
@@ -383,7 +386,7 @@ def serve(
     from dsctl.server import create_app
 
     _, model, tokenizer, context = _talking_model(ctx.obj.store, ref)
-    app = create_app(model, tokenizer, model_name or ref, context, max_tokens, max_batch)
+    app = create_app(model, tokenizer, model_name or ref, context, max_tokens, max_batch, speculative)
     print(f"serving {model_name or ref} on http://{host}:{port}/v1 (context {context})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 

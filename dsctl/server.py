@@ -63,10 +63,10 @@ class ApiError(Exception):
 
 
 def create_app(model, tokenizer, model_name: str, context: int, default_max_tokens: int = 256,
-               max_batch: int = 16):
+               max_batch: int = 16, speculative: bool = True):
     """The FastAPI app serving `model` as `model_name` (the engine starts with the app)."""
     app = FastAPI(title="dsctl serve")
-    engine = DecodeEngine(model, tokenizer.decode, max_batch=max_batch)
+    engine = DecodeEngine(model, tokenizer.decode, max_batch=max_batch, speculative=speculative)
     app.state.engine = engine
     created = int(time.time())
 
@@ -87,8 +87,11 @@ def create_app(model, tokenizer, model_name: str, context: int, default_max_toke
 
     @app.get("/health")
     def health() -> dict[str, Any]:
+        proposed = engine.drafts_proposed
         return {"status": "ok", "model": model_name, "active": len(engine.active),
-                "largest_batch": engine.largest_batch, "decode_steps": engine.steps}
+                "largest_batch": engine.largest_batch, "decode_steps": engine.steps,
+                "speculative": engine.speculative, "drafts_proposed": proposed,
+                "draft_acceptance": engine.drafts_accepted / proposed if proposed else None}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:

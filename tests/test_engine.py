@@ -61,6 +61,40 @@ def test_requests_joining_mid_decode_give_what_they_give_alone(model, temperatur
         assert got.events[i][-1] == ("done", "length")
 
 
+def test_greedy_rows_decode_with_mtp_drafts_beside_sampled_rows_and_give_what_they_give_alone(model):
+    engine = DecodeEngine(model, lambda ids: "", max_batch=4)
+    temperature = [0.0, 0.9, 0.0, 0.9, 0.0, 0.0]
+    try:
+        got = Collector(len(prompts()))
+        for i, prompt in enumerate(prompts()):
+            engine.submit(prompt, SamplingParams(max_tokens=12, temperature=temperature[i], seed=i), got(i))
+            time.sleep(0.01 * (i % 3))
+        assert got.all_done.wait(60)
+    finally:
+        engine.close()
+    assert engine.speculative and engine.drafts_proposed > 0
+    for i, prompt in enumerate(prompts()):
+        alone = generate(model, [prompt], max_new_tokens=12, temperature=temperature[i], seed=i).tokens[0]
+        assert got.tokens(i) == alone, i
+
+
+def test_an_accepted_draft_is_a_second_token_from_the_same_step():
+    torch.manual_seed(0)
+    model = DeepSeekV3(ModelConfig.preset("tiny", vocab_size=300)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every position's greedy token is 0, and so is every draft
+    engine = DecodeEngine(model, lambda ids: "")
+    try:
+        got = Collector(1)
+        engine.submit(prompts()[0], SamplingParams(max_tokens=20, temperature=0.0), got(0))
+        assert got.all_done.wait(60)
+    finally:
+        engine.close()
+    assert got.tokens(0) == [0] * 20
+    # The prefill gives token 1; each verify step then gives two.
+    assert engine.steps == 10 and engine.drafts_accepted == engine.drafts_proposed == 10
+
+
 def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(model):
     engine = DecodeEngine(model, lambda ids: "")
     try:

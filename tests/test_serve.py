@@ -112,7 +112,9 @@ def test_sixteen_concurrent_requests_share_the_batch_and_each_gets_its_own_answe
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda q: _ask(client, q).choices[0].message.content, questions))
     assert together == alone
-    assert httpx.get(server + "/health").json()["largest_batch"] >= 4  # they were decoded together
+    health = httpx.get(server + "/health").json()
+    assert health["largest_batch"] >= 4  # they were decoded together
+    assert health["speculative"] and health["drafts_proposed"] > 0  # greedy rows verified MTP drafts
 
 
 BAD = [
