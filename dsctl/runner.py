@@ -221,6 +221,10 @@ class Runner:
                 raise
             raise StageFailed(p.name, exc) from exc
         finished = time.time()
+        for field_name, names in metrics.items():  # damaged input files (dsctl.data.corpus.ReadStats)
+            if field_name.endswith("damaged_file_names") and names:
+                shown = ", ".join(map(str, names[:5])) + (" ..." if len(names) > 5 else "")
+                ctx.warn(f"{len(names)} input file(s) were damaged and read only up to the damage: {shown}")
         self.store.publish(p.key, {
             "stage": p.spec.name, "name": p.name, "kind": p.spec.output, "version": p.spec.version,
             "config": config_to_dict(p.config), "seed": p.seed, "inputs": p.input_keys,

@@ -95,6 +95,7 @@ def test_user_files_are_read_and_bad_lines_counted(tmp_path):
     )
     (data / "empty.jsonl").write_bytes(b"")
     pq.write_table(pa.table({"body": ["from parquet"], "score": [0.5]}), data / "b.parquet")
+    (data / "c.jsonl.gz").write_bytes(b"\x1f\x8b not really gzip")  # damaged: counted, named, not fatal
     artifact = run_stage(source.STAGE, {"world": "none", "paths": [str(data / "*")], "text_field": "body"}, {}, tmp_path / "w")
     rows = read_rows(artifact)
     assert [r["text"] for r in rows] == ["first doc", "no id here", "from parquet"]
@@ -102,6 +103,7 @@ def test_user_files_are_read_and_bad_lines_counted(tmp_path):
     assert rows[1]["id"] == "a.jsonl:1" and rows[2]["score"] == 0.5
     m = artifact.metrics
     assert (m["read_malformed_json"], m["read_non_utf8"], m["read_missing_text"], m["read_empty_files"]) == (1, 1, 1, 1)
+    assert m["read_damaged_files"] == 1 and m["read_damaged_file_names"] == [str(data / "c.jsonl.gz")]
     assert not (artifact.path / "planted.jsonl").exists()
 
 

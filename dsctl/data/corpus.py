@@ -5,24 +5,38 @@ Layout (the corpus artifact of docs/ARCHITECTURE.md):
     data/part-00000.jsonl       rows kept by the stage (extra fields carried through)
     rejected/part-00000.jsonl   rows a stage set aside, each with a `reason`
 
-Reading is streaming and forgiving in the way a data pipeline must be: a malformed JSON
+Input row files: JSONL (plain, .gz, .zst), Parquet, and `datasets` Arrow files, all read
+as streams. Reading is forgiving in the way a data pipeline must be: a malformed JSON
 line, a line that is not UTF-8, a row without text or an empty file is counted in
-`ReadStats` and skipped, never a crash, so one bad line cannot lose a night's work.
+`ReadStats` and skipped, and a damaged file (a corrupt or truncated archive, a file that
+is not what its name says) ends early and is counted and named, never a crash, so one bad
+shard cannot lose a night's work.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
+import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 from dsctl.errors import UserError
 
-ROW_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+ROW_FILE_SUFFIXES = (*JSONL_SUFFIXES, ".parquet", ".arrow")
+"""Row files a corpus may hold: JSONL (plain, gzip, zstd), Parquet, and the Arrow files a
+`datasets` folder holds (`Dataset.save_to_disk`, the hub cache)."""
+
+# What a damaged file raises while it is read: a bad gzip or zstd frame, a truncated
+# stream, a file that is not Parquet or Arrow at all.
+_DAMAGED = (OSError, EOFError, zstandard.ZstdError, pa.ArrowException)
 
 
 @dataclass
@@ -34,16 +48,27 @@ class ReadStats:
     non_utf8: int = 0
     missing_text: int = 0
     empty_files: int = 0
+    damaged_files: int = 0
+    """Files that could not be read to their end (their rows before the damage are kept)."""
+    damaged_file_names: list[str] = field(default_factory=list)
 
-    def as_dict(self, prefix: str = "read_") -> dict[str, int]:
+    def as_dict(self, prefix: str = "read_") -> dict[str, Any]:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+    def merge(self, other: "ReadStats") -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+def is_row_file(path: Path) -> bool:
+    return path.name.endswith(ROW_FILE_SUFFIXES)
 
 
 def corpus_files(root: Path, subdir: str = "data") -> list[Path]:
-    """The row files of a corpus artifact (or of any directory of JSONL/Parquet files)."""
+    """The row files of a corpus artifact (or of any directory of row files, e.g. a
+    `datasets` folder)."""
     base = root / subdir if (root / subdir).is_dir() else root
-    files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix in ROW_FILE_SUFFIXES)
-    return files
+    return sorted(p for p in base.rglob("*") if p.is_file() and is_row_file(p))
 
 
 def expand_paths(patterns: Iterable[str]) -> list[Path]:
@@ -60,17 +85,33 @@ def expand_paths(patterns: Iterable[str]) -> list[Path]:
 
 
 def iter_rows(files: Iterable[Path], stats: ReadStats, text_field: str = "text") -> Iterator[dict[str, Any]]:
-    """Stream rows from JSONL/Parquet files, counting and skipping what is unreadable."""
+    """Stream rows from row files, counting and skipping what is unreadable: a bad line is
+    skipped, a damaged file ends early and is named in `stats`, and the next file is read."""
     for path in files:
-        if path.suffix == ".parquet":
-            yield from _iter_parquet(path, stats, text_field)
+        if path.name.endswith(".parquet"):
+            rows = _iter_parquet(path, stats, text_field)
+        elif path.name.endswith(".arrow"):
+            rows = _iter_arrow(path, stats, text_field)
         else:
-            yield from _iter_jsonl(path, stats, text_field)
+            rows = _iter_jsonl(path, stats, text_field)
+        try:
+            yield from rows
+        except _DAMAGED:
+            stats.damaged_files += 1
+            stats.damaged_file_names.append(str(path))
+
+
+def _open_lines(path: Path) -> BinaryIO:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
 
 
 def _iter_jsonl(path: Path, stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
     seen_any = False
-    with open(path, "rb") as fh:
+    with _open_lines(path) as fh:
         for raw in fh:
             if not raw.strip():
                 continue
@@ -94,18 +135,34 @@ def _iter_jsonl(path: Path, stats: ReadStats, text_field: str) -> Iterator[dict[
         stats.empty_files += 1
 
 
-def _iter_parquet(path: Path, stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
-    table = pq.ParquetFile(path)
-    if table.metadata.num_rows == 0:
-        stats.empty_files += 1
-        return
-    for batch in table.iter_batches(batch_size=4096):
+def _table_rows(batches: Iterable[pa.RecordBatch], stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
+    seen_any = False
+    for batch in batches:
         for row in batch.to_pylist():
+            seen_any = True
             if not isinstance(row.get(text_field), str):
                 stats.missing_text += 1
                 continue
             stats.rows += 1
             yield row
+    if not seen_any:
+        stats.empty_files += 1
+
+
+def _iter_parquet(path: Path, stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
+    yield from _table_rows(pq.ParquetFile(path).iter_batches(batch_size=4096), stats, text_field)
+
+
+def _iter_arrow(path: Path, stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
+    """A `datasets` Arrow file: the IPC stream format (the file format is read as well)."""
+    with pa.memory_map(str(path)) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            file_reader = pa.ipc.open_file(source)
+            reader = (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+        yield from _table_rows(reader, stats, text_field)
 
 
 class ShardWriter:
