@@ -9,14 +9,16 @@ band count to divide 128; dsctl's default at threshold 0.8 is 18 × 7, which the
 pipeline row uses), and runs as its own subprocess so its peak RSS is its own. Timed work, from texts already in memory:
 
 - dsctl (1 process): word/shingle hashing, MinHash signatures, band keys, candidate
-  pairs for the whole batch (`dsctl.data.dedup._scan_batch` + `candidate_pairs`).
+  pairs for the whole batch (`dsctl.data.minhash`: `hash_batch`, `MinHasher`, `band_keys`,
+  `candidate_pairs`).
 - datasketch / rensa per document: build the shingle strings, `MinHash`/`RMinHash`,
   `lsh.query` then `lsh.insert` (the streaming dedup loop of both READMEs).
 - rensa bulk: shingle strings, `RMinHash.digest_matrix_from_token_sets` and
   `RMinHashLSH.insert_matrix_and_query_duplicate_flags` (its fastest path).
-- dsctl stage pipeline: the dedup stage's whole job from JSONL files on disk with
-  `--workers` processes: read (three passes), exact + near dedup, true-Jaccard check,
-  write outputs. Its RSS does not hold the corpus text; the in-memory methods' does.
+- dsctl stage pipeline: the dedup stage's whole sharded job from JSONL files on disk with
+  `--workers` processes (`dsctl.data.dedup.deduplicate`): signatures spilled per shard and
+  band, bucket edges, true-Jaccard check, union-find, write outputs. Its RSS does not hold
+  the corpus text; the in-memory methods' does.
 
 Peak RSS is each method process's VmHWM. Wall time and docs/s move with the load of a
 shared machine; docs per CPU-second is the steadier comparison.
@@ -44,8 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.dedup_corpus import synthetic_corpus  # noqa: E402
 from dsctl.data.audit import planted_quality, read_decisions  # noqa: E402
 from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, iter_rows  # noqa: E402
-from dsctl.data.dedup import DedupParams, RunOptions, _scan_batch, find_duplicates, write_decisions  # noqa: E402
-from dsctl.data.minhash import candidate_pairs, normalize_text  # noqa: E402
+from dsctl.data.dedup import DedupParams, deduplicate  # noqa: E402
+from dsctl.data.executor import open_executor  # noqa: E402
+from dsctl.data.minhash import (  # noqa: E402
+    MinHasher, band_keys, candidate_pairs, hash_batch, normalize_text, shingles_from_words,
+)
 
 THRESHOLD, NUM_PERM, BANDS, ROWS = 0.8, 128, 16, 8
 
@@ -76,7 +81,10 @@ def run_dsctl(texts: list[str], **_) -> dict:
     import numpy as np
 
     start, cpu = time.perf_counter(), cpu_seconds()
-    keys = [_scan_batch((texts[i : i + 512], NUM_PERM, 1, BANDS, ROWS))[1] for i in range(0, len(texts), 512)]
+    hasher, keys = MinHasher(NUM_PERM, 1), []
+    for i in range(0, len(texts), 512):
+        words, counts, _ = hash_batch(texts[i : i + 512])
+        keys.append(band_keys(hasher.signatures_from_shingles(*shingles_from_words(words, counts)), BANDS, ROWS))
     pairs = candidate_pairs(np.concatenate(keys))
     return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu, "candidate_pairs": int(len(pairs))}
 
@@ -130,15 +138,14 @@ def run_rensa_bulk(texts, **_) -> dict:
     return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu, "flagged": flagged}
 
 
-def run_pipeline(corpus: Path, workers: int, out: Path) -> dict:
+def run_pipeline(corpus: Path, workers: int, out: Path, executor: str = "local") -> dict:
     files = corpus_files(corpus)
     start, cpu = time.perf_counter(), cpu_seconds()
-    result = find_duplicates(files, DedupParams(threshold=THRESHOLD), RunOptions(workers=workers))
-    with ShardWriter(out / "data") as kept, ShardWriter(out / "rejected") as rejected:
-        write_decisions(files, result, kept, rejected)
+    with open_executor(executor, workers=workers) as ex:
+        summary = deduplicate(files, out / "work", out, DedupParams(threshold=THRESHOLD), ex)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     decisions = read_decisions(corpus_files(out), corpus_files(out, "rejected"))
-    return {"seconds": seconds, "cpu_seconds": cpu, "decisions": decisions, "bands": [result.bands, result.rows]}
+    return {"seconds": seconds, "cpu_seconds": cpu, "decisions": decisions, "bands": [summary.bands, summary.rows]}
 
 
 def peak_rss_mb() -> float:

@@ -2,35 +2,55 @@
 
 Reads a corpus, writes a corpus:
 
-    data/part-*.jsonl       one survivor per duplicate cluster (the first in input order)
-    rejected/part-*.jsonl   the others, with reason "exact_duplicate" | "near_duplicate"
-                            and `duplicate_of` = the survivor's id
-    planted.jsonl           copied through if the input has one (for measurement)
+    data/part-NNNNN.jsonl       one survivor per duplicate cluster (the first in input order)
+    rejected/part-NNNNN.jsonl   the others, with reason "exact_duplicate" | "near_duplicate"
+                                and `duplicate_of` = the survivor's id
+    planted.jsonl               copied through if the input has one (for measurement)
 
+NNNNN is the input file's number: each input shard gives at most one file of each kind.
 Exact duplicates are rows whose casefolded, whitespace-collapsed text is identical. Near
 duplicates are documents whose word-5-gram shingle sets have Jaccard >= `threshold`;
 MinHash + LSH banding finds the candidates, and (by default) each candidate pair is then
-checked by its true Jaccard. The work streams over the files (only per-document digests
-and band keys stay in memory) and runs on `workers` processes; the result is the same
-for any worker count. See dsctl/data/dedup.py for the algorithm.
+checked by its true Jaccard. The job is sharded and resumable (see dsctl/data/dedup.py):
+memory grows with a shard or an LSH bucket, not with the corpus; it runs on local
+processes or on Ray (`executor`), with the same bytes either way; a killed run resumes
+from its finished tasks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
 
-from dsctl.data.config import DataWorkConfig, ShardOutputConfig
-from dsctl.data.corpus import ShardWriter, corpus_files
-from dsctl.data.dedup import DedupParams, RunOptions, find_duplicates, summary, write_decisions
+from dsctl.data.config import DataWorkConfig
+from dsctl.data.corpus import corpus_files
+from dsctl.data.dedup import DedupParams, deduplicate
+from dsctl.data.executor import open_executor
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 
 
 @dataclass
-class DedupConfig(DedupParams, DataWorkConfig, ShardOutputConfig):
+class DedupConfig(DedupParams, DataWorkConfig):
     """The algorithm's parameters (dsctl.data.dedup.DedupParams) and how to run it."""
+
+
+class StepBars(contextlib.ExitStack):
+    """One progress bar per step of a sharded job (tasks done of the step's tasks), each
+    closed when the next step starts."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__()
+        self.ctx, self.step, self.bar = ctx, None, None
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step != self.step:
+            self.close()
+            self.bar = self.enter_context(self.ctx.progress(total, step, unit="task"))
+            self.step = step
+        self.bar.update(done)
 
 
 def run(ctx: StageContext) -> dict:
@@ -38,17 +58,15 @@ def run(ctx: StageContext) -> dict:
     source = ctx.input("corpus")
     files = corpus_files(source.path)
     if not files:
-        raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to deduplicate")
-    options = RunOptions(workers=cfg.workers or os.cpu_count() or 1, batch_size=cfg.docs_per_batch)
-    with ctx.progress(None, "minhash", unit="doc") as bar:
-        result = find_duplicates(files, cfg, options, progress=bar.advance, seed=ctx.seed)
-    with ctx.progress(result.documents, "write", unit="doc") as bar, \
-            ShardWriter(ctx.out / "data", cfg.rows_per_shard) as kept, \
-            ShardWriter(ctx.out / "rejected", cfg.rows_per_shard) as rejected:
-        write_decisions(files, result, kept, rejected, progress=bar.advance)
+        raise UserError(f"{source.path}: no row files under data/ to deduplicate")
+    workers = cfg.workers or os.cpu_count() or 1
+    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+            StepBars(ctx) as progress:
+        summary = deduplicate(files, ctx.scratch / "dedup", ctx.out, cfg, executor, seed=ctx.seed,
+                              batch_size=cfg.docs_per_batch, progress=progress)
     if (source.path / "planted.jsonl").exists():
         shutil.copyfile(source.path / "planted.jsonl", ctx.out / "planted.jsonl")
-    metrics = summary(result)
+    metrics = summary.metrics()
     ctx.info(
         f"kept {metrics['kept']:,} of {metrics['documents']:,} "
         f"({metrics['removed_exact_duplicate']:,} exact, {metrics['removed_near_duplicate']:,} near duplicates)"
@@ -58,12 +76,13 @@ def run(ctx: StageContext) -> dict:
 
 STAGE = StageSpec(
     name="dedup",
-    version=1,
+    version=2,
     config=DedupConfig,
     run=run,
     output="corpus",
     inputs={"corpus": Input("corpus", help="the corpus to deduplicate")},
-    help="Remove exact and near-duplicate documents with MinHash LSH and a true-Jaccard check. "
-    "Survivors are the first copy in input order; removed rows go to rejected/ with duplicate_of.",
+    help="Remove exact and near-duplicate documents with MinHash LSH and a true-Jaccard check, as a sharded, "
+    "resumable job on local processes or Ray. Survivors are the first copy in input order; removed rows go "
+    "to rejected/ with duplicate_of.",
     example="dsctl dedup --from mini_r1:clean --set threshold=0.85",
 )

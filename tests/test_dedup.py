@@ -12,7 +12,8 @@ from datasketch.lsh import _optimal_param
 from benchmarks.dedup_corpus import synthetic_corpus
 from dsctl.data.audit import planted_quality, read_decisions
 from dsctl.data.corpus import ShardWriter
-from dsctl.data.dedup import DedupParams, RunOptions, find_duplicates, write_decisions
+from dsctl.data.dedup import DedupParams, deduplicate, smallest_in_component
+from dsctl.data.executor import LocalExecutor
 from dsctl.data.minhash import (
     MinHasher,
     candidate_pairs,
@@ -35,10 +36,8 @@ def write_corpus(directory: Path, rows: list[dict], rows_per_shard: int = 700) -
     return sorted(directory.glob("*.jsonl"))
 
 
-def dedup_to(files: list[Path], out: Path, params=DedupParams(), options=RunOptions()) -> dict:
-    result = find_duplicates(files, params, options)
-    with ShardWriter(out / "data") as kept, ShardWriter(out / "rejected") as rejected:
-        write_decisions(files, result, kept, rejected)
+def dedup_to(files: list[Path], out: Path, params=DedupParams(), workers: int = 1, batch_size: int = 512) -> dict:
+    deduplicate(files, out / "work", out, params, LocalExecutor(workers), batch_size=batch_size)
     return read_decisions(sorted((out / "data").glob("*.jsonl")), sorted((out / "rejected").glob("*.jsonl")))
 
 
@@ -160,8 +159,8 @@ def test_output_is_identical_for_any_worker_count_and_batch_size(planted_corpus,
     outputs = []
     for workers, batch in ((1, 512), (2, 97)):
         out = tmp_path / f"w{workers}"
-        dedup_to(files, out, options=RunOptions(workers=workers, batch_size=batch))
-        outputs.append([p.read_bytes() for p in sorted(out.rglob("*.jsonl"))])
+        dedup_to(files, out, workers=workers, batch_size=batch)
+        outputs.append([p.read_bytes() for p in sorted(out.glob("*/*.jsonl"))])
     assert outputs[0] == outputs[1]
 
 
@@ -181,9 +180,9 @@ def test_unreadable_lines_are_counted_not_fatal(tmp_path):
     path = tmp_path / "in" / "part-00000.jsonl"
     path.parent.mkdir()
     path.write_text('{"id": "a", "text": "hello there"}\nnot json\n{"id": "b", "text": "Hello  there"}\n')
-    result = find_duplicates([path], DedupParams())
-    assert result.read_stats.malformed_json == 1
-    assert result.documents == 2 and result.exact_duplicates == 1
+    summary = deduplicate([path], tmp_path / "work", tmp_path / "out", DedupParams(), LocalExecutor(1))
+    assert summary.read.malformed_json == 1
+    assert summary.documents == 2 and summary.exact_duplicates == 1
 
 
 def test_dedup_stage_writes_corpus_rejected_and_planted(planted_corpus, tmp_path):
@@ -206,12 +205,10 @@ def test_dedup_stage_writes_corpus_rejected_and_planted(planted_corpus, tmp_path
 
 
 def test_union_find_labels_each_component_with_its_smallest_member():
-    from dsctl.data.dedup import _smallest_in_component
-
     rng = np.random.default_rng(0)
     n = 500
     edges = np.sort(rng.integers(0, n, size=(300, 2)), axis=1)
-    labels = _smallest_in_component(n, edges)
+    labels = smallest_in_component(n, edges)
     # Reference: plain sequential union-find.
     parent = list(range(n))
 
@@ -226,4 +223,4 @@ def test_union_find_labels_each_component_with_its_smallest_member():
         parent[max(ra, rb)] = min(ra, rb)
     assert labels.tolist() == [find(i) for i in range(n)]
     chain = np.array([[i, i + 1] for i in range(999, 0, -1)])  # a long path, given backwards
-    assert (_smallest_in_component(1001, chain)[1:] == 1).all()
+    assert (smallest_in_component(1001, chain)[1:] == 1).all()

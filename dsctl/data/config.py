@@ -9,6 +9,10 @@ from dataclasses import dataclass
 class DataWorkConfig:
     workers: int = 0
     """Worker processes (0 = one per CPU core). Does not change the output."""
+    executor: str = "local"
+    """Where the work runs: "local" (processes on this machine) or "ray" (Ray tasks). Does not change the output."""
+    ray_address: str = ""
+    """With executor "ray": "" starts a local Ray for the run, "auto" or "host:port" joins a cluster."""
     docs_per_batch: int = 512
     """Documents a worker takes at a time (memory vs. per-batch overhead). Does not change the output."""
 

@@ -1,50 +1,62 @@
-"""Exact and near-duplicate removal over a streamed corpus.
+"""Exact and near-duplicate removal as a sharded, resumable job (MinHash LSH + true Jaccard).
 
-Three passes over the input files, with only fixed-size per-document numbers in RAM
-(a 16-byte digest and `bands` uint64 band keys per document; never the text):
+The corpus never sits in memory: every step is a set of tasks over files, run by an
+`Executor` (processes here, or Ray tasks on a cluster), and memory grows with a shard or
+a bucket, not with the corpus. The steps, and what each leaves in the work directory:
 
-1. scan: per batch, in worker processes: a 128-bit digest of the normalized text (exact
-   dedup) and MinHash band keys (`dsctl.data.minhash`). The first occurrence of each digest is the
-   *representative* of its exact-duplicate group; only representatives enter LSH.
-2. verify (optional, default on): LSH candidate pairs are checked by their true Jaccard
-   of word-5-gram shingle sets, read back only for documents that are in some pair.
-   Pairs at or above the threshold are edges. With verification off, every LSH
-   candidate pair is an edge (faster, less precise).
-3. decide + write: connected components of the edges (vectorized union-find); the survivor of a
-   cluster is its member that comes first in input order, so the result does not depend
-   on the worker count or batch size. Every other member is rejected with reason
-   "near_duplicate" (exact copies: "exact_duplicate") and `duplicate_of` = the final
-   survivor's id. A cluster can chain (A~B, B~C, A!~C): C is still a near duplicate of
-   the cluster and names A, the one copy that is kept.
+1. signatures, one task per input shard: stream its rows; for each document a 128-bit
+   digest of the normalized text (exact dedup) and `bands` MinHash band keys. Written per
+   shard as one sorted file per band ([key, row]) and one sorted digest file, plus ids.
+2. buckets, one task per (band, key range), plus one per digest range: read that key
+   range of every shard's sorted band file, and within each bucket of equal keys emit
+   candidate edges (each member to the bucket's first and to its predecessor, linear in
+   bucket size). Digest buckets give the exact-duplicate edges. Memory: one key range;
+   ranges are sized from the document count (`BUCKET_ROWS` entries at most).
+3. verify (optional, default on), two task sets: the shingle sets of the documents in
+   some candidate pair, per shard; then the true Jaccard of each chunk of candidate pairs.
+   Pairs at or above the threshold are edges. (Off: every candidate is an edge.)
+4. clusters: union-find over all edge files; a document's survivor is the member of its
+   cluster that comes first in input order, so the result depends on nothing but the
+   input. Exact copies are rejected as "exact_duplicate", other members as
+   "near_duplicate", each with `duplicate_of` = the survivor's id.
+5. write, one task per shard: its kept rows to data/part-NNNNN.jsonl and the others to
+   rejected/part-NNNNN.jsonl (NNNNN = the input shard's number).
+
+Every task writes its files under temporary names, renames them into place, then writes
+its completion marker (done/<step>-<task>); a rerun after a crash or kill skips every
+task with a marker, so it resumes where it stopped and gives the same bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from dsctl.data.corpus import ReadStats, ShardWriter, iter_rows
+from dsctl.data.corpus import ReadStats, iter_rows
+from dsctl.data.executor import Executor
 from dsctl.data.minhash import (
-    MinHasher,
-    band_keys,
-    candidate_pairs,
-    jaccard,
-    optimal_bands,
-    shingle_hashes,
-    hash_batch,
-    shingles_from_words,
+    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingle_hashes, shingles_from_words,
 )
-from dsctl.data.shards import batched, ordered_map
+from dsctl.data.shards import batched
 
-Progress = Callable[[int], None]
+BUCKET_ROWS = 4_000_000
+"""Band entries one bucket task reads at most (16 bytes each, sorted in memory)."""
+PAIRS_PER_CHECK = 500_000
+"""Candidate pairs one Jaccard-check task takes."""
+
+Progress = Callable[[str, int, int], None]
+"""(step, tasks done, tasks in the step)."""
 
 
 @dataclass
 class DedupParams:
-    """What decides which documents are duplicates (with the seed `find_duplicates` takes);
+    """What decides which documents are duplicates (with the seed `deduplicate` takes);
     the dedup stage's config is these plus how to run them."""
 
     threshold: float = 0.8
@@ -75,140 +87,202 @@ class DedupParams:
             raise ValueError(f"false_negative_weight must be in [0, 1], got {self.false_negative_weight}")
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How the work is executed; does not change the result."""
-
-    workers: int = 1
-    batch_size: int = 512
-    text_field: str = "text"
-
-
 def resolve_bands(params: DedupParams) -> tuple[int, int]:
     if params.bands and params.rows:
-        if params.bands * params.rows > params.num_perm:
-            raise ValueError(f"bands*rows = {params.bands * params.rows} exceeds num_perm = {params.num_perm}")
         return params.bands, params.rows
     fn = params.false_negative_weight
     return optimal_bands(params.threshold, params.num_perm, 1.0 - fn, fn)
 
 
-# -- worker functions (module level so process pools can pickle them) -------------------
-
-
-def _scan_batch(job: tuple[list[str], int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(exact digests, band keys, has-shingles) of a batch of texts."""
-    texts, num_perm, seed, bands, rows = job
-    words, counts, digests = hash_batch(texts)
-    signatures = MinHasher(num_perm, seed).signatures_from_shingles(*shingles_from_words(words, counts))
-    return digests, band_keys(signatures, bands, rows), counts > 0
-
-
-def _shingle_sets(texts: list[str]) -> list[np.ndarray]:
-    hashes, per_doc = shingle_hashes(texts)
-    bounds = np.concatenate(([0], np.cumsum(per_doc)))
-    return [np.unique(hashes[bounds[i] : bounds[i + 1]]) for i in range(len(texts))]
-
-
-# -- the passes ----------------------------------------------------------------------------
-
-
 @dataclass
-class DedupResult:
-    """Per input position: the survivor it maps to and whether it was an exact copy."""
+class DedupSummary:
+    documents: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    bands: int = 0
+    rows: int = 0
+    candidate_pairs: int = 0
+    merged_pairs: int = 0
+    read: ReadStats = field(default_factory=ReadStats)
 
-    survivor: np.ndarray
-    exact: np.ndarray
-    bands: int
-    rows: int
-    candidate_pairs: int
-    verified_pairs: int
-    read_stats: ReadStats
-
-    @property
-    def documents(self) -> int:
-        return int(self.survivor.size)
-
-    @property
-    def exact_duplicates(self) -> int:
-        return int(self.exact.sum())
-
-    @property
-    def near_duplicates(self) -> int:
-        return int((self.survivor != np.arange(self.survivor.size)).sum()) - self.exact_duplicates
+    def metrics(self) -> dict[str, Any]:
+        removed = self.exact_duplicates + self.near_duplicates
+        return {
+            "kept": self.documents - removed,
+            "documents": self.documents,
+            "removed_exact_duplicate": self.exact_duplicates,
+            "removed_near_duplicate": self.near_duplicates,
+            "removed_fraction": round(removed / self.documents, 6) if self.documents else 0.0,
+            "lsh_bands": self.bands,
+            "lsh_rows": self.rows,
+            "candidate_pairs": self.candidate_pairs,
+            "merged_pairs": self.merged_pairs,
+            **self.read.as_dict(),
+        }
 
 
-def find_duplicates(
-    files: list[Path], params: DedupParams, options: RunOptions = RunOptions(), progress: Progress | None = None,
-    seed: int = 1,
-) -> DedupResult:
-    """Passes 1 and 2: decide, for every readable row, which row survives in its place;
-    `seed` picks the MinHash permutation family."""
-    bands, rows = resolve_bands(params)
-    stats = ReadStats()
-    texts = (row[options.text_field] for row in iter_rows(files, stats, options.text_field))
-    jobs = ((batch, params.num_perm, seed, bands, rows) for batch in batched(texts, options.batch_size))
-    digests, keys, has_words = [], [], []
-    for batch_digests, batch_keys, batch_has_words in ordered_map(_scan_batch, jobs, options.workers):
-        digests.append(batch_digests)
-        keys.append(batch_keys)
-        has_words.append(batch_has_words)
+# -- files and markers ------------------------------------------------------------------
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """np.save under a temporary name, then an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def _save_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _marker(work: Path, step: str, task: int) -> Path:
+    return work / "done" / f"{step}-{task:05d}"
+
+
+def _mark(work: Path, step: str, task: int) -> None:
+    path = _marker(work, step, task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+def _run_step(executor: Executor, work: Path, step: str, fn: Callable, tasks: list[tuple],
+              progress: Progress | None) -> None:
+    """Run the tasks of `step` that have no completion marker yet (each task's first
+    element is its number); a task marks itself done once its files are in place."""
+    todo = [t for t in tasks if not _marker(work, step, t[0]).exists()]
+    done = len(tasks) - len(todo)
+    if progress:
+        progress(step, done, len(tasks))
+    for _ in executor.map(fn, todo):
+        done += 1
         if progress:
-            progress(len(batch_digests))
-    if not digests:
-        empty = np.zeros(0, dtype=np.int64)
-        return DedupResult(empty, empty.astype(bool), bands, rows, 0, 0, stats)
-    digest = np.concatenate(digests)
-    all_keys = np.concatenate(keys)
-    del digests, keys
-    representative = _first_occurrence(digest)
-    # Texts without a single word have no shingles: nothing to be near (only exact) to.
-    reps = np.flatnonzero((representative == np.arange(representative.size)) & np.concatenate(has_words))
-    pairs = reps[candidate_pairs(all_keys[reps])]
-    del all_keys
-    edges = pairs
-    if params.verify_jaccard and pairs.size:
-        edges = _verified(files, pairs, params.threshold, options)
-    survivor = _cluster_survivors(representative, edges)
-    exact = representative != np.arange(representative.size)
-    return DedupResult(survivor, exact, bands, rows, int(pairs.shape[0]), int(edges.shape[0]), stats)
+            progress(step, done, len(tasks))
 
 
-def _first_occurrence(digest: np.ndarray) -> np.ndarray:
-    """For each row, the position of the first row with the same digest."""
-    _, first, inverse = np.unique(digest, axis=0, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
+# -- 1. signatures ---------------------------------------------------------------------------
 
 
-def _verified(files: list[Path], pairs: np.ndarray, threshold: float, options: RunOptions) -> np.ndarray:
-    """Keep the candidate pairs whose true shingle-set Jaccard is >= threshold."""
-    needed = np.unique(pairs)
-    wanted = np.zeros(int(needed[-1]) + 1, dtype=bool)
-    wanted[needed] = True
+def _signature_task(task: tuple) -> None:
+    shard, path, work, text_field, batch_size, num_perm, seed, bands, rows = task
+    out = Path(work) / "signatures" / f"shard-{shard:05d}"
     stats = ReadStats()
+    hasher = MinHasher(num_perm, seed)
+    digests, keys, has_words, ids = [], [], [], []
+    for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
+        words, counts, digest = hash_batch([row[text_field] for row in batch])
+        signatures = hasher.signatures_from_shingles(*shingles_from_words(words, counts))
+        digests.append(digest)
+        keys.append(band_keys(signatures, bands, rows))
+        has_words.append(counts > 0)
+        base = len(ids)  # a row without an id is named by its row number in the shard
+        ids.extend(str(row.get("id", base + i)) for i, row in enumerate(batch))
+    n = len(ids)
+    digest = np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)
+    key = np.concatenate(keys) if keys else np.zeros((0, bands), np.uint64)
+    # Texts without a single word have no shingles: nothing to be near (only exact) to.
+    worded = np.flatnonzero(np.concatenate(has_words)) if has_words else np.zeros(0, np.int64)
+    for band in range(bands):
+        _save(out / f"band-{band:02d}.npy", _sorted_entries(key[worded, band], worded))
+    order = np.lexsort((np.arange(n), digest[:, 1], digest[:, 0])) if n else np.zeros(0, np.int64)
+    _save(out / "digest.npy", np.column_stack((digest[order], order.astype(np.uint64))))
+    _save_json(out / "ids.json", ids)
+    _save_json(out / "info.json", {"rows": n, "read": asdict(stats)})
+    _mark(Path(work), "signatures", shard)
 
-    def candidate_texts() -> Iterator[str]:
-        for position, row in enumerate(iter_rows(files, stats, options.text_field)):
-            if position >= wanted.size:
-                return
-            if wanted[position]:
-                yield row[options.text_field]
 
-    sets: list[np.ndarray] = []
-    for batch_sets in ordered_map(_shingle_sets, batched(candidate_texts(), options.batch_size), options.workers):
-        sets.extend(batch_sets)
-    slot = np.searchsorted(needed, pairs)
-    keep = np.fromiter((jaccard(sets[a], sets[b]) >= threshold for a, b in slot), dtype=bool, count=len(slot))
-    return pairs[keep]
+def _sorted_entries(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(n, 2) uint64 [key, row], sorted by key, then row."""
+    order = np.lexsort((rows, keys))
+    return np.column_stack((keys[order], rows[order].astype(np.uint64)))
 
 
-def _cluster_survivors(representative: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Survivor position of every row: the smallest position in its near-dup cluster
-    (for an exact copy, the survivor of the row it copies)."""
-    return _smallest_in_component(representative.size, edges)[representative]
+# -- 2. buckets ------------------------------------------------------------------------------
 
 
-def _smallest_in_component(n: int, edges: np.ndarray) -> np.ndarray:
+def _bucket_task(task: tuple) -> None:
+    """Edges of one key range of one band (or of the exact digests, band -1)."""
+    number, work, band, key_range, ranges, offsets = task
+    work = Path(work)
+    lo, hi = _key_range(key_range, ranges)
+    parts = []
+    for shard, offset in enumerate(offsets):
+        name = "digest.npy" if band < 0 else f"band-{band:02d}.npy"
+        entries = np.load(work / "signatures" / f"shard-{shard:05d}" / name, mmap_mode="r")
+        first = entries[:, 0]
+        start, stop = np.searchsorted(first, lo), (np.searchsorted(first, hi) if hi is not None else len(first))
+        chunk = np.array(entries[start:stop])
+        chunk[:, -1] += np.uint64(offset)  # row in shard -> position in the corpus
+        parts.append(chunk)
+    entries = np.concatenate(parts) if parts else np.zeros((0, 2 if band >= 0 else 3), np.uint64)
+    _save(work / "edges" / f"bucket-{number:05d}.npy", bucket_pairs(entries[:, :-1], entries[:, -1].astype(np.int64)))
+    _mark(work, "buckets", number)
+
+
+def _key_range(index: int, ranges: int) -> tuple[np.uint64, np.uint64 | None]:
+    """[lo, hi) of the index-th of `ranges` equal slices of the uint64 keys (hi None: to the end)."""
+    width = (1 << 64) // ranges
+    lo = np.uint64(index * width)
+    return lo, (np.uint64((index + 1) * width) if index + 1 < ranges else None)
+
+
+# -- 3. verify -------------------------------------------------------------------------------
+
+
+def _shingle_task(task: tuple) -> None:
+    """Sorted unique shingle hashes of the wanted rows of one shard."""
+    shard, path, work, text_field, batch_size, wanted = task
+    work, wanted = Path(work), np.asarray(wanted, dtype=np.int64)
+    is_wanted = np.zeros(int(wanted[-1]) + 1 if wanted.size else 0, dtype=bool)
+    is_wanted[wanted] = True
+    texts = (row[text_field] for i, row in enumerate(iter_rows([Path(path)], ReadStats(), text_field))
+             if i < is_wanted.size and is_wanted[i])
+    values, lengths = [], []
+    for batch in batched(texts, batch_size):
+        hashes, per_doc = shingle_hashes(batch)
+        bounds = np.concatenate(([0], np.cumsum(per_doc)))
+        for i in range(len(batch)):
+            unique = np.unique(hashes[bounds[i]:bounds[i + 1]])
+            values.append(unique)
+            lengths.append(unique.size)
+    out = work / "shingles" / f"shard-{shard:05d}"
+    _save(out.with_suffix(".values.npy"), np.concatenate(values) if values else np.zeros(0, np.uint64))
+    _save(out.with_suffix(".offsets.npy"), np.concatenate(([0], np.cumsum(lengths))).astype(np.int64))
+    _save(out.with_suffix(".rows.npy"), wanted)
+    _mark(work, "shingles", shard)
+
+
+def _check_task(task: tuple) -> None:
+    """Which pairs of one chunk have a true shingle Jaccard at or above the threshold."""
+    number, work, threshold, offsets = task
+    work = Path(work)
+    pairs = np.load(work / "verify" / f"pairs-{number:05d}.npy")
+    shard_of = np.searchsorted(offsets, pairs, side="right") - 1
+    sets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def shingles(position: int, shard: int) -> np.ndarray:
+        if shard not in sets:
+            base = work / "shingles" / f"shard-{shard:05d}"
+            sets[shard] = tuple(np.load(base.with_suffix(f".{part}.npy"), mmap_mode="r")
+                                for part in ("values", "offsets", "rows"))
+        values, bounds, rows = sets[shard]
+        i = np.searchsorted(rows, position - offsets[shard])
+        return np.asarray(values[bounds[i]:bounds[i + 1]])
+
+    keep = np.fromiter((jaccard(shingles(a, sa), shingles(b, sb)) >= threshold
+                        for (a, b), (sa, sb) in zip(pairs.tolist(), shard_of.tolist())), dtype=bool, count=len(pairs))
+    _save(work / "verify" / f"keep-{number:05d}.npy", keep)
+    _mark(work, "check", number)
+
+
+# -- 4. clusters -----------------------------------------------------------------------------
+
+
+def smallest_in_component(n: int, edges: np.ndarray) -> np.ndarray:
     """Union-find over all edges at once: each node's label is the smallest node it is
     connected to. Every round hooks both ends of each edge to the smaller of their labels
     (`np.minimum.at`), then compresses paths by pointer jumping until labels are stable."""
@@ -230,44 +304,149 @@ def _smallest_in_component(n: int, edges: np.ndarray) -> np.ndarray:
             return label
 
 
-def write_decisions(
-    files: list[Path],
-    result: DedupResult,
-    kept: ShardWriter,
-    rejected: ShardWriter,
-    text_field: str = "text",
-    progress: Progress | None = None,
-) -> None:
-    """Pass 3: stream the rows again and write each to `kept` or `rejected`."""
-    positions = np.arange(result.documents)
-    survivors_needed = set(np.unique(result.survivor[result.survivor != positions]).tolist())
-    survivor_ids: dict[int, str] = {}
-    for position, row in enumerate(iter_rows(files, ReadStats(), text_field)):
-        doc_id = str(row.get("id", position))
-        target = int(result.survivor[position])
+# -- 5. write --------------------------------------------------------------------------------
+
+
+def _write_task(task: tuple) -> None:
+    shard, path, work, out, text_field, offset, survivor_ids = task
+    work, out = Path(work), Path(out)
+    survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
+    exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
+    name = f"part-{shard:05d}.jsonl"
+    writers = {"data": _LazyFile(out / "data" / name), "rejected": _LazyFile(out / "rejected" / name)}
+    own_ids: dict[int, str] = {}
+    for i, row in enumerate(iter_rows([Path(path)], ReadStats(), text_field)):
+        position = offset + i
+        target = int(survivor[position])
         if target == position:
-            kept.write(row)
-            if position in survivors_needed:
-                survivor_ids[position] = doc_id
+            writers["data"].write(row)
+            own_ids[position] = str(row.get("id", i))
         else:
-            reason = "exact_duplicate" if result.exact[position] else "near_duplicate"
-            # The survivor always comes earlier in input order, so its id is known here.
-            rejected.write({**row, "reason": reason, "duplicate_of": survivor_ids[target]})
-        if progress and position % 4096 == 4095:
-            progress(4096)
+            reason = "exact_duplicate" if exact[position] else "near_duplicate"
+            # The survivor comes earlier in input order: in this shard, or in one before.
+            of = own_ids[target] if target >= offset else survivor_ids[target]
+            writers["rejected"].write({**row, "reason": reason, "duplicate_of": of})
+    for writer in writers.values():
+        writer.close()
+    _mark(work, "write", shard)
 
 
-def summary(result: DedupResult) -> dict[str, Any]:
-    removed = result.exact_duplicates + result.near_duplicates
-    return {
-        "kept": result.documents - removed,
-        "documents": result.documents,
-        "removed_exact_duplicate": result.exact_duplicates,
-        "removed_near_duplicate": result.near_duplicates,
-        "removed_fraction": round(removed / result.documents, 6) if result.documents else 0.0,
-        "lsh_bands": result.bands,
-        "lsh_rows": result.rows,
-        "candidate_pairs": result.candidate_pairs,
-        "merged_pairs": result.verified_pairs,
-        **result.read_stats.as_dict(),
-    }
+class _LazyFile:
+    """A JSONL file created at its first row (a shard without rejects leaves no file),
+    written under a temporary name and renamed into place on close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._fh = path, None
+
+    def write(self, row: dict) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path.with_name(self.path.name + ".tmp"), "w", encoding="utf-8")
+        self._fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            os.replace(self._fh.name, self.path)
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+
+def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, executor: Executor, *,
+                seed: int = 1, batch_size: int = 512, text_field: str = "text",
+                progress: Progress | None = None) -> DedupSummary:
+    """Run (or resume) the whole job: `work` keeps the intermediate files and markers,
+    `out` receives data/ and rejected/."""
+    bands, rows = resolve_bands(params)
+    work.mkdir(parents=True, exist_ok=True)
+    shards = [(i, str(p)) for i, p in enumerate(files)]
+    _run_step(executor, work, "signatures", _signature_task,
+              [(i, p, str(work), text_field, batch_size, params.num_perm, seed, bands, rows) for i, p in shards], progress)
+    infos = [json.loads((work / "signatures" / f"shard-{i:05d}" / "info.json").read_text()) for i, _ in shards]
+    counts = [info["rows"] for info in infos]
+    offsets = np.concatenate(([0], np.cumsum(counts)))[:-1].astype(np.int64).tolist()
+    total = int(sum(counts))
+    summary = DedupSummary(documents=total, bands=bands, rows=rows)
+    for info in infos:
+        summary.read.merge(ReadStats(**info["read"]))
+
+    ranges = max(1, math.ceil(total / BUCKET_ROWS))
+    bucket_jobs = [(band, r) for band in range(-1, bands) for r in range(ranges)]  # band -1: digests
+    _run_step(executor, work, "buckets", _bucket_task,
+              [(n, str(work), band, r, ranges, offsets) for n, (band, r) in enumerate(bucket_jobs)], progress)
+    exact_files = [n for n, (band, _) in enumerate(bucket_jobs) if band < 0]
+    exact_edges = _load_edges(work, exact_files)
+    candidates = _unique_rows(_load_edges(work, [n for n in range(len(bucket_jobs)) if n not in exact_files]))
+    summary.candidate_pairs = int(candidates.shape[0])
+
+    edges = candidates
+    if params.verify_jaccard and candidates.size:
+        edges = _verified(executor, work, shards, candidates, offsets, params.threshold, text_field, batch_size,
+                          progress)
+    summary.merged_pairs = int(edges.shape[0])
+
+    survivor_file = work / "clusters" / "survivor.npy"
+    if not _marker(work, "clusters", 0).exists():
+        survivor = smallest_in_component(total, np.concatenate((exact_edges, edges)))
+        exact = np.zeros(total, dtype=bool)
+        exact[exact_edges[:, 1]] = True  # a digest bucket's members after its first
+        _save(survivor_file, survivor)
+        _save(work / "clusters" / "exact.npy", exact)
+        _mark(work, "clusters", 0)
+    survivor = np.load(survivor_file, mmap_mode="r")
+    exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
+    summary.exact_duplicates = int(exact.sum())
+    summary.near_duplicates = int((np.asarray(survivor) != np.arange(total)).sum()) - summary.exact_duplicates
+
+    ids = _survivor_ids(work, survivor, offsets)
+    tasks = []
+    for (i, p), offset, n in zip(shards, offsets, counts):
+        wanted = np.unique(np.asarray(survivor[offset:offset + n]))
+        wanted = wanted[wanted < offset]  # survivors in earlier shards, by id
+        tasks.append((i, p, str(work), str(out), text_field, offset, {int(s): ids[int(s)] for s in wanted}))
+    _run_step(executor, work, "write", _write_task, tasks, progress)
+    for leftover in out.rglob("*.tmp"):  # a write task killed before its rename
+        leftover.unlink()
+    return summary
+
+
+def _load_edges(work: Path, numbers: list[int]) -> np.ndarray:
+    parts = [np.load(work / "edges" / f"bucket-{n:05d}.npy") for n in numbers]
+    return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+
+
+def _unique_rows(pairs: np.ndarray) -> np.ndarray:
+    return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
+
+
+def _verified(executor: Executor, work: Path, shards: list[tuple[int, str]], pairs: np.ndarray,
+              offsets: list[int], threshold: float, text_field: str, batch_size: int,
+              progress: Progress | None) -> np.ndarray:
+    needed = np.unique(pairs)
+    bounds = np.asarray([*offsets, np.iinfo(np.int64).max])
+    tasks = []
+    for (i, p), lo, hi in zip(shards, bounds[:-1], bounds[1:]):
+        rows = needed[(needed >= lo) & (needed < hi)] - lo
+        tasks.append((i, p, str(work), text_field, batch_size, rows.tolist()))
+    _run_step(executor, work, "shingles", _shingle_task, tasks, progress)
+    chunks = range(math.ceil(len(pairs) / PAIRS_PER_CHECK))
+    for n in chunks:
+        if not (work / "verify" / f"pairs-{n:05d}.npy").exists():
+            _save(work / "verify" / f"pairs-{n:05d}.npy", pairs[n * PAIRS_PER_CHECK:(n + 1) * PAIRS_PER_CHECK])
+    _run_step(executor, work, "check", _check_task, [(n, str(work), threshold, np.asarray(offsets)) for n in chunks],
+              progress)
+    keep = np.concatenate([np.load(work / "verify" / f"keep-{n:05d}.npy") for n in chunks])
+    return pairs[keep]
+
+
+def _survivor_ids(work: Path, survivor: np.ndarray, offsets: list[int]) -> dict[int, str]:
+    """Ids of the survivors that some other document names, read shard by shard."""
+    named = np.unique(np.asarray(survivor)[np.asarray(survivor) != np.arange(len(survivor))])
+    shard_of = np.searchsorted(np.asarray(offsets), named, side="right") - 1
+    ids: dict[int, str] = {}
+    for shard in np.unique(shard_of).tolist():
+        shard_ids = json.loads((work / "signatures" / f"shard-{shard:05d}" / "ids.json").read_text())
+        for position in named[shard_of == shard].tolist():
+            ids[position] = shard_ids[position - offsets[shard]]
+    return ids

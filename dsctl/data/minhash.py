@@ -293,32 +293,35 @@ def _band_weights(num_perm: int) -> np.ndarray:
     return np.random.default_rng(12345).integers(0, 1 << 63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def candidate_pairs(keys: np.ndarray) -> np.ndarray:
-    """Candidate pairs (lo, hi) of row indices, lo < hi, unique, sorted.
+def bucket_pairs(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Candidate pairs (lo, hi) of positions within each bucket of equal key rows
+    (keys (n, k): one band's key, or a digest's parts), unique and sorted.
 
-    Within a bucket (same key in one band) members are sorted by index; each is paired
-    with the bucket's first member and with its predecessor. That keeps pairs linear in
-    bucket size (a bucket of 1,000 copies gives ~2,000 pairs, not 500,000) while every
-    member stays connected to the bucket through pairs the Jaccard check will see.
+    Within a bucket members are sorted by position; each is paired with the bucket's first
+    member and with its predecessor. That keeps pairs linear in bucket size (a bucket of
+    1,000 copies gives ~2,000 pairs, not 500,000) while every member stays connected to the
+    bucket through pairs the Jaccard check will see.
     """
-    found = []
-    n = keys.shape[0]
-    for band in range(keys.shape[1]):
-        order = np.argsort(keys[:, band], kind="stable")
-        sorted_keys = keys[order, band]
-        new_group = np.ones(n, dtype=bool)
-        new_group[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        members = np.flatnonzero(~new_group)
-        if members.size == 0:
-            continue
-        group_first = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-        found.append(np.stack([order[group_first[members]], order[members]], axis=1))
-        found.append(np.stack([order[members - 1], order[members]], axis=1))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found).astype(np.int64)
-    pairs = np.unique(pairs, axis=0)
-    return pairs[pairs[:, 0] != pairs[:, 1]]
+    n = positions.size
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    order = np.lexsort((positions, *keys.T[::-1]))  # by key (first column first), then position
+    keys, positions = keys[order], positions[order].astype(np.int64)
+    new_bucket = np.ones(n, dtype=bool)
+    new_bucket[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    members = np.flatnonzero(~new_bucket)
+    first = np.maximum.accumulate(np.where(new_bucket, np.arange(n), 0))
+    pairs = np.concatenate((np.stack((positions[first[members]], positions[members]), 1),
+                            np.stack((positions[members - 1], positions[members]), 1)))
+    return np.unique(pairs, axis=0)
+
+
+def candidate_pairs(keys: np.ndarray) -> np.ndarray:
+    """Candidate pairs of row indices over all bands of (n, bands) keys (see `bucket_pairs`)."""
+    rows = np.arange(keys.shape[0])
+    found = [bucket_pairs(keys[:, band:band + 1], rows) for band in range(keys.shape[1])]
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    return np.unique(pairs, axis=0) if pairs.size else pairs
 
 
 def collision_probability(jaccard: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
