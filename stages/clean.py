@@ -2,10 +2,14 @@
 
 Reads a corpus, writes a corpus:
 
-    data/part-*.jsonl       rows that passed, with normalized text (NFC, no control
-                            characters, repaired whitespace); other fields carried through
-    rejected/part-*.jsonl   every rejected row with `reason` = the first rule that fired
-    planted.jsonl           copied through if the input has one (for measurement)
+    data/part-NNNNN.jsonl       rows that passed, with normalized text (NFC, no control
+                                characters, repaired whitespace); other fields carried through
+    rejected/part-NNNNN.jsonl   every rejected row with `reason` = the first rule that fired
+    planted.jsonl               copied through if the input has one (for measurement)
+
+One task per input shard NNNNN (streamed, so memory does not grow with the corpus), run on
+local processes or Ray (`executor`) with the same bytes either way; a killed run resumes
+from its finished shards.
 
 The rules (dsctl/data/text_rules.py) are Gopher/C4/FineWeb heuristics, each a small
 named function whose threshold is the config field of the same idea below; the summary
@@ -17,21 +21,27 @@ around the math, not the numbers (see text_rules).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 from dsctl.data.clean import RULE_NAMES, Cleaner
-from dsctl.data.config import ShardOutputConfig
-from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths, iter_rows
-from dsctl.data.quality import read_examples, train_quality_model
+from dsctl.data.config import DataWorkConfig
+from dsctl.data.corpus import PartFile, ReadStats, corpus_files, expand_paths, iter_rows, part_name, remove_partial_parts
+from dsctl.data.executor import open_executor
+from dsctl.data.quality import QualityModel, read_examples, train_quality_model
+from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.store import sha256_file
 
 
 @dataclass
-class CleanConfig(ShardOutputConfig):
+class CleanConfig(DataWorkConfig):
     min_words: int = 20
     """Documents with fewer whitespace-separated words are rejected (rule `min_words`)."""
     max_words: int = 100_000
@@ -107,36 +117,51 @@ class CleanConfig(ShardOutputConfig):
             raise ValueError(f"langid_threshold must be in [0, 1], got {self.langid_threshold}")
 
 
-def run(ctx: StageContext) -> dict:
-    cfg: CleanConfig = ctx.config
-    source = ctx.input("corpus")
-    files = corpus_files(source.path)
-    if not files:
-        raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to clean")
-    quality = None
-    example_stats = ReadStats()
-    if cfg.quality_good:
-        good = read_examples(cfg.quality_good, example_stats)
-        bad = read_examples(cfg.quality_bad, example_stats)
-        ctx.info(f"training quality classifier on {len(good):,} good / {len(bad):,} bad examples")
-        quality = train_quality_model(good, bad, ctx.scratch / "quality", ctx.seed, cfg.quality_epochs)
-    cleaner = Cleaner(cfg, quality)
+def _clean_shard(task: tuple) -> dict[str, Any]:
+    """One input shard -> its data/ and rejected/ parts; the verdict counts."""
+    shard, path, out, cfg, quality_path = task
+    cleaner = Cleaner(cfg, QualityModel.load(Path(quality_path)) if quality_path else None)
     stats = ReadStats()
-    started = time.perf_counter()
-    with ctx.progress(None, "clean", unit="doc") as bar, \
-            ShardWriter(ctx.out / "data", cfg.rows_per_shard) as kept, \
-            ShardWriter(ctx.out / "rejected", cfg.rows_per_shard) as rejected:
-        for row in iter_rows(files, stats):
+    with PartFile(Path(out) / "data" / part_name(shard)) as kept, \
+            PartFile(Path(out) / "rejected" / part_name(shard)) as rejected:
+        for row in iter_rows([Path(path)], stats):
             reason, row = cleaner.judge(row)
             if reason is None:
                 kept.write(row)
             else:
                 rejected.write({**row, "reason": reason})
-            bar.advance()
+    return {"counts": dict(cleaner.counts), "languages": dict(cleaner.languages), "read": asdict(stats)}
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: CleanConfig = ctx.config
+    source = ctx.input("corpus")
+    files = corpus_files(source.path)
+    if not files:
+        raise UserError(f"{source.path}: no row files under data/ to clean")
+    quality_path = ""
+    example_stats = ReadStats()
+    if cfg.quality_good:
+        good = read_examples(cfg.quality_good, example_stats)
+        bad = read_examples(cfg.quality_bad, example_stats)
+        ctx.info(f"training quality classifier on {len(good):,} good / {len(bad):,} bad examples")
+        model = train_quality_model(good, bad, ctx.scratch / "quality", ctx.seed, cfg.quality_epochs)
+        quality_path = str(model.save(ctx.scratch / "quality" / "model.bin"))
+    started = time.perf_counter()
+    tasks = [(i, str(path), str(ctx.out), cfg, quality_path) for i, path in enumerate(files)]
+    workers = cfg.workers or os.cpu_count() or 1
+    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+            StepBars(ctx) as progress:
+        results = run_tasks(executor, ctx.scratch / "clean", "clean", _clean_shard, tasks, progress)
+    remove_partial_parts(ctx.out)
     seconds = time.perf_counter() - started
     if (source.path / "planted.jsonl").exists():
         shutil.copyfile(source.path / "planted.jsonl", ctx.out / "planted.jsonl")
-    counts = cleaner.counts
+    counts, languages, stats = Counter(), Counter(), ReadStats()
+    for result in results:
+        counts.update(result["counts"])
+        languages.update(result["languages"])
+        stats.merge(ReadStats(**result["read"]))
     total = sum(counts.values())
     metrics = {
         "kept": counts["kept"],
@@ -144,10 +169,10 @@ def run(ctx: StageContext) -> dict:
         "rejected": total - counts["kept"],
         **{f"rejected_{name}": counts[name] for name in ("empty", *RULE_NAMES) if counts[name]},
         **stats.as_dict(),
-        "languages": ", ".join(f"{lang}={n}" for lang, n in cleaner.languages.most_common(8)),
+        "languages": ", ".join(f"{lang}={n}" for lang, n in languages.most_common(8)),
         "docs_per_s": round(total / seconds, 1) if seconds > 0 else 0.0,
     }
-    if quality is not None:
+    if cfg.quality_good:
         metrics.update(example_stats.as_dict("quality_examples_read_"))
     ctx.info(f"kept {counts['kept']:,} of {total:,} documents ({metrics['docs_per_s']:,} docs/s)")
     return metrics

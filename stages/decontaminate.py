@@ -2,9 +2,12 @@
 
 Reads a corpus, writes a corpus:
 
-    data/part-*.jsonl       documents that share no n-gram with any eval text
-    rejected/part-*.jsonl   the others, with reason "contaminated" and `eval_id`
-    planted.jsonl           copied through if the input has one
+    data/part-NNNNN.jsonl       documents that share no n-gram with any eval text
+    rejected/part-NNNNN.jsonl   the others, with reason "contaminated" and `eval_id`
+    planted.jsonl               copied through if the input has one
+
+One task per input shard NNNNN, on local processes or Ray (`executor`), same bytes
+either way; a killed run resumes from its finished shards.
 
 Eval text comes from the eval split of the reasoning tasks (`dsctl.tasks`: prompt and
 worked solution of the first `eval_problems_per_family` problems of each family, with
@@ -28,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsctl.configs import stage_defaults
-from dsctl.data.config import DataWorkConfig, ShardOutputConfig
-from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, expand_paths, iter_rows
-from dsctl.data.decontaminate import NgramIndex, decontaminate_rows, file_eval_texts, task_eval_texts
+from dsctl.data.config import DataWorkConfig
+from dsctl.data.corpus import ReadStats, corpus_files, expand_paths, remove_partial_parts
+from dsctl.data.decontaminate import NgramIndex, decontaminate_shard, file_eval_texts, task_eval_texts
+from dsctl.data.executor import open_executor
+from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.data.shards import file_sha256
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
@@ -40,7 +45,7 @@ from dsctl.tasks.config import FamiliesConfig
 
 @dataclass
 @stage_defaults(families=sorted(FAMILIES), workers=1, docs_per_batch=1024)
-class DecontaminateConfig(FamiliesConfig, DataWorkConfig, ShardOutputConfig):
+class DecontaminateConfig(FamiliesConfig, DataWorkConfig):
     n: int = 13
     """Window length in tokens (casefolded words and punctuation marks)."""
     eval_problems_per_family: int = 500
@@ -93,19 +98,17 @@ def run(ctx: StageContext) -> dict:
     if not files:
         raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to decontaminate")
     index, source_of = eval_index(cfg, ctx.seed)
-    stats = ReadStats()
-    by_source: Counter = Counter()
+    tasks = [(i, str(path), str(ctx.out), index, cfg.docs_per_batch, "text") for i, path in enumerate(files)]
     workers = cfg.workers or os.cpu_count() or 1
-    with ctx.progress(None, "match", unit="doc") as bar, \
-            ShardWriter(ctx.out / "data", cfg.rows_per_shard) as kept, \
-            ShardWriter(ctx.out / "rejected", cfg.rows_per_shard) as rejected:
-        for row, eval_id in decontaminate_rows(iter_rows(files, stats), index, workers, cfg.docs_per_batch):
-            if eval_id is None:
-                kept.write(row)
-            else:
-                rejected.write({**row, "reason": "contaminated", "eval_id": eval_id})
-                by_source[source_of[eval_id]] += 1
-            bar.advance()
+    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+            StepBars(ctx) as progress:
+        results = run_tasks(executor, ctx.scratch / "decontaminate", "match", decontaminate_shard, tasks, progress)
+    remove_partial_parts(ctx.out)
+    stats, by_source = ReadStats(), Counter()
+    for result in results:
+        stats.merge(ReadStats(**result["read"]))
+        for eval_id, n in result["caught"].items():
+            by_source[source_of[eval_id]] += n
     if (source.path / "planted.jsonl").exists():
         shutil.copyfile(source.path / "planted.jsonl", ctx.out / "planted.jsonl")
     contaminated = sum(by_source.values())

@@ -19,7 +19,6 @@ from its finished tasks.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import corpus_files
 from dsctl.data.dedup import DedupParams, deduplicate
 from dsctl.data.executor import open_executor
+from dsctl.data.tasks import StepBars
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 
@@ -35,22 +35,6 @@ from dsctl.stage import Input, StageContext, StageSpec
 @dataclass
 class DedupConfig(DedupParams, DataWorkConfig):
     """The algorithm's parameters (dsctl.data.dedup.DedupParams) and how to run it."""
-
-
-class StepBars(contextlib.ExitStack):
-    """One progress bar per step of a sharded job (tasks done of the step's tasks), each
-    closed when the next step starts."""
-
-    def __init__(self, ctx: StageContext) -> None:
-        super().__init__()
-        self.ctx, self.step, self.bar = ctx, None, None
-
-    def __call__(self, step: str, done: int, total: int) -> None:
-        if step != self.step:
-            self.close()
-            self.bar = self.enter_context(self.ctx.progress(total, step, unit="task"))
-            self.step = step
-        self.bar.update(done)
 
 
 def run(ctx: StageContext) -> dict:

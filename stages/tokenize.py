@@ -3,31 +3,33 @@
 Reads a corpus (and optionally a tokenizer or shards artifact whose tokenizer to reuse),
 writes a shards artifact:
 
-    tokenizer/                 tokenizer.model, special_tokens.json, HF files (dsctl/tokenizer.py)
-    train-00000.arrow ...      Arrow IPC streams: id: string, input_ids: list<int32>, one
-    validation-00000.arrow     row per document (no bos/eos; the trainer adds eos when packing)
-    index.json                 vocab_size, per-split files with documents, tokens, sha256
+    tokenizer/                    tokenizer.model, special_tokens.json, HF files (dsctl/tokenizer.py)
+    train-s00000-00000.arrow ...  Arrow IPC streams: id: string, input_ids: list<int32>, one
+    validation-s00000-00000.arrow row per document (no bos/eos; the trainer adds eos when
+                                  packing); sNNNNN = the input shard
+    index.json                    vocab_size, per-split files with documents, tokens, sha256
 
 The held-out validation documents are chosen by a hash of the document id, so the same
 document is always on the same side. The tokenizer is trained only on the train side,
-in corpus order (deterministic). Encoding runs on `workers` processes; the output is
-identical for any worker count. A killed run resumes from its last checkpoint (the
-tokenizer, and every `checkpoint_every_docs` documents of shards, are kept).
+in corpus order (deterministic). Encoding is one task per input shard, on local processes
+or Ray (`executor`); the output is identical for any worker count and either executor. A
+killed run resumes: the tokenizer and every finished shard are kept.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
-from dsctl.data.shards import EncodeStats, TokenShardWriter, encode_to_shards, is_validation, write_index
+from dsctl.data.executor import open_executor
+from dsctl.data.shards import EncodeStats, TokenShardWriter, encode_shard, is_validation, merge_encode_stats, write_index
+from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.store import Artifact
@@ -48,10 +50,7 @@ class TokenizeConfig(DataWorkConfig):
     train_threads: int = 1
     """Threads for tokenizer training; 1 keeps the trained model bit-identical run to run."""
     tokens_per_shard: int = 50_000_000
-    """Start a new shard file after this many tokens (documents are never split)."""
-    checkpoint_every_docs: int = 1_000_000
-    """Finish the open shards and record progress every this many documents, so a killed
-    run resumes there (0 = only at the end). Changes shard boundaries, not content."""
+    """Start a new shard file after this many tokens of one input shard (documents are never split)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -73,11 +72,11 @@ def run(ctx: StageContext) -> dict:
     source = ctx.input("corpus")
     files = corpus_files(source.path)
     if not files:
-        raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to tokenize")
+        raise UserError(f"{source.path}: no row files under data/ to tokenize")
     state = ctx.load_state()
     tokenizer = _tokenizer(ctx, files, resumed=state.get("tokenizer_done", False))
     ctx.save_state({**state, "tokenizer_done": True})
-    stats, read, seconds = _encode(ctx, files, ctx.load_state())
+    stats, read, seconds = _encode(ctx, files)
     total = stats.tokens["train"] + stats.tokens["validation"]
     ctx.info(f"{total:,} tokens ({stats.tokens['validation']:,} held out), {stats.bytes / max(total, 1):.2f} bytes/token")
     return {
@@ -117,44 +116,29 @@ def _tokenizer(ctx: StageContext, files: list[Path], resumed: bool) -> Tokenizer
     )
 
 
-def _encode(ctx: StageContext, files: list[Path], state: dict) -> tuple[EncodeStats, ReadStats, float]:
-    """Encode every row into the shards, resuming after the last checkpoint if any.
-
-    A checkpoint (every `checkpoint_every_docs` rows) finishes the open shards and records
-    them with the rows done; a resumed attempt deletes shard files written after it and
-    continues from that row, so its output is byte-identical to an unbroken run.
-    """
+def _encode(ctx: StageContext, files: list[Path]) -> tuple[EncodeStats, ReadStats, float]:
+    """Encode every input shard into its own token shard files (one task each); the index
+    lists them in input order, so the artifact does not depend on where tasks ran."""
     cfg: TokenizeConfig = ctx.config
-    done = state.get("encode", {"rows": 0, "stats": None, "files": {"train": [], "validation": []}})
-    kept = {f["file"] for entries in done["files"].values() for f in entries}
-    for partial in ctx.out.glob("*.arrow"):
-        if partial.name not in kept:
-            partial.unlink()
-    if done["rows"]:
-        ctx.info(f"resuming after {done['rows']:,} encoded documents")
-    writers = {
-        split: TokenShardWriter(ctx.out, split, cfg.tokens_per_shard, finished=done["files"][split])
-        for split in ("train", "validation")
-    }
-
-    def checkpoint(rows: int, stats: EncodeStats, finished: dict) -> None:
-        ctx.save_state({"tokenizer_done": True, "encode": {"rows": rows, "stats": asdict(stats), "files": finished}})
-
-    read = ReadStats()
-    rows = iter_rows(files, read)
-    for _ in itertools.islice(rows, done["rows"]):  # rows an earlier attempt finished
-        pass
+    model = str(ctx.out / "tokenizer" / "tokenizer.model")
+    tasks = [(i, str(path), str(ctx.out), model, cfg.validation_fraction, cfg.tokens_per_shard, cfg.docs_per_batch)
+             for i, path in enumerate(files)]
+    workers = cfg.workers or os.cpu_count() or 1
     start = time.perf_counter()
-    with ctx.progress(None, "encode", unit="doc", completed=done["rows"]) as bar:
-        stats = encode_to_shards(
-            rows, ctx.out / "tokenizer" / "tokenizer.model", writers, cfg.validation_fraction,
-            workers=cfg.workers or os.cpu_count() or 1, batch_size=cfg.docs_per_batch, progress=bar.advance,
-            stats=EncodeStats(**done["stats"]) if done["stats"] else None, first_row=done["rows"],
-            checkpoint_every=cfg.checkpoint_every_docs, on_checkpoint=checkpoint,
-        )
+    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+            StepBars(ctx) as progress:
+        results = run_tasks(executor, ctx.scratch / "tokenize", "encode", encode_shard, tasks, progress)
     seconds = time.perf_counter() - start
-    write_index(ctx.out, Tokenizer.load(ctx.out / "tokenizer").vocab_size, {s: w.close() for s, w in writers.items()})
-    return stats, read, seconds
+    splits = {}
+    for split in ("train", "validation"):
+        splits[split] = [entry for result in results for entry in result["files"][split]]
+        if not splits[split]:  # an empty split still gets one (empty) file
+            splits[split] = TokenShardWriter(ctx.out, split).close()
+    write_index(ctx.out, Tokenizer.load(ctx.out / "tokenizer").vocab_size, splits)
+    read = ReadStats()
+    for result in results:
+        read.merge(ReadStats(**result["read"]))
+    return merge_encode_stats(EncodeStats(**r["stats"]) for r in results), read, seconds
 
 
 STAGE = StageSpec(

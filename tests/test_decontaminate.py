@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from dsctl.data.decontaminate import EvalText, NgramIndex, decontaminate_rows, eval_tokens, task_eval_texts
+from dsctl.data.decontaminate import EvalText, NgramIndex, decontaminate_shard, eval_tokens, task_eval_texts
 
 WORDS = [f"tok{i}" for i in range(40)]
 
@@ -68,13 +68,21 @@ def test_task_eval_problems_in_a_corpus_are_all_found_and_train_problems_mostly_
     assert flagged / len(train) < 0.05
 
 
-def test_rows_come_back_in_order_for_any_worker_count():
+def test_a_shard_keeps_its_row_order_for_any_batch_size(tmp_path):
     index = NgramIndex.build([EvalText("e", text(0, 30))], n=13)
     rows = [{"id": str(i), "text": text(i % 25, i % 25 + 14)} for i in range(60)]
-    one = list(decontaminate_rows(iter(rows), index, workers=1, batch_size=7))
-    two = list(decontaminate_rows(iter(rows), index, workers=2, batch_size=7))
-    assert one == two and [r["id"] for r, _ in one] == [r["id"] for r in rows]
-    assert [m for _, m in one] == ["e" if i % 25 <= 17 else None for i in range(60)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outputs = []
+    for batch in (7, 1024):
+        out = tmp_path / f"out{batch}"
+        result = decontaminate_shard((3, str(path), str(out), index, batch, "text"))
+        outputs.append({p.relative_to(out): p.read_bytes() for p in out.glob("*/part-00003.jsonl")})
+    assert outputs[0] == outputs[1]
+    caught = [i for i in range(60) if i % 25 <= 17]
+    assert result["caught"] == {"e": len(caught)}
+    rejected = [json.loads(line) for line in (out / "rejected" / "part-00003.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejected] == [str(i) for i in caught] and {r["eval_id"] for r in rejected} == {"e"}
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def test_a_killed_job_resumes_from_its_finished_shards_and_gives_the_same_bytes(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     job = subprocess.Popen([sys.executable, "-c", JOB, str(corpus), str(work), str(out)], env=env)
     deadline = time.time() + 120
-    while not (work / "done" / "signatures-00003").exists() and time.time() < deadline:
+    while not (work / "done" / "signatures-00003.json").exists() and time.time() < deadline:
         time.sleep(0.02)
     job.send_signal(signal.SIGKILL)
     job.wait()

@@ -58,7 +58,7 @@ def test_shards_open_with_datasets_and_match_the_index(shards):
             assert sum(len(x) for x in ds["input_ids"]) == entry["tokens"]
             tokens += entry["tokens"]
         assert index["total_tokens"][split] == tokens
-    schema = pa.ipc.open_stream(str(shards.path / "train-00000.arrow")).schema
+    schema = pa.ipc.open_stream(str(shards.path / index["splits"]["train"][0]["file"])).schema
     assert schema.field("input_ids").type == pa.list_(pa.int32()) and schema.field("id").type == pa.string()
 
 
@@ -111,6 +111,7 @@ def test_shard_writer_starts_a_new_file_after_the_token_budget(tmp_path):
     assert [f["tokens"] for f in files] == [12, 12, 4]
     empty = TokenShardWriter(tmp_path, "validation").close()
     assert empty[0]["documents"] == 0 and (tmp_path / "validation-00000.arrow").exists()
+    assert TokenShardWriter(tmp_path, "train", prefix="s00004-").close(keep_empty=False) == []
 
 
 def test_encode_to_shards_batches_match_single_document_encoding(shards, corpus, tmp_path):
@@ -131,31 +132,29 @@ def iter_shard_rows_from(path):
             yield from zip(batch.column("id").to_pylist(), batch.column("input_ids").to_pylist())
 
 
-def test_killed_encode_resumes_from_its_checkpoint_with_identical_output(corpus, tmp_path, monkeypatch):
+def test_killed_encode_resumes_from_its_finished_shards_with_identical_output(corpus, tmp_path, monkeypatch):
     import dsctl.data.shards as shards_module
     from dsctl.errors import StageFailed
 
     root, _ = corpus
-    config = {**CONFIG, "checkpoint_every_docs": 64, "tokens_per_shard": 10**9}
-    clean = run_stage(tokenize.STAGE, config, {"corpus": [root]}, tmp_path / "clean")
+    clean = run_stage(tokenize.STAGE, CONFIG, {"corpus": [root]}, tmp_path / "clean")
 
     real, calls = shards_module._encode_batch, {"n": 0}
 
-    def dies_mid_way(job):
+    def dies_in_the_second_shard(job):
         calls["n"] += 1
-        if calls["n"] == 7:  # batches of 32: checkpoints at 64, 128 and 192 rows are done
+        if calls["n"] == 10:  # 7 batches of 32 per shard: the first shard is done
             raise KeyboardInterrupt("simulated kill")
         return real(job)
 
-    monkeypatch.setattr(shards_module, "_encode_batch", dies_mid_way)
+    monkeypatch.setattr(shards_module, "_encode_batch", dies_in_the_second_shard)
     with pytest.raises((StageFailed, KeyboardInterrupt)):
-        run_stage(tokenize.STAGE, config, {"corpus": [root]}, tmp_path / "work")
-    monkeypatch.setattr(shards_module, "_encode_batch", real)
+        run_stage(tokenize.STAGE, CONFIG, {"corpus": [root]}, tmp_path / "work")
     calls["n"] = 0
     monkeypatch.setattr(shards_module, "_encode_batch", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1])
-    resumed = run_stage(tokenize.STAGE, config, {"corpus": [root]}, tmp_path / "work")
-    assert calls["n"] == 13 - 6, "the resumed attempt must start after the 192-row checkpoint"
-    assert len(read_index(clean.path)["splits"]["train"]) > 1
+    resumed = run_stage(tokenize.STAGE, CONFIG, {"corpus": [root]}, tmp_path / "work")
+    assert calls["n"] == 7, "the resumed attempt encodes only the unfinished shard"
+    assert len(read_index(clean.path)["splits"]["train"]) == 2  # one file per input shard
     for path in sorted(clean.path.rglob("*")):
         if path.is_file() and path.name not in ("manifest.json", "metrics.jsonl"):
             rel = path.relative_to(clean.path)

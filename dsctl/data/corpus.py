@@ -19,6 +19,7 @@ import glob
 import gzip
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
@@ -205,3 +206,44 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PartFile:
+    """One output part of a sharded task (`data/part-00007.jsonl` for input shard 7):
+    created at its first row, so a shard with nothing to write leaves no file, written
+    under a temporary name and renamed into place by `close`, so a killed task never
+    leaves a part that looks complete. Same compact JSON as ShardWriter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self._fh = path, 0, None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path.with_name(self.path.name + ".tmp"), "w", encoding="utf-8")
+        self._fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self.rows += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            os.replace(self._fh.name, self.path)
+            self._fh = None
+
+    def __enter__(self) -> "PartFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def part_name(shard: int) -> str:
+    """The output part of input shard `shard` in a sharded stage's data/ and rejected/."""
+    return f"part-{shard:05d}.jsonl"
+
+
+def remove_partial_parts(root: Path) -> None:
+    """Drop the temporary files of tasks killed before their rename (after a resumed job)."""
+    for leftover in root.rglob("*.jsonl.tmp"):
+        leftover.unlink()

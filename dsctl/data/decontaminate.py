@@ -17,14 +17,16 @@ batch), every window's hash is a difference of one prefix sum, and membership is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from dsctl.data.corpus import ReadStats, iter_rows
+from dsctl.data.corpus import PartFile, ReadStats, iter_rows, part_name
 from dsctl.data.minhash import WHITESPACE_BYTES, ByteBatch, segment_hashes
+from dsctl.data.shards import batched
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -185,26 +187,20 @@ def file_eval_texts(files: Iterable[Path], text_field: str = "text") -> Iterator
             yield EvalText(str(row.get("id", f"{path.name}:{i}")), row[text_field], path.name)
 
 
-def _match_batch(job: tuple[NgramIndex, list[str]]) -> list[str | None]:
-    index, texts = job
-    return index.match(texts)
-
-
-def decontaminate_rows(
-    rows: Iterable[dict], index: NgramIndex, workers: int = 1, batch_size: int = 1024, text_field: str = "text"
-) -> Iterator[tuple[dict, str | None]]:
-    """(row, matching eval id or None) for every row, in order, matched on `workers`
-    processes (the index travels with each batch; it is small: eval sets are)."""
-    from dsctl.data.shards import batched, ordered_map
-
-    batches = batched(rows, batch_size)
-    pending: list[list[dict]] = []
-
-    def jobs() -> Iterator[tuple[NgramIndex, list[str]]]:
-        for batch in batches:
-            pending.append(batch)
-            yield index, [row[text_field] for row in batch]
-
-    for result in ordered_map(_match_batch, jobs(), workers):
-        batch = pending.pop(0)
-        yield from zip(batch, result)
+def decontaminate_shard(task: tuple) -> dict:
+    """One input shard -> data/ and rejected/ parts under `out` (a rejected row gets
+    reason "contaminated" and the `eval_id` it contains); returns how many rows each eval
+    id caught and the read counts. The index travels with the task: eval sets are small."""
+    shard, path, out, index, batch_size, text_field = task
+    stats = ReadStats()
+    caught: Counter[str] = Counter()
+    with PartFile(Path(out) / "data" / part_name(shard)) as kept, \
+            PartFile(Path(out) / "rejected" / part_name(shard)) as rejected:
+        for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
+            for row, eval_id in zip(batch, index.match([row[text_field] for row in batch])):
+                if eval_id is None:
+                    kept.write(row)
+                else:
+                    rejected.write({**row, "reason": "contaminated", "eval_id": eval_id})
+                    caught[eval_id] += 1
+    return {"caught": dict(caught), "read": asdict(stats)}

@@ -22,8 +22,8 @@ a bucket, not with the corpus. The steps, and what each leaves in the work direc
 5. write, one task per shard: its kept rows to data/part-NNNNN.jsonl and the others to
    rejected/part-NNNNN.jsonl (NNNNN = the input shard's number).
 
-Every task writes its files under temporary names, renames them into place, then writes
-its completion marker (done/<step>-<task>); a rerun after a crash or kill skips every
+Every task writes its files under temporary names and renames them into place; its
+completion marker follows (dsctl.data.tasks). A rerun after a crash or kill skips every
 task with a marker, so it resumes where it stopped and gives the same bytes.
 """
 
@@ -38,20 +38,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dsctl.data.corpus import ReadStats, iter_rows
-from dsctl.data.executor import Executor
+from dsctl.data.corpus import PartFile, ReadStats, iter_rows, part_name, remove_partial_parts
+from dsctl.data.executor import Executor, LocalExecutor
 from dsctl.data.minhash import (
     MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingle_hashes, shingles_from_words,
 )
 from dsctl.data.shards import batched
+from dsctl.data.tasks import Progress, run_tasks
 
 BUCKET_ROWS = 4_000_000
 """Band entries one bucket task reads at most (16 bytes each, sorted in memory)."""
 PAIRS_PER_CHECK = 500_000
 """Candidate pairs one Jaccard-check task takes."""
 
-Progress = Callable[[str, int, int], None]
-"""(step, tasks done, tasks in the step)."""
 
 
 @dataclass
@@ -140,30 +139,6 @@ def _save_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _marker(work: Path, step: str, task: int) -> Path:
-    return work / "done" / f"{step}-{task:05d}"
-
-
-def _mark(work: Path, step: str, task: int) -> None:
-    path = _marker(work, step, task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-
-
-def _run_step(executor: Executor, work: Path, step: str, fn: Callable, tasks: list[tuple],
-              progress: Progress | None) -> None:
-    """Run the tasks of `step` that have no completion marker yet (each task's first
-    element is its number); a task marks itself done once its files are in place."""
-    todo = [t for t in tasks if not _marker(work, step, t[0]).exists()]
-    done = len(tasks) - len(todo)
-    if progress:
-        progress(step, done, len(tasks))
-    for _ in executor.map(fn, todo):
-        done += 1
-        if progress:
-            progress(step, done, len(tasks))
-
-
 # -- 1. signatures ---------------------------------------------------------------------------
 
 
@@ -192,7 +167,6 @@ def _signature_task(task: tuple) -> None:
     _save(out / "digest.npy", np.column_stack((digest[order], order.astype(np.uint64))))
     _save_json(out / "ids.json", ids)
     _save_json(out / "info.json", {"rows": n, "read": asdict(stats)})
-    _mark(Path(work), "signatures", shard)
 
 
 def _sorted_entries(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -220,7 +194,6 @@ def _bucket_task(task: tuple) -> None:
         parts.append(chunk)
     entries = np.concatenate(parts) if parts else np.zeros((0, 2 if band >= 0 else 3), np.uint64)
     _save(work / "edges" / f"bucket-{number:05d}.npy", bucket_pairs(entries[:, :-1], entries[:, -1].astype(np.int64)))
-    _mark(work, "buckets", number)
 
 
 def _key_range(index: int, ranges: int) -> tuple[np.uint64, np.uint64 | None]:
@@ -253,7 +226,6 @@ def _shingle_task(task: tuple) -> None:
     _save(out.with_suffix(".values.npy"), np.concatenate(values) if values else np.zeros(0, np.uint64))
     _save(out.with_suffix(".offsets.npy"), np.concatenate(([0], np.cumsum(lengths))).astype(np.int64))
     _save(out.with_suffix(".rows.npy"), wanted)
-    _mark(work, "shingles", shard)
 
 
 def _check_task(task: tuple) -> None:
@@ -276,7 +248,6 @@ def _check_task(task: tuple) -> None:
     keep = np.fromiter((jaccard(shingles(a, sa), shingles(b, sb)) >= threshold
                         for (a, b), (sa, sb) in zip(pairs.tolist(), shard_of.tolist())), dtype=bool, count=len(pairs))
     _save(work / "verify" / f"keep-{number:05d}.npy", keep)
-    _mark(work, "check", number)
 
 
 # -- 4. clusters -----------------------------------------------------------------------------
@@ -304,6 +275,14 @@ def smallest_in_component(n: int, edges: np.ndarray) -> np.ndarray:
             return label
 
 
+def _cluster_task(task: tuple) -> None:
+    _, work, total, edges, exact_edges = task
+    exact = np.zeros(total, dtype=bool)
+    exact[exact_edges[:, 1]] = True  # a digest bucket's members after its first
+    _save(Path(work) / "clusters" / "survivor.npy", smallest_in_component(total, edges))
+    _save(Path(work) / "clusters" / "exact.npy", exact)
+
+
 # -- 5. write --------------------------------------------------------------------------------
 
 
@@ -312,42 +291,19 @@ def _write_task(task: tuple) -> None:
     work, out = Path(work), Path(out)
     survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
     exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
-    name = f"part-{shard:05d}.jsonl"
-    writers = {"data": _LazyFile(out / "data" / name), "rejected": _LazyFile(out / "rejected" / name)}
     own_ids: dict[int, str] = {}
-    for i, row in enumerate(iter_rows([Path(path)], ReadStats(), text_field)):
-        position = offset + i
-        target = int(survivor[position])
-        if target == position:
-            writers["data"].write(row)
-            own_ids[position] = str(row.get("id", i))
-        else:
-            reason = "exact_duplicate" if exact[position] else "near_duplicate"
-            # The survivor comes earlier in input order: in this shard, or in one before.
-            of = own_ids[target] if target >= offset else survivor_ids[target]
-            writers["rejected"].write({**row, "reason": reason, "duplicate_of": of})
-    for writer in writers.values():
-        writer.close()
-    _mark(work, "write", shard)
-
-
-class _LazyFile:
-    """A JSONL file created at its first row (a shard without rejects leaves no file),
-    written under a temporary name and renamed into place on close."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self._fh = path, None
-
-    def write(self, row: dict) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path.with_name(self.path.name + ".tmp"), "w", encoding="utf-8")
-        self._fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            os.replace(self._fh.name, self.path)
+    with PartFile(out / "data" / part_name(shard)) as kept, PartFile(out / "rejected" / part_name(shard)) as rejected:
+        for i, row in enumerate(iter_rows([Path(path)], ReadStats(), text_field)):
+            position = offset + i
+            target = int(survivor[position])
+            if target == position:
+                kept.write(row)
+                own_ids[position] = str(row.get("id", i))
+            else:
+                reason = "exact_duplicate" if exact[position] else "near_duplicate"
+                # The survivor comes earlier in input order: in this shard, or in one before.
+                of = own_ids[target] if target >= offset else survivor_ids[target]
+                rejected.write({**row, "reason": reason, "duplicate_of": of})
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -361,7 +317,7 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
     bands, rows = resolve_bands(params)
     work.mkdir(parents=True, exist_ok=True)
     shards = [(i, str(p)) for i, p in enumerate(files)]
-    _run_step(executor, work, "signatures", _signature_task,
+    run_tasks(executor, work, "signatures", _signature_task,
               [(i, p, str(work), text_field, batch_size, params.num_perm, seed, bands, rows) for i, p in shards], progress)
     infos = [json.loads((work / "signatures" / f"shard-{i:05d}" / "info.json").read_text()) for i, _ in shards]
     counts = [info["rows"] for info in infos]
@@ -373,7 +329,7 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
 
     ranges = max(1, math.ceil(total / BUCKET_ROWS))
     bucket_jobs = [(band, r) for band in range(-1, bands) for r in range(ranges)]  # band -1: digests
-    _run_step(executor, work, "buckets", _bucket_task,
+    run_tasks(executor, work, "buckets", _bucket_task,
               [(n, str(work), band, r, ranges, offsets) for n, (band, r) in enumerate(bucket_jobs)], progress)
     exact_files = [n for n, (band, _) in enumerate(bucket_jobs) if band < 0]
     exact_edges = _load_edges(work, exact_files)
@@ -386,15 +342,10 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
                           progress)
     summary.merged_pairs = int(edges.shape[0])
 
-    survivor_file = work / "clusters" / "survivor.npy"
-    if not _marker(work, "clusters", 0).exists():
-        survivor = smallest_in_component(total, np.concatenate((exact_edges, edges)))
-        exact = np.zeros(total, dtype=bool)
-        exact[exact_edges[:, 1]] = True  # a digest bucket's members after its first
-        _save(survivor_file, survivor)
-        _save(work / "clusters" / "exact.npy", exact)
-        _mark(work, "clusters", 0)
-    survivor = np.load(survivor_file, mmap_mode="r")
+    # One task, in this process: union-find needs every edge at once.
+    run_tasks(LocalExecutor(1), work, "clusters", _cluster_task,
+              [(0, str(work), total, np.concatenate((exact_edges, edges)), exact_edges)])
+    survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
     exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
     summary.exact_duplicates = int(exact.sum())
     summary.near_duplicates = int((np.asarray(survivor) != np.arange(total)).sum()) - summary.exact_duplicates
@@ -405,9 +356,8 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
         wanted = np.unique(np.asarray(survivor[offset:offset + n]))
         wanted = wanted[wanted < offset]  # survivors in earlier shards, by id
         tasks.append((i, p, str(work), str(out), text_field, offset, {int(s): ids[int(s)] for s in wanted}))
-    _run_step(executor, work, "write", _write_task, tasks, progress)
-    for leftover in out.rglob("*.tmp"):  # a write task killed before its rename
-        leftover.unlink()
+    run_tasks(executor, work, "write", _write_task, tasks, progress)
+    remove_partial_parts(out)
     return summary
 
 
@@ -429,12 +379,12 @@ def _verified(executor: Executor, work: Path, shards: list[tuple[int, str]], pai
     for (i, p), lo, hi in zip(shards, bounds[:-1], bounds[1:]):
         rows = needed[(needed >= lo) & (needed < hi)] - lo
         tasks.append((i, p, str(work), text_field, batch_size, rows.tolist()))
-    _run_step(executor, work, "shingles", _shingle_task, tasks, progress)
+    run_tasks(executor, work, "shingles", _shingle_task, tasks, progress)
     chunks = range(math.ceil(len(pairs) / PAIRS_PER_CHECK))
     for n in chunks:
         if not (work / "verify" / f"pairs-{n:05d}.npy").exists():
             _save(work / "verify" / f"pairs-{n:05d}.npy", pairs[n * PAIRS_PER_CHECK:(n + 1) * PAIRS_PER_CHECK])
-    _run_step(executor, work, "check", _check_task, [(n, str(work), threshold, np.asarray(offsets)) for n in chunks],
+    run_tasks(executor, work, "check", _check_task, [(n, str(work), threshold, np.asarray(offsets)) for n in chunks],
               progress)
     keep = np.concatenate([np.load(work / "verify" / f"keep-{n:05d}.npy") for n in chunks])
     return pairs[keep]

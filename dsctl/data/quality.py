@@ -33,6 +33,16 @@ class QualityModel:
     def __init__(self, model):
         self._model = model
 
+    def save(self, path: Path) -> Path:
+        self._model.saveModel(str(path))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "QualityModel":
+        import fasttext
+
+        return cls(fasttext.load_model(str(path)).f)
+
     def score(self, text: str) -> float:
         """P(good) for one document."""
         line = " ".join(text.split())

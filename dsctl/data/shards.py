@@ -3,8 +3,9 @@
 Token shard layout (the shards artifact of docs/ARCHITECTURE.md):
 
     tokenizer/                 the tokenizer files (dsctl/tokenizer.py)
-    train-00000.arrow ...      Arrow IPC *stream* files: columns id: string,
-    validation-00000.arrow     input_ids: list<int32>; one row per document
+    train-s00000-00000.arrow ...    Arrow IPC *stream* files: columns id: string,
+    validation-s00000-00000.arrow   input_ids: list<int32>; one row per document (sNNNNN:
+                                    the corpus shard it came from; index.json lists the files)
     index.json                 vocab size, per-split files with documents/tokens/sha256
 
 Rows are document boundaries; no bos/eos is stored (the training loop adds eos between
@@ -19,13 +20,15 @@ import itertools
 import json
 import multiprocessing as mp
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
+
+from dsctl.data.corpus import ReadStats, iter_rows
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -75,20 +78,20 @@ def file_sha256(path: Path) -> str:
 
 
 class TokenShardWriter:
-    """Writes `<split>-00000.arrow`, `<split>-00001.arrow`, ... of at most
+    """Writes `<split>-<prefix>00000.arrow`, `<split>-<prefix>00001.arrow`, ... of at most
     `tokens_per_shard` tokens each (a document is never cut across shards)."""
 
     def __init__(
         self, directory: Path, split: str, tokens_per_shard: int = 50_000_000, rows_per_batch: int = 1024,
-        finished: list[dict[str, Any]] | None = None,
+        prefix: str = "",
     ):
-        """`finished`: index entries of shards a previous attempt completed (resume);
-        numbering continues after them."""
+        """`prefix` tells apart the files of tasks writing into one directory."""
         self.directory = directory
         self.split = split
+        self.prefix = prefix
         self.tokens_per_shard = tokens_per_shard
         self.rows_per_batch = rows_per_batch
-        self.files: list[dict[str, Any]] = [dict(f) for f in finished or []]
+        self.files: list[dict[str, Any]] = []
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._ids: list[str] = []
         self._rows: list[list[int]] = []
@@ -130,7 +133,7 @@ class TokenShardWriter:
 
     def _open_next(self) -> None:
         self._close_current()
-        path = self.directory / f"{self.split}-{len(self.files):05d}.arrow"
+        path = self.directory / f"{self.split}-{self.prefix}{len(self.files):05d}.arrow"
         self.files.append({"file": path.name, "documents": 0, "tokens": 0, "sha256": ""})
         self._writer = pa.ipc.new_stream(str(path), SHARD_SCHEMA)
         self._shard_docs = 0
@@ -146,15 +149,10 @@ class TokenShardWriter:
         entry.update(documents=self._shard_docs, tokens=self._shard_tokens)
         entry["sha256"] = file_sha256(self.directory / entry["file"])
 
-    def checkpoint(self) -> list[dict[str, Any]]:
-        """Finish the open shard (the next write starts a new one); the finished shards."""
-        self._close_current()
-        return [dict(f) for f in self.files]
-
-    def close(self) -> list[dict[str, Any]]:
-        """Finish the last shard; an empty split still gets one (empty) shard file so
-        readers never have to special-case a missing split."""
-        if not self.files:
+    def close(self, keep_empty: bool = True) -> list[dict[str, Any]]:
+        """Finish the last shard. With `keep_empty`, an empty split still gets one (empty)
+        shard file so readers never have to special-case a missing split."""
+        if not self.files and keep_empty:
             self._open_next()
         self._close_current()
         return self.files
@@ -232,23 +230,13 @@ def encode_to_shards(
     batch_size: int = 256,
     text_field: str = "text",
     progress: Callable[[int], None] | None = None,
-    stats: EncodeStats | None = None,
-    first_row: int = 0,
-    checkpoint_every: int = 0,
-    on_checkpoint: Callable[[int, EncodeStats, dict[str, list[dict[str, Any]]]], None] | None = None,
 ) -> EncodeStats:
     """Encode rows on `workers` processes (ordered) into the train/validation writers.
 
     Documents that encode to nothing (empty text) are skipped and counted. Output does
-    not depend on the worker count; shard boundaries depend only on `batch_size` and
-    `checkpoint_every`: after each batch that completes another `checkpoint_every` rows,
-    both writers finish their shards and `on_checkpoint(rows done, stats, finished shard
-    entries per split)` runs, so a
-    resumed run (`rows` starting at row `first_row` = a checkpoint's rows done, `stats`
-    restored) writes exactly what an unbroken one does.
+    not depend on the worker count or the batch size.
     """
-    stats = stats or EncodeStats()
-    consumed = first_row
+    stats = EncodeStats()
     pending: deque = deque()
 
     def jobs() -> Iterator[tuple[str, list[str]]]:
@@ -274,7 +262,28 @@ def encode_to_shards(
             stats.tokens[split] += int(sub_offsets[-1])
         if progress:
             progress(len(doc_ids))
-        before, consumed = consumed, consumed + len(doc_ids)
-        if checkpoint_every and on_checkpoint and consumed // checkpoint_every > before // checkpoint_every:
-            on_checkpoint(consumed, stats, {split: w.checkpoint() for split, w in writers.items()})
     return stats
+
+
+def encode_shard(task: tuple) -> dict[str, Any]:
+    """One input shard -> its token shard files (`<split>-sNNNNN-KKKKK.arrow`, NNNNN the
+    input shard's number); their index entries, the encode and the read counts."""
+    shard, path, out, model_path, validation_fraction, tokens_per_shard, batch_size = task
+    read = ReadStats()
+    writers = {split: TokenShardWriter(Path(out), split, tokens_per_shard, prefix=f"s{shard:05d}-")
+               for split in ("train", "validation")}
+    stats = encode_to_shards(iter_rows([Path(path)], read), Path(model_path), writers, validation_fraction,
+                             batch_size=batch_size)
+    files = {split: w.close(keep_empty=False) for split, w in writers.items()}
+    return {"files": files, "stats": asdict(stats), "read": asdict(read)}
+
+
+def merge_encode_stats(parts: Iterable[EncodeStats]) -> EncodeStats:
+    total = EncodeStats()
+    for part in parts:
+        for split in ("train", "validation"):
+            total.documents[split] += part.documents[split]
+            total.tokens[split] += part.tokens[split]
+        total.skipped_empty += part.skipped_empty
+        total.bytes += part.bytes
+    return total
