@@ -15,6 +15,10 @@ pipeline row uses), and runs as its own subprocess so its peak RSS is its own. T
   `lsh.query` then `lsh.insert` (the streaming dedup loop of both READMEs).
 - rensa bulk: shingle strings, `RMinHash.digest_matrix_from_token_sets` and
   `RMinHashLSH.insert_matrix_and_query_duplicate_flags` (its fastest path).
+- datatrove 4-step: datatrove's MinHash pipeline (signatures, buckets, cluster, filter)
+  from the same JSONL files with `LocalPipelineExecutor` and `--workers` processes, 16
+  buckets × 8 hashes of 5-gram word shingles (spaCy's English tokenizer, datatrove's
+  default); removed rows name their cluster's kept row through the saved cluster ids.
 - dsctl stage pipeline: the dedup stage's whole sharded job from JSONL files on disk with
   `--workers` processes (`dsctl.data.dedup.deduplicate`): signatures spilled per shard and
   band, bucket edges, true-Jaccard check, union-find, write outputs. Its RSS does not hold
@@ -148,6 +152,58 @@ def run_pipeline(corpus: Path, workers: int, out: Path, executor: str = "local")
     return {"seconds": seconds, "cpu_seconds": cpu, "decisions": decisions, "bands": [summary.bands, summary.rows]}
 
 
+def run_datatrove(corpus: Path, workers: int, out: Path) -> dict:
+    """datatrove's four-step MinHash pipeline (signatures, buckets, cluster, filter) on the
+    corpus files with LocalPipelineExecutor: 5-gram word shingles, 16 buckets × 8 hashes,
+    64-bit hashes; one task per input file. Cluster ids are saved so every removed
+    document can name the kept member of its cluster (datatrove itself keeps one per
+    cluster and records no survivor)."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+    from datatrove.utils.typeshelper import Languages
+
+    data = str(corpus / "data")
+    tasks = len(corpus_files(corpus))
+    config = MinhashConfig(n_grams=5, num_buckets=BANDS, hashes_per_bucket=ROWS, hash_config=HashConfig(precision=64))
+    logs, sigs, buckets, remove = (str(out / name) for name in ("logs", "sigs", "buckets", "remove"))
+    start, cpu = time.perf_counter(), cpu_seconds()
+    steps = [
+        ([JsonlReader(data), MinhashDedupSignature(output_folder=sigs, config=config, language=Languages.english)], tasks),
+        ([MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)], config.num_buckets),
+        ([MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=config, save_cluster_id=True)], 1),
+        ([JsonlReader(data), MinhashDedupFilter(input_folder=remove, load_cluster_ids=True,
+                                                exclusion_writer=JsonlWriter(str(out / "removed"))),
+          JsonlWriter(str(out / "kept"))], tasks),
+    ]
+    for number, (pipeline, n_tasks) in enumerate(steps):
+        LocalPipelineExecutor(pipeline=pipeline, tasks=n_tasks, workers=workers, logging_dir=f"{logs}/{number}",
+                              start_method="fork").run()
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+
+    def rows(folder: str):
+        for path in sorted(Path(out / folder).rglob("*.jsonl.gz")):
+            import gzip
+
+            with gzip.open(path, "rt") as fh:
+                yield from (json.loads(line) for line in fh)
+
+    kept_in_cluster, decisions = {}, {}
+    for row in rows("kept"):
+        decisions[row["id"]] = None
+        cluster = row.get("metadata", {}).get("minhash_cluster_id")
+        if cluster is not None:
+            kept_in_cluster[cluster] = row["id"]
+    for row in rows("removed"):
+        cluster = row.get("metadata", {}).get("minhash_cluster_id")
+        decisions[row["id"]] = ("near_duplicate", kept_in_cluster.get(cluster, ""))
+    return {"seconds": seconds, "cpu_seconds": cpu, "decisions": decisions}
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS since exec (VmHWM; ru_maxrss would include the parent's
     high-water mark, which Linux carries across fork+exec)."""
@@ -164,8 +220,9 @@ def method_main(args: argparse.Namespace) -> None:
         build_corpus(args.limit, corpus)
         print(json.dumps({}))
         return
-    if args.method == "pipeline":
-        res = run_pipeline(corpus, args.workers, Path(args.out))
+    if args.method in ("pipeline", "datatrove"):
+        run = run_pipeline if args.method == "pipeline" else run_datatrove
+        res = run(corpus, args.workers, Path(args.out))
         docs = len(res["decisions"])
     else:
         ids, texts = load(corpus, args.limit)
@@ -252,6 +309,10 @@ def report(args: argparse.Namespace) -> None:
             plan += [("rensa", f"rensa {rensa_version} per-doc", 0), ("rensa-bulk", f"rensa {rensa_version} bulk matrix", 0)]
         else:
             print("rensa is not installed (pip install rensa); skipped")
+        try:
+            plan.append(("datatrove", f"datatrove {version('datatrove')} 4-step ({args.workers} workers, disk)", 0))
+        except Exception:  # noqa: BLE001 (an optional peer)
+            print("datatrove is not installed (pip install datatrove spacy); skipped")
         plan.append(("pipeline", f"dsctl stage ({args.workers} workers, disk, 18x7)", 0))
         results = {}
         for method, label, limit in plan:
@@ -267,7 +328,7 @@ def report(args: argparse.Namespace) -> None:
             print(f"{label:48s} {res['docs']:8,d} {res['docs_per_s']:9,.0f} {res['docs_per_cpu_s']:10,.0f} {rss:11.0f} {prec:>9s} {rec:>7s}")
         print()
         for ours in ("dsctl", "pipeline"):
-            for peer in ("datasketch", "rensa", "rensa-bulk"):
+            for peer in ("datasketch", "rensa", "rensa-bulk", "datatrove"):
                 if ours in results and peer in results:
                     a, b = results[ours][1], results[peer][1]
                     print(f"{ours} / {peer}: {a['docs_per_s'] / b['docs_per_s']:.1f}x docs/s, "

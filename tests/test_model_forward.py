@@ -110,3 +110,6 @@ def test_a_decode_step_gets_the_context_the_general_path_builds():
     assert torch.equal(step.token_mask[:, 0], chunk.token_mask[:, 1])
     for a, b in zip(step.rope, chunk.rope):
         assert torch.equal(a[:, 0], b[:, 1])
+    # Without padding there is nothing to hide: no mask at all (attention sees every slot).
+    full = attention_context(model.rotary, torch.float32, (3, 1), torch.device("cpu"), torch.ones(3, 6), None, None, 5)
+    assert full.mask is None and full.position_ids[:, 0].tolist() == [5, 5, 5]

@@ -223,9 +223,38 @@ def _shingle_task(task: tuple) -> None:
             values.append(unique)
             lengths.append(unique.size)
     out = work / "shingles" / f"shard-{shard:05d}"
-    _save(out.with_suffix(".values.npy"), np.concatenate(values) if values else np.zeros(0, np.uint64))
+    # Raw bytes, not .npy: the check tasks read single sets with pread (see ShingleReader).
+    values_file = out.with_suffix(".values.bin")
+    values_file.parent.mkdir(parents=True, exist_ok=True)
+    (np.concatenate(values) if values else np.zeros(0, np.uint64)).astype(np.uint64).tofile(f"{values_file}.tmp")
+    os.replace(f"{values_file}.tmp", values_file)
     _save(out.with_suffix(".offsets.npy"), np.concatenate(([0], np.cumsum(lengths))).astype(np.int64))
     _save(out.with_suffix(".rows.npy"), wanted)
+
+
+class ShingleReader:
+    """Shingle sets of documents by corpus position, read from the shingle files with
+    pread: nothing is memory-mapped, so a check task's memory is its pairs and two sets,
+    however many shards its pairs reach (mapped pages would count as its own)."""
+
+    def __init__(self, work: Path, offsets: np.ndarray) -> None:
+        self.work, self.offsets = work, offsets
+        self._shards: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, position: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.offsets, position, side="right")) - 1
+        if shard not in self._shards:
+            base = self.work / "shingles" / f"shard-{shard:05d}"
+            fd = os.open(base.with_suffix(".values.bin"), os.O_RDONLY)
+            self._shards[shard] = (fd, np.load(base.with_suffix(".offsets.npy")), np.load(base.with_suffix(".rows.npy")))
+        fd, bounds, rows = self._shards[shard]
+        i = np.searchsorted(rows, position - self.offsets[shard])
+        start, stop = int(bounds[i]), int(bounds[i + 1])
+        return np.frombuffer(os.pread(fd, 8 * (stop - start), 8 * start), dtype=np.uint64)
+
+    def close(self) -> None:
+        for fd, _, _ in self._shards.values():
+            os.close(fd)
 
 
 def _check_task(task: tuple) -> None:
@@ -233,20 +262,12 @@ def _check_task(task: tuple) -> None:
     number, work, threshold, offsets = task
     work = Path(work)
     pairs = np.load(work / "verify" / f"pairs-{number:05d}.npy")
-    shard_of = np.searchsorted(offsets, pairs, side="right") - 1
-    sets: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    def shingles(position: int, shard: int) -> np.ndarray:
-        if shard not in sets:
-            base = work / "shingles" / f"shard-{shard:05d}"
-            sets[shard] = tuple(np.load(base.with_suffix(f".{part}.npy"), mmap_mode="r")
-                                for part in ("values", "offsets", "rows"))
-        values, bounds, rows = sets[shard]
-        i = np.searchsorted(rows, position - offsets[shard])
-        return np.asarray(values[bounds[i]:bounds[i + 1]])
-
-    keep = np.fromiter((jaccard(shingles(a, sa), shingles(b, sb)) >= threshold
-                        for (a, b), (sa, sb) in zip(pairs.tolist(), shard_of.tolist())), dtype=bool, count=len(pairs))
+    shingles = ShingleReader(work, np.asarray(offsets))
+    try:
+        keep = np.fromiter((jaccard(shingles(a), shingles(b)) >= threshold for a, b in pairs.tolist()),
+                           dtype=bool, count=len(pairs))
+    finally:
+        shingles.close()
     _save(work / "verify" / f"keep-{number:05d}.npy", keep)
 
 

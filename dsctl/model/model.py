@@ -232,14 +232,18 @@ def _decode_step_context(rotary: RotaryEmbedding, dtype: torch.dtype, attention_
                          position_ids: torch.Tensor | None) -> AttentionContext:
     """`attention_context` for one new token after cached slots, the step a decode loop
     repeats: its query is the last slot, so causality hides nothing and the mask is the
-    padding mask alone. Same result as the general path in a third of its operations."""
+    padding mask alone, or none without padding. Same attention as the general path in a
+    third of its operations."""
     keys_ok = attention_mask.bool()
-    mask = keys_ok.clone()
-    mask[:, -1] = True  # the query sees itself (a pad row's softmax is never empty)
+    mask = None  # no padding anywhere (one request, or rows of one length): nothing to hide
+    if not bool(keys_ok.all()):
+        mask = keys_ok.clone()
+        mask[:, -1] = True  # the query sees itself (a pad row's softmax is never empty)
+        mask = mask[:, None, None, :]
     if position_ids is None:  # as _default_positions: real tokens so far, minus one
         position_ids = (attention_mask.sum(-1, keepdim=True) - 1).clamp(min=0)
-    return AttentionContext(rope=rotary(position_ids, dtype), mask=mask[:, None, None, :],
-                            token_mask=keys_ok[:, -1:], position_ids=position_ids)
+    return AttentionContext(rope=rotary(position_ids, dtype), mask=mask, token_mask=keys_ok[:, -1:],
+                            position_ids=position_ids)
 
 
 def mtp_hidden_states(modules: nn.ModuleList, embed_tokens: nn.Module, h: torch.Tensor, input_ids: torch.Tensor,
