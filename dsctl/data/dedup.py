@@ -5,16 +5,17 @@ The corpus never sits in memory: every step is a set of tasks over files, run by
 a bucket, not with the corpus. The steps, and what each leaves in the work directory:
 
 1. signatures, one task per input shard: stream its rows; for each document a 128-bit
-   digest of the normalized text (exact dedup) and `bands` MinHash band keys. Written per
-   shard as one sorted file per band ([key, row]) and one sorted digest file, plus ids.
+   digest of the normalized text (exact dedup), its shingle set and `bands` MinHash band
+   keys. Written per shard as one sorted file per band ([key, row]), one sorted digest
+   file, the shingle sets (for step 3) and the ids.
 2. buckets, one task per (band, key range), plus one per digest range: read that key
    range of every shard's sorted band file, and within each bucket of equal keys emit
    candidate edges (each member to the bucket's first and to its predecessor, linear in
    bucket size). Digest buckets give the exact-duplicate edges. Memory: one key range;
    ranges are sized from the document count (`BUCKET_ROWS` entries at most).
-3. verify (optional, default on), two task sets: the shingle sets of the documents in
-   some candidate pair, per shard; then the true Jaccard of each chunk of candidate pairs.
-   Pairs at or above the threshold are edges. (Off: every candidate is an edge.)
+3. verify (optional, default on): the true Jaccard of each chunk of candidate pairs, from
+   the stored shingle sets. Pairs at or above the threshold are edges. (Off: every
+   candidate is an edge.)
 4. clusters: union-find over all edge files; a document's survivor is the member of its
    cluster that comes first in input order, so the result depends on nothing but the
    input. Exact copies are rejected as "exact_duplicate", other members as
@@ -41,7 +42,7 @@ import numpy as np
 from dsctl.data.corpus import PartFile, ReadStats, iter_rows, part_name, remove_partial_parts
 from dsctl.data.executor import Executor, LocalExecutor
 from dsctl.data.minhash import (
-    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingle_hashes, shingles_from_words,
+    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingles_from_words,
 )
 from dsctl.data.shards import batched
 from dsctl.data.tasks import Progress, run_tasks
@@ -145,22 +146,35 @@ def _save_json(path: Path, value: Any) -> None:
 def _signature_task(task: tuple) -> None:
     shard, path, work, text_field, batch_size, num_perm, seed, bands, rows = task
     out = Path(work) / "signatures" / f"shard-{shard:05d}"
+    out.mkdir(parents=True, exist_ok=True)
     stats = ReadStats()
     hasher = MinHasher(num_perm, seed)
-    digests, keys, has_words, ids = [], [], [], []
-    for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
-        words, counts, digest = hash_batch([row[text_field] for row in batch])
-        signatures = hasher.signatures_from_shingles(*shingles_from_words(words, counts))
-        digests.append(digest)
-        keys.append(band_keys(signatures, bands, rows))
-        has_words.append(counts > 0)
-        base = len(ids)  # a row without an id is named by its row number in the shard
-        ids.extend(str(row.get("id", base + i)) for i, row in enumerate(batch))
+    digests, keys, set_sizes, ids = [], [], [], []
+    # Every document's shingle set, kept for the Jaccard check (cheaper than reading and
+    # hashing the candidates' texts again): written batch by batch, renamed when complete.
+    sets_tmp = out / "shingles.bin.tmp"
+    with open(sets_tmp, "wb") as sets_file:
+        for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
+            words, counts, digest = hash_batch([row[text_field] for row in batch])
+            shingles, per_doc = shingles_from_words(words, counts)
+            bounds = np.concatenate(([0], np.cumsum(per_doc)))
+            doc_sets = [np.unique(shingles[bounds[i]:bounds[i + 1]]) for i in range(len(batch))]
+            sets = np.concatenate(doc_sets) if doc_sets else np.zeros(0, np.uint64)
+            sizes = np.fromiter((d.size for d in doc_sets), dtype=np.int64, count=len(doc_sets))
+            sets.astype(np.uint64).tofile(sets_file)
+            digests.append(digest)
+            keys.append(band_keys(hasher.signatures_from_shingles(sets, sizes), bands, rows))
+            set_sizes.append(sizes)
+            base = len(ids)  # a row without an id is named by its row number in the shard
+            ids.extend(str(row.get("id", base + i)) for i, row in enumerate(batch))
+    os.replace(sets_tmp, out / "shingles.bin")
     n = len(ids)
+    sizes = np.concatenate(set_sizes) if set_sizes else np.zeros(0, np.int64)
+    _save(out / "shingles.offsets.npy", np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
     digest = np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)
     key = np.concatenate(keys) if keys else np.zeros((0, bands), np.uint64)
     # Texts without a single word have no shingles: nothing to be near (only exact) to.
-    worded = np.flatnonzero(np.concatenate(has_words)) if has_words else np.zeros(0, np.int64)
+    worded = np.flatnonzero(sizes > 0)
     for band in range(bands):
         _save(out / f"band-{band:02d}.npy", _sorted_entries(key[worded, band], worded))
     order = np.lexsort((np.arange(n), digest[:, 1], digest[:, 0])) if n else np.zeros(0, np.int64)
@@ -206,54 +220,28 @@ def _key_range(index: int, ranges: int) -> tuple[np.uint64, np.uint64 | None]:
 # -- 3. verify -------------------------------------------------------------------------------
 
 
-def _shingle_task(task: tuple) -> None:
-    """Sorted unique shingle hashes of the wanted rows of one shard."""
-    shard, path, work, text_field, batch_size, wanted = task
-    work, wanted = Path(work), np.asarray(wanted, dtype=np.int64)
-    is_wanted = np.zeros(int(wanted[-1]) + 1 if wanted.size else 0, dtype=bool)
-    is_wanted[wanted] = True
-    texts = (row[text_field] for i, row in enumerate(iter_rows([Path(path)], ReadStats(), text_field))
-             if i < is_wanted.size and is_wanted[i])
-    values, lengths = [], []
-    for batch in batched(texts, batch_size):
-        hashes, per_doc = shingle_hashes(batch)
-        bounds = np.concatenate(([0], np.cumsum(per_doc)))
-        for i in range(len(batch)):
-            unique = np.unique(hashes[bounds[i]:bounds[i + 1]])
-            values.append(unique)
-            lengths.append(unique.size)
-    out = work / "shingles" / f"shard-{shard:05d}"
-    # Raw bytes, not .npy: the check tasks read single sets with pread (see ShingleReader).
-    values_file = out.with_suffix(".values.bin")
-    values_file.parent.mkdir(parents=True, exist_ok=True)
-    (np.concatenate(values) if values else np.zeros(0, np.uint64)).astype(np.uint64).tofile(f"{values_file}.tmp")
-    os.replace(f"{values_file}.tmp", values_file)
-    _save(out.with_suffix(".offsets.npy"), np.concatenate(([0], np.cumsum(lengths))).astype(np.int64))
-    _save(out.with_suffix(".rows.npy"), wanted)
-
-
 class ShingleReader:
-    """Shingle sets of documents by corpus position, read from the shingle files with
-    pread: nothing is memory-mapped, so a check task's memory is its pairs and two sets,
-    however many shards its pairs reach (mapped pages would count as its own)."""
+    """Shingle sets (sorted, unique) of documents by corpus position, read from the
+    signature step's shingle files with pread: nothing is memory-mapped, so a check task's memory is its
+    pairs, two sets and the offsets of the shards its pairs reach (mapped pages would
+    count as its own and grow with them)."""
 
     def __init__(self, work: Path, offsets: np.ndarray) -> None:
         self.work, self.offsets = work, offsets
-        self._shards: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._shards: dict[int, tuple[int, np.ndarray]] = {}
 
     def __call__(self, position: int) -> np.ndarray:
         shard = int(np.searchsorted(self.offsets, position, side="right")) - 1
         if shard not in self._shards:
-            base = self.work / "shingles" / f"shard-{shard:05d}"
-            fd = os.open(base.with_suffix(".values.bin"), os.O_RDONLY)
-            self._shards[shard] = (fd, np.load(base.with_suffix(".offsets.npy")), np.load(base.with_suffix(".rows.npy")))
-        fd, bounds, rows = self._shards[shard]
-        i = np.searchsorted(rows, position - self.offsets[shard])
-        start, stop = int(bounds[i]), int(bounds[i + 1])
+            base = self.work / "signatures" / f"shard-{shard:05d}"
+            self._shards[shard] = (os.open(base / "shingles.bin", os.O_RDONLY), np.load(base / "shingles.offsets.npy"))
+        fd, bounds = self._shards[shard]
+        row = position - int(self.offsets[shard])
+        start, stop = int(bounds[row]), int(bounds[row + 1])
         return np.frombuffer(os.pread(fd, 8 * (stop - start), 8 * start), dtype=np.uint64)
 
     def close(self) -> None:
-        for fd, _, _ in self._shards.values():
+        for fd, _ in self._shards.values():
             os.close(fd)
 
 
@@ -359,8 +347,7 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
 
     edges = candidates
     if params.verify_jaccard and candidates.size:
-        edges = _verified(executor, work, shards, candidates, offsets, params.threshold, text_field, batch_size,
-                          progress)
+        edges = _verified(executor, work, candidates, offsets, params.threshold, progress)
     summary.merged_pairs = int(edges.shape[0])
 
     # One task, in this process: union-find needs every edge at once.
@@ -391,16 +378,8 @@ def _unique_rows(pairs: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
 
 
-def _verified(executor: Executor, work: Path, shards: list[tuple[int, str]], pairs: np.ndarray,
-              offsets: list[int], threshold: float, text_field: str, batch_size: int,
+def _verified(executor: Executor, work: Path, pairs: np.ndarray, offsets: list[int], threshold: float,
               progress: Progress | None) -> np.ndarray:
-    needed = np.unique(pairs)
-    bounds = np.asarray([*offsets, np.iinfo(np.int64).max])
-    tasks = []
-    for (i, p), lo, hi in zip(shards, bounds[:-1], bounds[1:]):
-        rows = needed[(needed >= lo) & (needed < hi)] - lo
-        tasks.append((i, p, str(work), text_field, batch_size, rows.tolist()))
-    run_tasks(executor, work, "shingles", _shingle_task, tasks, progress)
     chunks = range(math.ceil(len(pairs) / PAIRS_PER_CHECK))
     for n in chunks:
         if not (work / "verify" / f"pairs-{n:05d}.npy").exists():
