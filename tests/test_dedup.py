@@ -224,3 +224,18 @@ def test_union_find_labels_each_component_with_its_smallest_member():
     assert labels.tolist() == [find(i) for i in range(n)]
     chain = np.array([[i, i + 1] for i in range(999, 0, -1)])  # a long path, given backwards
     assert (smallest_in_component(1001, chain)[1:] == 1).all()
+
+
+@pytest.mark.parametrize("lengths", [[5, 0, 300, 7], [3, 2000, 1]], ids=["padded matrix", "one giant document"])
+def test_unique_per_doc_gives_each_documents_sorted_set(lengths):
+    from dsctl.data.minhash import unique_per_doc
+
+    rng = np.random.default_rng(0)
+    per_doc = np.array(lengths)
+    hashes = rng.integers(0, 50, size=int(per_doc.sum())).astype(np.uint64)  # many repeats
+    hashes[-1] = np.iinfo(np.uint64).max  # the padding value itself, as a real hash
+    sets, sizes = unique_per_doc(hashes, per_doc)
+    bounds = np.concatenate(([0], np.cumsum(per_doc)))
+    expected = [np.unique(hashes[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert sizes.tolist() == [e.size for e in expected]
+    assert np.array_equal(sets, np.concatenate(expected))

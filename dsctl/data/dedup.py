@@ -42,7 +42,7 @@ import numpy as np
 from dsctl.data.corpus import PartFile, ReadStats, iter_rows, part_name, remove_partial_parts
 from dsctl.data.executor import Executor, LocalExecutor
 from dsctl.data.minhash import (
-    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingles_from_words,
+    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingles_from_words, unique_per_doc,
 )
 from dsctl.data.shards import batched
 from dsctl.data.tasks import Progress, run_tasks
@@ -156,11 +156,7 @@ def _signature_task(task: tuple) -> None:
     with open(sets_tmp, "wb") as sets_file:
         for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
             words, counts, digest = hash_batch([row[text_field] for row in batch])
-            shingles, per_doc = shingles_from_words(words, counts)
-            bounds = np.concatenate(([0], np.cumsum(per_doc)))
-            doc_sets = [np.unique(shingles[bounds[i]:bounds[i + 1]]) for i in range(len(batch))]
-            sets = np.concatenate(doc_sets) if doc_sets else np.zeros(0, np.uint64)
-            sizes = np.fromiter((d.size for d in doc_sets), dtype=np.int64, count=len(doc_sets))
+            sets, sizes = unique_per_doc(*shingles_from_words(words, counts))
             sets.astype(np.uint64).tofile(sets_file)
             digests.append(digest)
             keys.append(band_keys(hasher.signatures_from_shingles(sets, sizes), bands, rows))

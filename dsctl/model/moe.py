@@ -108,23 +108,22 @@ class MoE(nn.Module):
     def _dispatch(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Sort (token, slot) pairs by expert, run each expert once on its contiguous rows."""
         N, K = expert_ids.shape
+        if N == 1 and self._can_group(x):
+            return self._one_token(x, expert_ids[0].tolist(), weights[0])
         flat_ids = expert_ids.flatten()
         order = flat_ids.argsort(stable=True)
         counts = torch.bincount(flat_ids, minlength=len(self.experts))
         token_of = order // K  # source token of each sorted row
         rows = x[token_of]
         if self._can_group(x):
-            # A grouped GEMM pays for every expert, used or not; a handful of rows (one
-            # decoding token) is cheaper as one small GEMM pair per expert it chose.
-            few = 2 * N * K < len(self.experts)
-            routed = (self._looped_experts if few else self._grouped_experts)(rows, counts)
+            routed = self._grouped_experts(rows, counts)
         else:
             sizes = counts.tolist()
             routed = torch.cat([self.experts[e](chunk) for e, chunk in enumerate(rows.split(sizes)) if sizes[e]])
         routed = routed * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, token_of, routed.to(x.dtype))
 
-    # ---- inference fast paths: one grouped GEMM over all experts, or a loop over a few ----
+    # ---- inference fast paths: one grouped GEMM over all experts, or one token's K ------
     def _can_group(self, x: torch.Tensor) -> bool:
         """Without autograd, plain-Linear experts on CPU (or bf16 CUDA) use the stacked weights.
 
@@ -167,15 +166,16 @@ class MoE(nn.Module):
         gate, up = F.grouped_mm(rows, gate_up, offs=offs).chunk(2, dim=-1)
         return F.grouped_mm(F.silu(gate) * up, down, offs=offs)
 
-    def _looped_experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def _one_token(self, x: torch.Tensor, experts: list[int], weights: torch.Tensor) -> torch.Tensor:
+        """One decoding token: a grouped GEMM pays for every expert, used or not, and the
+        sort that groups rows is pure overhead for one row; run its K experts in turn."""
         gate_up, down = self._stacked_weights()
-        out, start = [], 0
-        for e, n in enumerate(counts.tolist()):
-            if n:
-                gate, up = (rows[start:start + n] @ gate_up[e]).chunk(2, dim=-1)
-                out.append((F.silu(gate) * up) @ down[e])
-                start += n
-        return torch.cat(out)
+        out = None
+        for e, w in zip(experts, weights):
+            gate, up = (x @ gate_up[e]).chunk(2, dim=-1)
+            y = ((F.silu(gate) * up) @ down[e]) * w
+            out = y if out is None else out + y
+        return out.to(x.dtype)
 
     # ---- auxiliary-loss-free balancing ---------------------------------------------------
     def max_load_violation(self) -> float:
