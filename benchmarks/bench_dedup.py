@@ -18,7 +18,8 @@ pipeline row uses), and runs as its own subprocess so its peak RSS is its own. T
 - datatrove 4-step: datatrove's MinHash pipeline (signatures, buckets, cluster, filter)
   from the same JSONL files with `LocalPipelineExecutor` and `--workers` processes, 16
   buckets × 8 hashes of 5-gram word shingles (spaCy's English tokenizer, datatrove's
-  default); removed rows name their cluster's kept row through the saved cluster ids.
+  default; 64-bit sha1 shingle hashes, since its default xxhash path fails on xxhash 4.x);
+  removed rows name their cluster's kept row through the saved cluster ids.
 - dsctl stage pipeline: the dedup stage's whole sharded job from JSONL files on disk with
   `--workers` processes (`dsctl.data.dedup.deduplicate`): signatures spilled per shard and
   band, bucket edges, true-Jaccard check, union-find, write outputs. Its RSS does not hold
@@ -169,7 +170,9 @@ def run_datatrove(corpus: Path, workers: int, out: Path) -> dict:
 
     data = str(corpus / "data")
     tasks = len(corpus_files(corpus))
-    config = MinhashConfig(n_grams=5, num_buckets=BANDS, hashes_per_bucket=ROWS, hash_config=HashConfig(precision=64))
+    # sha1: datatrove 0.10.1's default xxhash path hands xxhash 4.x a str, which it rejects.
+    config = MinhashConfig(n_grams=5, num_buckets=BANDS, hashes_per_bucket=ROWS,
+                           hash_config=HashConfig(precision=64, hash_fc="sha1"))
     logs, sigs, buckets, remove = (str(out / name) for name in ("logs", "sigs", "buckets", "remove"))
     start, cpu = time.perf_counter(), cpu_seconds()
     steps = [

@@ -81,6 +81,10 @@ def create_app(model, tokenizer, model_name: str, context: int, default_max_toke
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # its "location" is a character offset, not a field
+            detail = first.get("ctx", {}).get("error", "")
+            message = f"the request body is not valid JSON{f' ({detail})' if detail else ''}"
+            return JSONResponse(ApiError(400, message, None, "invalid_json").body(), status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
         return JSONResponse(ApiError(400, message, where, "invalid_value").body(), status_code=400)

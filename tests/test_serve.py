@@ -136,6 +136,8 @@ def test_a_bad_request_gets_an_openai_error_and_the_server_stays_up(client, serv
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["message"] and error["type"] == "invalid_request_error"
+    if what == "malformed JSON":
+        assert error["code"] == "invalid_json" and "not valid JSON" in error["message"]
     assert _ask(client, "still there?").choices[0].finish_reason in ("stop", "length")
 
 
