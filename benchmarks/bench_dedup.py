@@ -1,6 +1,7 @@
 """Near-duplicate removal: dsctl vs datasketch vs rensa on one planted corpus, one run.
 
-    python benchmarks/bench_dedup.py                 # 100k documents, ~1-2 minutes
+    pip install -e '.[bench]'                        # the peers: rensa, datatrove (+ spaCy)
+    python benchmarks/bench_dedup.py                 # 100k documents, ~5 minutes (datatrove is most of it)
     python benchmarks/bench_dedup.py --docs 20000 --workers 2
 
 Every method sees the same texts and the same normalization and word-5-gram shingles,
