@@ -1,5 +1,6 @@
-"""The sharded dedup job: a killed run resumes from its finished tasks and gives the bytes
-of an uninterrupted one, and a real local Ray gives the bytes of local processes."""
+"""The sharded data jobs: a SIGKILLed dedup resumes from its finished tasks (on local
+processes or on Ray) and gives the bytes of an uninterrupted run, and a real local Ray
+gives the bytes of local processes in all four data stages."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from benchmarks.dedup_corpus import synthetic_corpus
 from dsctl.data.corpus import ShardWriter
 from dsctl.data.dedup import DedupParams, deduplicate
-from dsctl.data.executor import LocalExecutor
+from dsctl.data.executor import LocalExecutor, open_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ import sys, time
 from pathlib import Path
 from dsctl.data import dedup
 from dsctl.data.corpus import corpus_files
-from dsctl.data.executor import LocalExecutor
+from dsctl.data.executor import LocalExecutor, open_executor
 src, work, out = map(Path, sys.argv[1:4])
 slow = dedup._signature_task
 def slowly(task):  # time for the test to kill the job between two shards
@@ -52,7 +53,8 @@ dedup.deduplicate(corpus_files(src), work, out, dedup.DedupParams(), LocalExecut
 """
 
 
-def test_a_killed_job_resumes_from_its_finished_shards_and_gives_the_same_bytes(corpus, tmp_path):
+@pytest.mark.parametrize("resume_on", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_a_killed_job_resumes_from_its_finished_shards_and_gives_the_same_bytes(corpus, tmp_path, resume_on):
     whole = tmp_path / "whole"
     deduplicate(sorted((corpus / "data").glob("*.jsonl")), whole / "work", whole, DedupParams(), LocalExecutor(1))
     work, out = tmp_path / "work", tmp_path / "out"
@@ -66,7 +68,8 @@ def test_a_killed_job_resumes_from_its_finished_shards_and_gives_the_same_bytes(
     finished = sorted(p.name for p in (work / "done").iterdir())
     assert finished and len(finished) < 12, finished  # killed part-way through the first step
     stamps = {name: (work / "done" / name).stat().st_mtime_ns for name in finished}
-    summary = deduplicate(sorted((corpus / "data").glob("*.jsonl")), work, out, DedupParams(), LocalExecutor(2))
+    with open_executor(resume_on, workers=2) as executor:
+        summary = deduplicate(sorted((corpus / "data").glob("*.jsonl")), work, out, DedupParams(), executor)
     assert all((work / "done" / name).stat().st_mtime_ns == t for name, t in stamps.items())  # not redone
     assert summary.documents == 2400
     assert _outputs(out) == _outputs(whole)
