@@ -68,7 +68,6 @@ def reused_tokenizer_dir(artifact: Artifact) -> Path:
 
 
 def run(ctx: StageContext) -> dict:
-    cfg: TokenizeConfig = ctx.config
     source = ctx.input("corpus")
     files = corpus_files(source.path)
     if not files:
