@@ -30,6 +30,7 @@ it back with `ctx.load_state()` on the next attempt.
 from __future__ import annotations
 
 import importlib
+from contextlib import AbstractContextManager
 import json
 import os
 import pkgutil
@@ -155,7 +156,8 @@ class StageContext:
     def warn(self, message: str) -> None:
         self.reporter.warn(f"{self.label}: {message}")
 
-    def progress(self, total: float | None, description: str = "", unit: str = "it", completed: float = 0):
+    def progress(self, total: float | None, description: str = "", unit: str = "it",
+                 completed: float = 0) -> AbstractContextManager[ProgressHandle]:
         """A progress bar context: `with ctx.progress(n, "encode") as bar: bar.advance()`."""
         return self.reporter.progress(total, f"{self.label} {description}".strip(), unit, completed)
 

@@ -53,8 +53,6 @@ def task_conversations(families: Sequence[str], n: int, seed: int,
                        difficulty: dict[str, dict] | None = None) -> list[Conversation]:
     """`n` train-split problems over `families`, each answered by its worked solution in
     the reasoning format `<think>…</think><answer>…</answer>`."""
-    from dsctl.tasks.config import task_problems
-
     return [chat(p.prompt, reasoning_target(p)) for p in task_problems(families, "train", n, seed, difficulty)]
 
 
