@@ -239,3 +239,23 @@ def test_unique_per_doc_gives_each_documents_sorted_set(lengths):
     expected = [np.unique(hashes[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     assert sizes.tolist() == [e.size for e in expected]
     assert np.array_equal(sets, np.concatenate(expected))
+
+
+def test_kept_lines_pass_through_unchanged_and_bad_lines_do_not_shift_rows(tmp_path):
+    path = tmp_path / "in" / "part-00000.jsonl"
+    path.parent.mkdir()
+    text = " ".join(f"word{i}" for i in range(40))
+    path.write_bytes(
+        b'{"id": "a",   "text": "' + text.encode() + b'", "n": 1.50}\n'
+        b"not json\n"
+        b'{"id": "b", "text": "bad \xff bytes"}\n'
+        b"\n"
+        b'{"id": "c", "text": "' + text.upper().encode() + b'"}\r\n'
+        b'{"id": "d", "text": "something else entirely, not a copy of anything"}'
+    )
+    out = tmp_path / "out"
+    deduplicate([path], tmp_path / "work", out, DedupParams(), LocalExecutor(1))
+    kept = (out / "data" / "part-00000.jsonl").read_bytes().splitlines()
+    assert kept == [path.read_bytes().splitlines()[0], path.read_bytes().splitlines()[-1]]  # byte for byte
+    rejected = [json.loads(line) for line in (out / "rejected" / "part-00000.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in rejected] == [("c", "exact_duplicate", "a")]

@@ -65,6 +65,10 @@ def is_row_file(path: Path) -> bool:
     return path.name.endswith(ROW_FILE_SUFFIXES)
 
 
+def is_jsonl(path: Path) -> bool:
+    return path.name.endswith(JSONL_SUFFIXES)
+
+
 def corpus_files(root: Path, subdir: str = "data") -> list[Path]:
     """The row files of a corpus artifact (or of any directory of row files, e.g. a
     `datasets` folder)."""
@@ -85,16 +89,19 @@ def expand_paths(patterns: Iterable[str]) -> list[Path]:
     return sorted(dict.fromkeys(found))
 
 
-def iter_rows(files: Iterable[Path], stats: ReadStats, text_field: str = "text") -> Iterator[dict[str, Any]]:
+def iter_rows(files: Iterable[Path], stats: ReadStats, text_field: str = "text",
+              skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
     """Stream rows from row files, counting and skipping what is unreadable: a bad line is
-    skipped, a damaged file ends early and is named in `stats`, and the next file is read."""
+    skipped, a damaged file ends early and is named in `stats`, and the next file is read.
+    `skipped` receives the number (among non-blank lines) of each JSONL line passed over,
+    which is what `iter_row_lines` needs to find the same rows again without parsing."""
     for path in files:
         if path.name.endswith(".parquet"):
             rows = _iter_parquet(path, stats, text_field)
         elif path.name.endswith(".arrow"):
             rows = _iter_arrow(path, stats, text_field)
         else:
-            rows = _iter_jsonl(path, stats, text_field)
+            rows = _iter_jsonl(path, stats, text_field, skipped)
         try:
             yield from rows
         except _DAMAGED:
@@ -110,30 +117,46 @@ def _open_lines(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def _iter_jsonl(path: Path, stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
-    seen_any = False
+def _nonblank_lines(path: Path) -> Iterator[bytes]:
     with _open_lines(path) as fh:
         for raw in fh:
-            if not raw.strip():
+            if raw.strip():
+                yield raw
+
+
+def _iter_jsonl(path: Path, stats: ReadStats, text_field: str, skipped: list[int] | None) -> Iterator[dict[str, Any]]:
+    seen_any = False
+    for number, raw in enumerate(_nonblank_lines(path)):
+        seen_any = True
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            stats.non_utf8 += 1
+        except json.JSONDecodeError:
+            stats.malformed_json += 1
+        else:
+            if isinstance(row, dict) and isinstance(row.get(text_field), str):
+                stats.rows += 1
+                yield row
                 continue
-            seen_any = True
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.non_utf8 += 1
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                stats.malformed_json += 1
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                stats.missing_text += 1
-                continue
-            stats.rows += 1
-            yield row
+            stats.missing_text += 1
+        if skipped is not None:
+            skipped.append(number)
     if not seen_any:
         stats.empty_files += 1
+
+
+def iter_row_lines(path: Path, skipped: Iterable[int]) -> Iterator[str]:
+    """The rows of one JSONL file as their text lines, unparsed: the rows `iter_rows` yields
+    for it, given the `skipped` line numbers that reading recorded (a damaged file ends at
+    the same place). For a stage that passes rows through unchanged."""
+    passed_over = set(skipped)
+    try:
+        for number, raw in enumerate(_nonblank_lines(path)):
+            if number not in passed_over:
+                yield raw.decode("utf-8").rstrip("\r\n")
+    except _DAMAGED:
+        return
 
 
 def _table_rows(batches: Iterable[pa.RecordBatch], stats: ReadStats, text_field: str) -> Iterator[dict[str, Any]]:
@@ -218,10 +241,14 @@ class PartFile:
         self.path, self.rows, self._fh = path, 0, None
 
     def write(self, row: dict[str, Any]) -> None:
+        self.write_line(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+
+    def write_line(self, line: str) -> None:
+        """A row already in JSON (a line passed through unchanged)."""
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path.with_name(self.path.name + ".tmp"), "w", encoding="utf-8")
-        self._fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self._fh.write(line + "\n")
         self.rows += 1
 
     def close(self) -> None:

@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from dsctl.data.corpus import PartFile, ReadStats, iter_rows, part_name, remove_partial_parts
+from dsctl.data.corpus import PartFile, ReadStats, is_jsonl, iter_row_lines, iter_rows, part_name, remove_partial_parts
 from dsctl.data.executor import Executor, LocalExecutor
 from dsctl.data.minhash import (
-    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingles_from_words, unique_per_doc,
+    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingles_from_words, unique_pairs,
+    unique_per_doc,
 )
 from dsctl.data.shards import batched
 from dsctl.data.tasks import Progress, run_tasks
@@ -154,7 +155,8 @@ def _signature_task(task: tuple) -> None:
     # hashing the candidates' texts again): written batch by batch, renamed when complete.
     sets_tmp = out / "shingles.bin.tmp"
     with open(sets_tmp, "wb") as sets_file:
-        for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
+        skipped: list[int] = []
+        for batch in batched(iter_rows([Path(path)], stats, text_field, skipped), batch_size):
             words, counts, digest = hash_batch([row[text_field] for row in batch])
             sets, sizes = unique_per_doc(*shingles_from_words(words, counts))
             sets.astype(np.uint64).tofile(sets_file)
@@ -176,7 +178,7 @@ def _signature_task(task: tuple) -> None:
     order = np.lexsort((np.arange(n), digest[:, 1], digest[:, 0])) if n else np.zeros(0, np.int64)
     _save(out / "digest.npy", np.column_stack((digest[order], order.astype(np.uint64))))
     _save_json(out / "ids.json", ids)
-    _save_json(out / "info.json", {"rows": n, "read": asdict(stats)})
+    _save_json(out / "info.json", {"rows": n, "read": asdict(stats), "skipped_lines": skipped})
 
 
 def _sorted_entries(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -293,22 +295,31 @@ def _cluster_task(task: tuple) -> None:
 
 def _write_task(task: tuple) -> None:
     shard, path, work, out, text_field, offset, survivor_ids = task
-    work, out = Path(work), Path(out)
+    work, out, path = Path(work), Path(out), Path(path)
     survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
     exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
-    own_ids: dict[int, str] = {}
+    signatures = work / "signatures" / f"shard-{shard:05d}"
+    ids = json.loads((signatures / "ids.json").read_text())
+    info = json.loads((signatures / "info.json").read_text())
+    # A kept JSONL row goes out as the line it came in (it is unchanged), so only the
+    # rejected ones are parsed and written again; other formats are rows to serialize.
+    lines = iter_row_lines(path, info["skipped_lines"]) if is_jsonl(path) else None
+    rows = lines if lines is not None else iter_rows([path], ReadStats(), text_field)
     with PartFile(out / "data" / part_name(shard)) as kept, PartFile(out / "rejected" / part_name(shard)) as rejected:
-        for i, row in enumerate(iter_rows([Path(path)], ReadStats(), text_field)):
+        for i, row in enumerate(rows):
             position = offset + i
             target = int(survivor[position])
             if target == position:
-                kept.write(row)
-                own_ids[position] = str(row.get("id", i))
-            else:
-                reason = "exact_duplicate" if exact[position] else "near_duplicate"
-                # The survivor comes earlier in input order: in this shard, or in one before.
-                of = own_ids[target] if target >= offset else survivor_ids[target]
-                rejected.write({**row, "reason": reason, "duplicate_of": of})
+                if lines is not None:
+                    kept.write_line(row)
+                else:
+                    kept.write(row)
+                continue
+            reason = "exact_duplicate" if exact[position] else "near_duplicate"
+            # The survivor comes earlier in input order: in this shard, or in one before.
+            of = ids[target - offset] if target >= offset else survivor_ids[target]
+            row = json.loads(row) if lines is not None else row
+            rejected.write({**row, "reason": reason, "duplicate_of": of})
 
 
 # -- the job ---------------------------------------------------------------------------------
@@ -328,6 +339,8 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
     counts = [info["rows"] for info in infos]
     offsets = np.concatenate(([0], np.cumsum(counts)))[:-1].astype(np.int64).tolist()
     total = int(sum(counts))
+    if total >= 1 << 32:  # edges are packed as two 32-bit positions (minhash.unique_pairs)
+        raise ValueError(f"dedup takes fewer than 2^32 documents per run, got {total:,}")
     summary = DedupSummary(documents=total, bands=bands, rows=rows)
     for info in infos:
         summary.read.merge(ReadStats(**info["read"]))
@@ -338,7 +351,7 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
               [(n, str(work), band, r, ranges, offsets) for n, (band, r) in enumerate(bucket_jobs)], progress)
     exact_files = [n for n, (band, _) in enumerate(bucket_jobs) if band < 0]
     exact_edges = _load_edges(work, exact_files)
-    candidates = _unique_rows(_load_edges(work, [n for n in range(len(bucket_jobs)) if n not in exact_files]))
+    candidates = unique_pairs(_load_edges(work, [n for n in range(len(bucket_jobs)) if n not in exact_files]))
     summary.candidate_pairs = int(candidates.shape[0])
 
     edges = candidates
@@ -368,10 +381,6 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
 def _load_edges(work: Path, numbers: list[int]) -> np.ndarray:
     parts = [np.load(work / "edges" / f"bucket-{n:05d}.npy") for n in numbers]
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
-
-
-def _unique_rows(pairs: np.ndarray) -> np.ndarray:
-    return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
 
 
 def _verified(executor: Executor, work: Path, pairs: np.ndarray, offsets: list[int], threshold: float,

@@ -339,15 +339,23 @@ def bucket_pairs(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
     first = np.maximum.accumulate(np.where(new_bucket, np.arange(n), 0))
     pairs = np.concatenate((np.stack((positions[first[members]], positions[members]), 1),
                             np.stack((positions[members - 1], positions[members]), 1)))
-    return np.unique(pairs, axis=0)
+    return unique_pairs(pairs)
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """The distinct rows of (n, 2) non-negative int64 pairs, sorted: one 1-D unique of
+    lo·2^32 + hi (several times faster than np.unique(axis=0)); positions must be < 2^32."""
+    if pairs.size == 0:
+        return pairs.reshape(0, 2).astype(np.int64)
+    keys = np.unique((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
+    return np.stack(((keys >> np.uint64(32)).astype(np.int64), (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)), 1)
 
 
 def candidate_pairs(keys: np.ndarray) -> np.ndarray:
     """Candidate pairs of row indices over all bands of (n, bands) keys (see `bucket_pairs`)."""
     rows = np.arange(keys.shape[0])
     found = [bucket_pairs(keys[:, band:band + 1], rows) for band in range(keys.shape[1])]
-    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
-    return np.unique(pairs, axis=0) if pairs.size else pairs
+    return unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), np.int64)
 
 
 def collision_probability(jaccard: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
