@@ -235,7 +235,8 @@ class PartFile:
     """One output part of a sharded task (`data/part-00007.jsonl` for input shard 7):
     created at its first row, so a shard with nothing to write leaves no file, written
     under a temporary name and renamed into place by `close`, so a killed task never
-    leaves a part that looks complete. Same compact JSON as ShardWriter."""
+    leaves a part that looks complete. Rows are written as ShardWriter writes them
+    (compact JSON), lines passed through unchanged as they came."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.rows, self._fh = path, 0, None
