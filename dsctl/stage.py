@@ -30,10 +30,10 @@ it back with `ctx.load_state()` on the next attempt.
 from __future__ import annotations
 
 import importlib
-from contextlib import AbstractContextManager
 import json
 import os
 import pkgutil
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path

@@ -21,7 +21,6 @@ around the math, not the numbers (see text_rules).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ from typing import Any
 from dsctl.data.clean import RULE_NAMES, Cleaner
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import PartFile, ReadStats, corpus_files, expand_paths, iter_rows, part_name, remove_partial_parts
-from dsctl.data.executor import open_executor
+from dsctl.data.executor import executor_for
 from dsctl.data.quality import QualityModel, read_examples, train_quality_model
 from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
@@ -149,8 +148,7 @@ def run(ctx: StageContext) -> dict:
         quality_path = str(model.save(ctx.scratch / "quality" / "model.bin"))
     started = time.perf_counter()
     tasks = [(i, str(path), str(ctx.out), cfg, quality_path) for i, path in enumerate(files)]
-    workers = cfg.workers or os.cpu_count() or 1
-    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+    with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:
         results = run_tasks(executor, ctx.scratch / "clean", "clean", _clean_shard, tasks, progress)
     remove_partial_parts(ctx.out)

@@ -24,7 +24,6 @@ are template text and are not used.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, expand_paths, remove_partial_parts
 from dsctl.data.decontaminate import NgramIndex, decontaminate_shard, file_eval_texts, task_eval_texts
-from dsctl.data.executor import open_executor
+from dsctl.data.executor import executor_for
 from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.data.shards import file_sha256
 from dsctl.errors import UserError
@@ -99,8 +98,7 @@ def run(ctx: StageContext) -> dict:
         raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to decontaminate")
     index, source_of = eval_index(cfg, ctx.seed)
     tasks = [(i, str(path), str(ctx.out), index, cfg.docs_per_batch, "text") for i, path in enumerate(files)]
-    workers = cfg.workers or os.cpu_count() or 1
-    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+    with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:
         results = run_tasks(executor, ctx.scratch / "decontaminate", "match", decontaminate_shard, tasks, progress)
     remove_partial_parts(ctx.out)

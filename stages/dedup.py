@@ -19,14 +19,13 @@ from its finished tasks.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import corpus_files
 from dsctl.data.dedup import DedupParams, deduplicate
-from dsctl.data.executor import open_executor
+from dsctl.data.executor import executor_for
 from dsctl.data.tasks import StepBars
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
@@ -43,8 +42,7 @@ def run(ctx: StageContext) -> dict:
     files = corpus_files(source.path)
     if not files:
         raise UserError(f"{source.path}: no row files under data/ to deduplicate")
-    workers = cfg.workers or os.cpu_count() or 1
-    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+    with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:
         summary = deduplicate(files, ctx.scratch / "dedup", ctx.out, cfg, executor, seed=ctx.seed,
                               batch_size=cfg.docs_per_batch, progress=progress)

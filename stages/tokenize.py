@@ -18,7 +18,6 @@ killed run resumes: the tokenizer and every finished shard are kept.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
-from dsctl.data.executor import open_executor
+from dsctl.data.executor import executor_for
 from dsctl.data.shards import EncodeStats, TokenShardWriter, encode_shard, is_validation, merge_encode_stats, write_index
 from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
@@ -122,9 +121,8 @@ def _encode(ctx: StageContext, files: list[Path]) -> tuple[EncodeStats, ReadStat
     model = str(ctx.out / "tokenizer" / "tokenizer.model")
     tasks = [(i, str(path), str(ctx.out), model, cfg.validation_fraction, cfg.tokens_per_shard, cfg.docs_per_batch)
              for i, path in enumerate(files)]
-    workers = cfg.workers or os.cpu_count() or 1
     start = time.perf_counter()
-    with open_executor(cfg.executor, workers=workers, ray_address=cfg.ray_address) as executor, \
+    with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:
         results = run_tasks(executor, ctx.scratch / "tokenize", "encode", encode_shard, tasks, progress)
     seconds = time.perf_counter() - start

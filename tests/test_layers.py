@@ -24,7 +24,7 @@ ALLOWED = {
     "chat": {"model"},
     "engine": {"model"},
     "server": {"engine"},
-    "data": {"errors", "tasks"},
+    "data": {"errors", "tasks", "files"},
     "train": {"errors", "model", "fp8", "parallel", "tasks", "data", "tokenizer", "configs", "files"},
     "rl": {"errors", "model", "tasks", "train", "sampling", "configs"},
     "eval": {"errors", "model", "tasks", "train", "sampling"},

@@ -264,6 +264,9 @@ class PartFile:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
+        elif self._fh is not None:  # the task failed: leave the temporary file unpublished
+            self._fh.close()
+            self._fh = None
 
 
 def part_name(shard: int) -> str:

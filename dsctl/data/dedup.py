@@ -47,6 +47,7 @@ from dsctl.data.minhash import (
 )
 from dsctl.data.shards import batched
 from dsctl.data.tasks import Progress, run_tasks
+from dsctl.files import write_json_atomic
 
 BUCKET_ROWS = 4_000_000
 """Band entries one bucket task reads at most (16 bytes each, sorted in memory)."""
@@ -134,13 +135,6 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _save_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 # -- 1. signatures ---------------------------------------------------------------------------
 
 
@@ -177,8 +171,8 @@ def _signature_task(task: tuple) -> None:
         _save(out / f"band-{band:02d}.npy", _sorted_entries(key[worded, band], worded))
     order = np.lexsort((np.arange(n), digest[:, 1], digest[:, 0])) if n else np.zeros(0, np.int64)
     _save(out / "digest.npy", np.column_stack((digest[order], order.astype(np.uint64))))
-    _save_json(out / "ids.json", ids)
-    _save_json(out / "info.json", {"rows": n, "read": asdict(stats), "skipped_lines": skipped})
+    write_json_atomic(out / "ids.json", ids)
+    write_json_atomic(out / "info.json", {"rows": n, "read": asdict(stats), "skipped_lines": skipped})
 
 
 def _sorted_entries(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:

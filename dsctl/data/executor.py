@@ -16,10 +16,12 @@ cluster this machine belongs to, `"host:port"` a given one.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+from dsctl.data.config import DataWorkConfig
 from dsctl.data.shards import ordered_map
 from dsctl.errors import UserError
 
@@ -30,16 +32,12 @@ EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
-    name: str
-
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         """Results of `fn(task)` in task order, with a bounded number of tasks in flight."""
 
 
 class LocalExecutor:
     """A process pool on this machine (`workers <= 1`: in this process)."""
-
-    name = "local"
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -50,8 +48,6 @@ class LocalExecutor:
 
 class RayExecutor:
     """Each task a Ray task; at most `in_flight` submitted ahead of the consumer."""
-
-    name = "ray"
 
     def __init__(self, ray: Any, in_flight: int) -> None:
         self.ray, self.in_flight = ray, in_flight
@@ -66,6 +62,11 @@ class RayExecutor:
                 yield self.ray.get(pending.popleft())
         while pending:
             yield self.ray.get(pending.popleft())
+
+
+def executor_for(work: DataWorkConfig) -> contextlib.AbstractContextManager[Executor]:
+    """The executor a data stage's config asks for (`workers` 0: one per CPU core)."""
+    return open_executor(work.executor, workers=work.workers or os.cpu_count() or 1, ray_address=work.ray_address)
 
 
 @contextlib.contextmanager

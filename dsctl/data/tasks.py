@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dsctl.data.executor import Executor
+from dsctl.files import write_json_atomic
 
 Progress = Callable[[str, int, int], None]
 """(step, tasks done, tasks in the step)."""
@@ -34,11 +34,7 @@ def _recorded(job: tuple[Callable, str, tuple]) -> Any:
     finished even if the driver dies before it hears back)."""
     fn, path, task = job
     result = fn(task)
-    done = Path(path)
-    done.parent.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, done)
+    write_json_atomic(Path(path), result)
     return result
 
 
