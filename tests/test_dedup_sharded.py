@@ -113,3 +113,12 @@ def test_ray_and_local_processes_give_byte_identical_artifacts_in_all_four_data_
     metrics = {name: m for name, _, m in outputs["local"]}
     assert names == ["clean", "dedup", "decontaminate", "tokenize"]
     assert metrics["dedup"]["removed_near_duplicate"] > 100 and metrics["tokenize"]["train_tokens"] > 10_000
+
+
+def test_an_unknown_executor_is_a_user_error_naming_the_choices(corpus, tmp_path):
+    from dsctl.errors import UserError
+    from dsctl.testing import run_stage
+    from stages import dedup
+
+    with pytest.raises(UserError, match="executor must be one of local, ray, got 'spark'"):
+        run_stage(dedup.STAGE, {"executor": "spark"}, {"corpus": [corpus]}, tmp_path / "work")
