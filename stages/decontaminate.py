@@ -39,7 +39,7 @@ from dsctl.data.shards import file_sha256
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.tasks import FAMILIES
-from dsctl.tasks.config import FamiliesConfig
+from dsctl.tasks.config import FamiliesConfig, check_split_sizes
 
 
 @dataclass
@@ -71,6 +71,9 @@ class DecontaminateConfig(FamiliesConfig, DataWorkConfig):
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.eval_problems_per_family < 0:
             raise ValueError("eval_problems_per_family must be >= 0")
+        for difficulty in self.eval_difficulties:
+            check_split_sizes("eval_problems_per_family", self.families, "eval",
+                              [self.eval_problems_per_family] * len(self.families), difficulty)
 
 
 def eval_index(cfg: DecontaminateConfig, seed: int) -> tuple[NgramIndex, dict[str, str]]:

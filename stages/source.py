@@ -33,7 +33,7 @@ from dsctl.data.world import WorldSizes, build_world
 from dsctl.errors import UserError
 from dsctl.stage import StageContext, StageSpec
 from dsctl.store import sha256_file
-from dsctl.tasks.config import TaskConfig
+from dsctl.tasks.config import TaskConfig, check_split_sizes
 
 _DEFAULT_SIZES = WorldSizes()
 
@@ -93,6 +93,9 @@ class SourceConfig(TaskConfig, ShardOutputConfig):
             raise ValueError(f"{', '.join(negative)} must be >= 0 (0 leaves that ingredient out)")
         if self.world == "none" and not self.paths and not self.dataset:
             raise ValueError("nothing to read: set `paths` or `dataset`, or use world = \"default\"")
+        if self.world == "default":
+            check_split_sizes("task_problems_per_family", self.families, "train",
+                              [self.task_problems_per_family] * len(self.families), self.difficulty)
 
     def sizes(self) -> WorldSizes:
         return WorldSizes(

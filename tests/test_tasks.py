@@ -15,6 +15,7 @@ from dsctl.tasks import (
     split_problems,
     verify_completion,
 )
+from dsctl.tasks.base import split_capacity
 from dsctl.tasks.expr import ExpressionError, evaluate
 
 
@@ -162,3 +163,49 @@ def test_problem_document_holds_question_solution_and_tagged_answer():
     for doc in docs:
         assert p.prompt in doc and p.solution in doc
         assert parse_answer(doc) == p.answer
+
+
+def _distinct(family: str, difficulty: dict, draws: int) -> int:
+    rng = random.Random(0)
+    generate = FAMILIES[family].generate
+    knobs = {**FAMILIES[family].difficulty, **difficulty}
+    return len({generate(rng, **knobs).id for _ in range(draws)})
+
+
+@pytest.mark.parametrize("family,difficulty,draws", [
+    ("arithmetic", {}, 400_000),
+    ("arithmetic", {"min_digits": 1, "max_digits": 1, "ops": "+-*"}, 20_000),
+    ("equations", {"max_coef": 3, "max_solution": 4, "max_offset": 5}, 20_000),
+])
+def test_family_size_counts_every_problem_the_generator_can_draw(family, difficulty, draws):
+    # enough draws to see every problem of these small spaces: the count is exact
+    assert FAMILIES[family].size(**{**FAMILIES[family].difficulty, **difficulty}) == _distinct(family, difficulty, draws)
+
+
+def test_countdown_size_is_an_upper_bound():
+    difficulty = {"count": 3, "max_number": 6, "max_target": 30}
+    assert _distinct("countdown", difficulty, 20_000) <= FAMILIES["countdown"].size(**difficulty)
+
+
+def test_split_capacity_is_the_split_share_of_the_problems():
+    family = FAMILIES["arithmetic"]
+    train, held_out = split_capacity(family, "train"), split_capacity(family, "eval")
+    assert train + held_out in range(family.size() - 1, family.size() + 1)
+    # 2-digit +/-: 10,930 train and 1,265 eval problems exist (counted by hashing all 12,195)
+    assert abs(train - 10_930) / 10_930 < 0.01 and abs(held_out - 1_265) / 1_265 < 0.05
+
+
+def test_asking_a_split_for_more_problems_than_it_holds_is_refused_when_the_config_is_read():
+    from dsctl.configs import build_config
+    from dsctl.errors import UserError
+    from stages.grpo import GrpoStageConfig
+    from stages.source import SourceConfig
+
+    with pytest.raises(UserError, match=r"task_problems_per_family asks equations for 40,000 distinct train "
+                                        r"problems.*holds about 17,712 \(19,680 problems in all\)"):
+        build_config(SourceConfig, {"task_problems_per_family": 40_000, "families": ["countdown", "equations"]},
+                     "recipe.toml:3 [stages.source]")
+    with pytest.raises(UserError, match=r"train_problems asks arithmetic for 20,000"):
+        build_config(GrpoStageConfig, {"train_problems": 20_000}, "here")
+    # a harder difficulty holds them; the same count is accepted
+    build_config(GrpoStageConfig, {"train_problems": 20_000, "difficulty": {"arithmetic": {"max_digits": 3}}}, "here")

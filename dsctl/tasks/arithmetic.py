@@ -121,6 +121,19 @@ def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 2, ops: 
     return make_problem("arithmetic", {"a": a, "b": b, "op": op}, f"What is {a} {op} {b}?", answer, solution)
 
 
+def _numbers(min_digits: int, max_digits: int) -> int:
+    """How many values `_number` can draw (one digit includes 0)."""
+    return sum(10 if digits == 1 else 9 * 10 ** (digits - 1) for digits in range(min_digits, max_digits + 1))
+
+
+def size(min_digits: int = 2, max_digits: int = 2, ops: str = "+-", max_mul_digits: int = 1) -> int:
+    """Distinct problems: ordered pairs for + (a+b and b+a are two problems), pairs with
+    a >= b for -, and a times a shorter multiplier for *."""
+    n = _numbers(min_digits, max_digits)
+    counts = {"+": n * n, "-": n * (n + 1) // 2, "*": n * _numbers(1, min(max_mul_digits, max_digits))}
+    return sum(counts[op] for op in set(ops))
+
+
 _INTEGER = re.compile(r"[-−]?\d+")
 
 
@@ -137,5 +150,6 @@ FAMILY = TaskFamily(
     generate=generate,
     verify=verify,
     difficulty={"min_digits": 2, "max_digits": 2, "ops": "+-", "max_mul_digits": 1},
+    size=size,
     help="a + b, a - b, a * b in a compact fixed-width column scratchpad (every carry and borrow written)",
 )

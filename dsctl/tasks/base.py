@@ -55,6 +55,9 @@ class TaskFamily:
     """verify(problem, answer_text) -> whether the answer is correct."""
     difficulty: dict[str, Any]
     """The generator's difficulty knobs and their defaults."""
+    size: Callable[..., int]
+    """size(**difficulty) -> how many distinct problems the generator can draw at these
+    knobs: exact where counting is simple, an upper bound otherwise (countdown)."""
     help: str = ""
 
 
@@ -74,14 +77,27 @@ def split_of(problem: Problem) -> Split:
     return "eval" if int(digest[:8], 16) % 1000 < EVAL_BUCKETS_PER_MILLE else "train"
 
 
-def sample_split(family: TaskFamily, split: Split, n: int, seed: int, difficulty: dict | None = None) -> list[Problem]:
-    """`n` distinct problems of `split`, deterministic in (family, split, n, seed, difficulty)."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+def split_capacity(family: TaskFamily, split: Split, difficulty: dict | None = None) -> int:
+    """About how many distinct problems `split` holds at `difficulty`: the family's size
+    times the split's share of hash buckets. What `sample_split` can be asked for at most,
+    known without drawing a single problem, so a recipe is refused before it runs."""
+    share = EVAL_BUCKETS_PER_MILLE if split == "eval" else 1000 - EVAL_BUCKETS_PER_MILLE
+    return family.size(**_knobs(family, difficulty)) * share // 1000
+
+
+def _knobs(family: TaskFamily, difficulty: dict | None) -> dict[str, Any]:
     knobs = {**family.difficulty, **(difficulty or {})}
     unknown = set(knobs) - set(family.difficulty)
     if unknown:
         raise ValueError(f"{family.name}: unknown difficulty knob(s) {sorted(unknown)}; known: {sorted(family.difficulty)}")
+    return knobs
+
+
+def sample_split(family: TaskFamily, split: Split, n: int, seed: int, difficulty: dict | None = None) -> list[Problem]:
+    """`n` distinct problems of `split`, deterministic in (family, split, n, seed, difficulty)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    knobs = _knobs(family, difficulty)
     # The split name is part of the stream seed so train and eval draw independently.
     rng = random.Random(f"{family.name}:{split}:{seed}")
     seen: set[str] = set()

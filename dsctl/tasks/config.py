@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from dsctl.tasks import FAMILIES, Problem, split_problems
+from dsctl.tasks.base import split_capacity
 
 
 @dataclass
@@ -48,6 +49,12 @@ class TaskConfig(FamiliesConfig):
             if extra:
                 raise ValueError(f"difficulty.{family}: unknown knob(s) {sorted(extra)}; "
                                  f"known: {', '.join(sorted(FAMILIES[family].difficulty))}")
+        # The split-size pieces below are always mixed in beside TaskConfig; checking them
+        # here refuses an impossible count when the recipe is read, not hours into a run.
+        for name, split in (("train_problems", "train"), ("eval_problems", "eval")):
+            if hasattr(self, name):
+                check_split_sizes(name, self.families, split, spread(getattr(self, name), len(self.families)),
+                                  self.difficulty)
 
 
 @dataclass
@@ -87,6 +94,28 @@ class PasskeyConfig:
     """Passkey documents per length, needles spread evenly over the context."""
 
 
+def spread(n: int, parts: int) -> list[int]:
+    """`n` split evenly over `parts`, the first ones taking the remainder."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def check_split_sizes(name: str, families: Sequence[str], split: str, counts: Sequence[int],
+                      difficulty: dict[str, dict] | None = None) -> None:
+    """Raise ValueError when a family is asked for more distinct `split` problems than the
+    split holds at its difficulty (`counts[i]` for `families[i]`; `name` is the field)."""
+    difficulty = difficulty or {}
+    for family, n in zip(families, counts):
+        knobs = difficulty.get(family, {})
+        capacity = split_capacity(FAMILIES[family], split, knobs)
+        if n > capacity:
+            total = FAMILIES[family].size(**{**FAMILIES[family].difficulty, **knobs})
+            at = f"difficulty {knobs}" if knobs else "its default difficulty"
+            raise ValueError(
+                f"{name} asks {family} for {n:,} distinct {split} problems, but at {at} its {split} split "
+                f"holds about {capacity:,} ({total:,} problems in all): ask for fewer, raise the "
+                f"difficulty, or leave {family} out of `families`")
+
+
 def task_problems(families: Sequence[str], split: str, n: int, seed: int,
                   difficulty: dict[str, dict] | None = None) -> list[Problem]:
     """`n` problems of `split` spread evenly over `families` (the first ones get the
@@ -98,6 +127,6 @@ def task_problems(families: Sequence[str], split: str, n: int, seed: int,
     unknown = set(difficulty) - set(families)
     if unknown:
         raise ValueError(f"difficulty names families not in use: {sorted(unknown)}; families: {list(families)}")
-    per = [n // len(families) + (i < n % len(families)) for i in range(len(families))]
+    per = spread(n, len(families))
     lists = [split_problems(f, split, k, seed, difficulty.get(f)) for f, k in zip(families, per)]
     return [lst[i] for i in range(max(per, default=0)) for lst in lists if i < len(lst)]

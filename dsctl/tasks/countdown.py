@@ -8,6 +8,7 @@ target.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -73,10 +74,17 @@ def verify(p: Problem, answer: str) -> bool:
     return value == p.data["target"]
 
 
+def size(count: int = 4, max_number: int = 25, max_target: int = 200) -> int:
+    """An upper bound: every multiset of `count` numbers with every target (not every
+    target is reachable from every multiset, so fewer exist)."""
+    return math.comb(max_number + count - 1, count) * max_target
+
+
 FAMILY = TaskFamily(
     name="countdown",
     generate=generate,
     verify=verify,
     difficulty={"count": 4, "max_number": 25, "max_target": 200},
+    size=size,
     help="reach a target from given numbers with + - * /, each number at most once",
 )

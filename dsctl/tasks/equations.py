@@ -42,10 +42,16 @@ def verify(p: Problem, answer: str) -> bool:
     return Fraction(text.replace("−", "-")) == Fraction(p.answer)
 
 
+def size(max_coef: int = 9, max_solution: int = 20, max_offset: int = 30) -> int:
+    """Distinct (a, x, b) draws: a in 2..max_coef, x in ±max_solution, b in ±max_offset but 0."""
+    return (max_coef - 1) * (2 * max_solution + 1) * 2 * max_offset
+
+
 FAMILY = TaskFamily(
     name="equations",
     generate=generate,
     verify=verify,
     difficulty={"max_coef": 9, "max_solution": 20, "max_offset": 30},
+    size=size,
     help="solve a*x + b = c for integer x, one inverse operation per step",
 )
