@@ -25,10 +25,13 @@ from dsctl.errors import UserError
 from dsctl.progress import Reporter
 from dsctl.recipe import load_recipe
 from dsctl.runner import Runner, StagePlan, failure_message, headline, plan, stage_progress, stage_state
+from dsctl.smoke import NAMESPACE
 from dsctl.stage import StageRegistry
 from dsctl.store import Store, verify_dir
 
 OVERRIDE_HELP = "Override a recipe value: STAGE.KEY=VALUE (TOML value), or seed=N. Repeatable."
+SMOKE_HELP = ("Every size shrunk (steps, problems, world, model, eval; see dsctl/smoke.py): the whole "
+              "chain in minutes, in the store under WORKDIR/smoke, apart from real artifacts.")
 
 
 @dataclass
@@ -44,9 +47,14 @@ def _out() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def _load(recipe: Path, overrides: list[str] | None) -> tuple:
+def _load(recipe: Path, overrides: list[str] | None, smoke: bool = False) -> tuple:
     r = load_recipe(recipe, overrides or [])
-    return r, plan(r, StageRegistry.discover())
+    return r, plan(r, StageRegistry.discover(), smoke=smoke)
+
+
+def _store(session: Session, smoke: bool) -> Store:
+    """The session's store, or the smoke store inside it."""
+    return Store(session.store.root / NAMESPACE) if smoke else session.store
 
 
 def run(
@@ -55,31 +63,36 @@ def run(
     set_: Optional[list[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
     force: Optional[list[str]] = typer.Option(None, "--force", help="Rebuild this stage even if cached. Repeatable."),
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage (and what it needs)."),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Run a recipe: cached stages are skipped, a killed stage resumes.
 
-    Example:
+    Examples:
 
         dsctl run recipes/mini_r1.toml --set pretrain.max_steps=50 --until pretrain
+
+        dsctl run recipes/gpu_r1.toml --smoke      # check a recipe end to end first
     """
     session: Session = ctx.obj
-    r, plans = _load(recipe, set_)
+    store = _store(session, smoke)
+    r, plans = _load(recipe, set_, smoke)
     for name in [*(force or []), *([until] if until else [])]:
         if name not in plans:
             raise UserError(f"{recipe}: no stage named '{name}'; stages: {', '.join(plans)}")
     started = time.time()
-    results = Runner(session.store, session.reporter, recipe_name=r.name, debug=session.debug).execute(
+    results = Runner(store, session.reporter, recipe_name=r.name, debug=session.debug).execute(
         plans, force=set(force or []), until=until)
     hits = sum(res.state == "hit" for res in results)
     session.reporter.info(
-        f"[bold]{r.name}[/]: {len(results)} stage(s), {hits} cached, {len(results) - hits} ran, "
-        f"{time.time() - started:.1f}s  (workdir {session.store.root})")
+        f"[bold]{r.name}[/]{' (smoke)' if smoke else ''}: {len(results)} stage(s), {hits} cached, "
+        f"{len(results) - hits} ran, {time.time() - started:.1f}s  (workdir {store.root})")
 
 
 def status(
     ctx: typer.Context,
     recipe: Path = typer.Argument(..., help="TOML recipe."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    smoke: bool = typer.Option(False, "--smoke", help="The state of the recipe's smoke run (run --smoke)."),
 ) -> None:
     """Show each stage of a recipe: cached, running, partial, failed or missing — and why.
 
@@ -88,8 +101,8 @@ def status(
         dsctl status recipes/mini_r1.toml
     """
     session: Session = ctx.obj
-    store = session.store
-    r, plans = _load(recipe, set_)
+    store = _store(session, smoke)
+    r, plans = _load(recipe, set_, smoke)
     table = Table(title=f"{r.name} — {store.root}")
     for col in ("stage", "type", "key", "state", "time", "headline", "note"):
         table.add_column(col)

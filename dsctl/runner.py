@@ -22,6 +22,7 @@ from dsctl.errors import StageFailed, UserError
 from dsctl.files import write_json_atomic
 from dsctl.progress import Reporter
 from dsctl.recipe import Recipe, key_location
+from dsctl.smoke import shrink
 from dsctl.stage import METRICS_FILE, StageContext, StageRegistry, StageSpec
 from dsctl.store import Artifact, Store, compute_key
 
@@ -65,8 +66,9 @@ def _check_slots(spec: StageSpec, slots: dict[str, list[Any]], where: str) -> No
             raise UserError(f"{where}: {spec.name} has no input slot '{slot}'; slots: {', '.join(spec.inputs)}")
 
 
-def plan(recipe: Recipe, registry: StageRegistry) -> dict[str, StagePlan]:
-    """Validate every stage against the registry and compute all keys."""
+def plan(recipe: Recipe, registry: StageRegistry, smoke: bool = False) -> dict[str, StagePlan]:
+    """Validate every stage against the registry and compute all keys; `smoke` shrinks
+    every config (dsctl.smoke) after it is read as written."""
     plans: dict[str, StagePlan] = {}
     for name in recipe.order():
         entry = recipe.stages[name]
@@ -76,6 +78,11 @@ def plan(recipe: Recipe, registry: StageRegistry) -> dict[str, StagePlan]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"{entry.where}: unknown stage type '{entry.type}'{hint}; known: {', '.join(registry.names())}")
         config = build_config(spec.config, entry.config, lambda key, n=name: key_location(recipe, n, key))
+        if smoke:
+            try:
+                config = shrink(config)
+            except ValueError as exc:
+                raise UserError(f"{entry.where}: --smoke: {exc}") from None
         if isinstance(entry.upstream, dict):
             upstream = entry.upstream
         else:
@@ -142,6 +149,13 @@ class Runner:
         names = list(plans)
         if until is not None:
             names = [n for n in names if n == until or n in _ancestors(plans, until)]
+        for name in names:  # refuse what cannot run here before anything runs
+            p = plans[name]
+            if p.spec.preflight and not self.store.has(p.key):
+                try:
+                    p.spec.preflight(p.config)
+                except ValueError as exc:
+                    raise UserError(f"[stages.{name}]: {exc}") from None
         record_path = self.store.new_run_record()
         results: list[StageResult] = []
         record = {"recipe": self.recipe_name, "pid": os.getpid(), "started": time.time(), "stages": []}
