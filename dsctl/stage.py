@@ -89,6 +89,10 @@ class StageSpec:
     user files a `source` stage reads), so changed files change the key."""
     example: str = ""
     """A copy-paste CLI example shown in `--help`."""
+    preflight: Callable[[Any], None] | None = None
+    """Checks a config against this machine (e.g. that the model fits the device's
+    memory) before any stage of a run starts; raises ValueError with the fix. Not part
+    of plan(): `dsctl status` stays quick and valid on a machine that could not run it."""
 
 
 class StageContext:

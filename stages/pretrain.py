@@ -33,6 +33,28 @@ class PretrainConfig(LMTrainConfig):
     every rank still takes its own micro-batches. nproc must be a multiple of E."""
 
 
+def model_config(cfg: PretrainConfig, vocab_size: int | None = None):
+    """The ModelConfig this config trains: the preset, the MTP settings, then the user's
+    overrides; `vocab_size` is the tokenizer's (None keeps the preset's, for estimates)."""
+    from dsctl.model import ModelConfig
+
+    overrides = {"num_nextn_predict_layers": cfg.mtp_depth, "mtp_loss_weight": cfg.mtp_weight}
+    if vocab_size is not None:
+        overrides["vocab_size"] = vocab_size
+    return ModelConfig.preset(cfg.model, **{**overrides, **cfg.model_overrides})
+
+
+def preflight(cfg: PretrainConfig) -> None:
+    """Refuse, before any stage of the run starts, a model whose sequences are longer than
+    its context or whose training step does not fit this machine's device."""
+    from dsctl.train.budget import check_context, check_fits
+
+    config = model_config(cfg)
+    check_context(config, cfg.seq_len, f"model {cfg.model!r}")
+    # A rank holds its own micro-batch (pipeline ranks hold less of the model: not counted).
+    check_fits(config, cfg.batch_size, cfg.seq_len, cfg.precision, cfg.device, f"model {cfg.model!r}")
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     cfg: PretrainConfig = ctx.config
     if cfg.nproc > 1 or cfg.pipeline != "none" or cfg.expert_parallel != 1:
@@ -56,7 +78,7 @@ def prepare_training(ctx: StageContext, placement=None):
     stages only) and how many data-parallel ranks split each step's micro-batches."""
     import torch
 
-    from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.model import DeepSeekV3
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import tokenizer_dir, unigram_loss
     from dsctl.train.batches import PackedTokens, load_token_split
@@ -66,15 +88,13 @@ def prepare_training(ctx: StageContext, placement=None):
     shards = ctx.input("shards")
     tok_dir = tokenizer_dir(shards)
     tokenizer = Tokenizer.load(tok_dir)
-    overrides = {"vocab_size": tokenizer.vocab_size, "num_nextn_predict_layers": cfg.mtp_depth,
-                 "mtp_loss_weight": cfg.mtp_weight, **cfg.model_overrides}
-    model_config = ModelConfig.preset(cfg.model, **overrides)
+    config = model_config(cfg, tokenizer.vocab_size)
     placement = placement or Placement()
     data_world = placement.data_world
     torch.manual_seed(ctx.seed)
-    model = DeepSeekV3(model_config, parts=placement.model_parts(model_config))
+    model = DeepSeekV3(config, parts=placement.model_parts(config))
     with torch.device("meta"):  # the whole model's sizes, whatever this rank holds
-        total, active = DeepSeekV3(model_config).num_parameters()
+        total, active = DeepSeekV3(config).num_parameters()
     ctx.info(f"model {cfg.model}: {total / 1e6:.2f}M parameters ({active / 1e6:.2f}M active per token)")
 
     train_docs = load_token_split(shards.path, "train")
@@ -100,6 +120,7 @@ STAGE = StageSpec(
     version=1,
     config=PretrainConfig,
     run=run,
+    preflight=preflight,
     output="checkpoint",
     inputs={"shards": Input("shards", help="token shards from `tokenize`")},
     help="Pretrain a DeepSeek-V3-style model (MLA + DeepSeekMoE + MTP) on token shards; "
