@@ -4,6 +4,7 @@ chain runs with --smoke in a store of its own."""
 import dataclasses
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from dsctl.stage import StageRegistry
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 REGISTRY = StageRegistry.discover()
+ESTIMATE = Path(__file__).resolve().parents[1] / "benchmarks" / "estimate_recipe.py"
 
 
 def test_every_field_the_smoke_table_names_is_a_stage_config_field():
@@ -69,3 +71,20 @@ def test_every_recipe_runs_its_whole_chain_with_smoke(path, tmp_path, dsctl_cmd)
     status = subprocess.run([*dsctl_cmd, "-w", str(work), "status", str(path), "--smoke"],
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "missing" not in status.stdout and "cached" in status.stdout
+    # the estimate gpu_check.sh prints scales each measured stage to the recipe's full work
+    estimate = subprocess.run([sys.executable, str(ESTIMATE), str(path), "--measured", str(work / "smoke")],
+                              capture_output=True, text=True, timeout=120)
+    assert estimate.returncode == 0, estimate.stderr[-2000:]
+    listed = {line.split()[0] for line in estimate.stdout.splitlines()[2:]}
+    assert listed == set(load_recipe(path).stages) | {"whole"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_the_flop_estimate_covers_every_training_and_decoding_stage(path):
+    result = subprocess.run([sys.executable, str(ESTIMATE), str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = {line.split()[0] for line in result.stdout.splitlines()[2:]}
+    kinds = {p.spec.name for p in plan(load_recipe(path), REGISTRY).values()}
+    expected = {n for n, p in plan(load_recipe(path), REGISTRY).items()
+                if p.spec.name in {"pretrain", "extend", "sft", "grpo", "distill", "rejection_sample", "eval"}}
+    assert expected <= listed and ("data" in listed) == ("source" in kinds)
