@@ -36,6 +36,7 @@ reduced=(
   --set pretrain.max_steps=100 --set pretrain.checkpoint_every=100 --set pretrain.eval_every=100
   --set extend.max_steps=20 --set sft.max_steps=40 --set sft_more.max_steps=40 --set grpo.max_steps=10
   --set rejection_sample.train_problems=2048 --set distill.max_steps=50 --set eval.eval_problems=200
+  --set rft_samples.train_problems=2048 --set rft.max_steps=40 --set teacher_more.max_steps=50
 )
 {
   part "device"

@@ -125,6 +125,59 @@ def status(
     _out().print(table)
 
 
+def seeds(
+    ctx: typer.Context,
+    recipe: Path = typer.Argument(..., help="TOML recipe with an eval stage."),
+    seeds_: str = typer.Option("0,1,2", "--seeds", help="Training seeds, comma-separated."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
+) -> None:
+    """Run a recipe at several training seeds and report every comparison both ways: each
+    seed's paired difference ± SE (problem sampling) and the mean ± SD over seeds
+    (training variation).
+
+    A training seed changes model init, data order and sampling: every stage that writes a
+    checkpoint and everything after one. The data chain keeps the recipe's seed, so all
+    seeds share it. Each seed's stages are the recipe `NAME@seedN` (`dsctl show
+    mini_r1@seed1:eval`); the combined report goes to WORKDIR/studies/NAME/ (study.md,
+    study.json, study.png; `dsctl plot WORKDIR/studies/NAME` redraws it).
+
+    Example:
+
+        dsctl seeds recipes/mini_r1.toml --seeds 0,1,2
+    """
+    from dsctl.eval import seeds as study
+    from dsctl.runner import with_training_seed
+
+    session: Session = ctx.obj
+    store = _store(session, smoke)
+    try:
+        chosen = sorted({int(s) for s in seeds_.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {seeds_!r}") from None
+    if not chosen:
+        raise UserError("--seeds names no seed")
+    base, base_plans = _load(recipe, set_, smoke)
+    evals = [n for n, p in base_plans.items() if p.spec.name == "eval"]
+    if not evals:
+        raise UserError(f"{recipe}: no eval stage to combine; add one that compares the checkpoints")
+    registry = StageRegistry.discover()
+    reports = {}
+    started = time.time()
+    for seed in chosen:
+        seeded = with_training_seed(base, base_plans, seed)
+        plans = plan(seeded, registry, smoke=smoke)
+        session.reporter.info(f"[bold]{seeded.name}[/]")
+        Runner(store, session.reporter, recipe_name=seeded.name, debug=session.debug).execute(plans)
+        reports[seed] = json.loads((store.object_path(plans[evals[0]].key) / "report.json").read_text())
+    combined = study.combine(reports)
+    out = store.root / "studies" / (base.name + ("-smoke" if smoke else ""))
+    study.write(combined, out, base.name)
+    _out().print(study.markdown(combined, base.name))
+    session.reporter.info(f"[bold]{base.name}[/]: {len(chosen)} seeds in {time.time() - started:.1f}s; "
+                          f"study in {out}")
+
+
 def _why_not_cached(store: Store, recipe: str, p: StagePlan, plans: dict[str, StagePlan]) -> str:
     ref = store.get_ref(recipe, p.name)
     if ref is None:
@@ -296,7 +349,7 @@ def export(
 
 def plot(
     ctx: typer.Context,
-    refs: list[str] = typer.Argument(..., help="Artifacts: eval reports, or training stages' checkpoints."),
+    refs: list[str] = typer.Argument(..., help="Artifacts: eval reports, or training stages' checkpoints; or a seed study's folder."),
     out: Path = typer.Option(Path("dsctl-plot.png"), "--out", "-o", help="PNG file to write."),
 ) -> None:
     """Plot artifacts into a PNG: eval reports side by side (every metric, every
@@ -306,8 +359,21 @@ def plot(
 
         dsctl plot mini_r1:eval --out eval.png
         dsctl plot mini_r1:pretrain mini_r1:sft --out curves.png
+        dsctl plot work/studies/mini_r1 --out seeds.png     # a `dsctl seeds` study
     """
     store: Store = ctx.obj.store
+    from dsctl.eval import seeds as study
+
+    studies = [Path(ref) for ref in refs if (Path(ref) / study.STUDY_JSON).is_file()]
+    if studies:
+        if len(studies) != len(refs):
+            raise UserError("plot either one seed study or artifacts, not both in one picture")
+        for path in studies:
+            data = json.loads((path / study.STUDY_JSON).read_text())
+            if study.plot(data, out if len(studies) == 1 else out.with_stem(f"{out.stem}-{path.name}"), path.name) is None:
+                raise UserError("plotting needs matplotlib: pip install matplotlib")
+        print(out)
+        return
     artifacts = [store.resolve(ref) for ref in refs]
     if all(a.kind == "report" for a in artifacts):
         from dsctl.eval.report import plot_report_files
@@ -405,7 +471,7 @@ def serve(
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (run, status, show, ls, verify, gc, export, plot):
+    for fn in (run, seeds, status, show, ls, verify, gc, export, plot):
         app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)
     app.command(name="chat", rich_help_panel="Use a model")(chat)
     app.command(name="serve", rich_help_panel="Use a model")(serve)

@@ -9,6 +9,7 @@ builds in staging/ (resuming what a killed attempt left there) and publishes.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -100,6 +101,21 @@ def plan(recipe: Recipe, registry: StageRegistry, smoke: bool = False) -> dict[s
         p.key = _key(p)
         plans[name] = p
     return plans
+
+
+def with_training_seed(recipe: Recipe, plans: dict[str, StagePlan], seed: int) -> Recipe:
+    """`recipe` named `NAME@seedN`, with `seed` for every stage a training seed enters:
+    each that writes a checkpoint and everything downstream of one (model init, data
+    order, sampling, eval's samples). The data chain keeps the recipe's seed, so seeds
+    share its cached artifacts; a stage that pins its own `seed` keeps it."""
+    seeded: set[str] = set()
+    for name in recipe.order():
+        ups = recipe.stages[name].upstream_names()
+        if plans[name].spec.output == "checkpoint" or seeded & set(ups):
+            seeded.add(name)
+    stages = {name: dataclasses.replace(entry, seed=seed) if name in seeded and entry.seed is None else entry
+              for name, entry in recipe.stages.items()}
+    return dataclasses.replace(recipe, name=f"{recipe.name}@seed{seed}", stages=stages)
 
 
 def single_stage_plan(spec: StageSpec, values: dict[str, Any], inputs: list[tuple[str | None, Artifact]],

@@ -9,9 +9,11 @@ Reads a corpus, writes a corpus:
 One task per input shard NNNNN, on local processes or Ray (`executor`), same bytes
 either way; a killed run resumes from its finished shards.
 
-Eval text comes from the eval split of the reasoning tasks (`dsctl.tasks`: prompt and
-worked solution of the first `eval_problems_per_family` problems of each family, with
-`eval_seed`) and from any JSONL/Parquet files named in `eval_files`.
+Eval text comes from the dev and test splits of the reasoning tasks (`dsctl.tasks`:
+prompt and worked solution of every dev and test problem of each family at each of
+`eval_difficulties`; for a family that cannot list its problems, the first
+`eval_problems_per_family` of each split's draw, which is the same at every seed) and
+from any JSONL/Parquet files named in `eval_files`.
 
 Matching (dsctl/data/decontaminate.py): text is compared as casefolded word and
 punctuation tokens. A document is contaminated when it contains any `n`-token window of
@@ -47,16 +49,15 @@ from dsctl.tasks.config import FamiliesConfig, check_split_sizes
 class DecontaminateConfig(FamiliesConfig, DataWorkConfig):
     n: int = 13
     """Window length in tokens (casefolded words and punctuation marks)."""
-    eval_problems_per_family: int = 500
-    """Eval problems per family to protect: covers any eval run with as many or fewer
-    (eval problems are a stream: the first k of a larger draw are the same)."""
-    eval_seed: int | None = None
-    """Seed the eval stages draw problems with; None = this run's seed."""
+    eval_problems_per_family: int = 2000
+    """Families that cannot list their problems (countdown) protect this many of their dev
+    and of their test draw, which covers any stage scoring as many or fewer (the draws are
+    the same at every seed); the others protect their whole dev and test splits."""
     eval_difficulties: list[dict[str, dict[str, Any]]] = field(
         default_factory=lambda: [{}]
     )
-    """Difficulty override sets (family -> knobs, as eval/sft/grpo take) whose eval problems
-    are protected; the default covers the families' defaults, which eval uses."""
+    """Difficulty override sets (family -> knobs, as eval/sft/grpo take) whose dev and test
+    problems are protected; the default covers the families' defaults, which eval uses."""
     eval_files: list[str] = ()
     """JSONL/Parquet files or globs of other eval sets (a text field per row)."""
     eval_text_field: str = "text"
@@ -71,18 +72,19 @@ class DecontaminateConfig(FamiliesConfig, DataWorkConfig):
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.eval_problems_per_family < 0:
             raise ValueError("eval_problems_per_family must be >= 0")
+        unlisted = [f for f in self.families if FAMILIES[f].enumerate is None]
         for difficulty in self.eval_difficulties:
-            check_split_sizes("eval_problems_per_family", self.families, "eval",
-                              [self.eval_problems_per_family] * len(self.families), difficulty)
+            for split in ("dev", "test"):
+                check_split_sizes("eval_problems_per_family", unlisted, split,
+                                  [self.eval_problems_per_family] * len(unlisted), difficulty)
 
 
-def eval_index(cfg: DecontaminateConfig, seed: int) -> tuple[NgramIndex, dict[str, str]]:
+def eval_index(cfg: DecontaminateConfig) -> tuple[NgramIndex, dict[str, str]]:
     """The n-gram index of every eval text the config names, and each eval id's source."""
-    seed = seed if cfg.eval_seed is None else cfg.eval_seed
     texts = []
     for difficulty in cfg.eval_difficulties or [{}]:
         try:
-            texts += task_eval_texts(cfg.families, cfg.eval_problems_per_family, seed, difficulty)
+            texts += task_eval_texts(cfg.families, cfg.eval_problems_per_family, difficulty)
         except ValueError as exc:
             raise UserError(f"eval_difficulties {difficulty}: {exc}") from None
     texts = list(dict.fromkeys(texts))  # a family a variant does not override repeats the default
@@ -99,7 +101,7 @@ def run(ctx: StageContext) -> dict:
     files = corpus_files(source.path)
     if not files:
         raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to decontaminate")
-    index, source_of = eval_index(cfg, ctx.seed)
+    index, source_of = eval_index(cfg)
     tasks = [(i, str(path), str(ctx.out), index, cfg.docs_per_batch, "text") for i, path in enumerate(files)]
     with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:

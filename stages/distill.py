@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from dsctl.eval.task_accuracy import greedy_accuracy
     from dsctl.model import DeepSeekV3, ModelConfig
-    from dsctl.tasks.config import task_problems
+    from dsctl.tasks.config import held_out_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.batches import PackedExamples
@@ -115,7 +115,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fit = trainer.fit()
     summary: dict[str, Any] = {}
     if cfg.eval_problems:  # greedy accuracy and decode speed of student and teacher on the same problems
-        problems = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
+        problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
         for name, model in (("student", trainer.model), ("teacher", teacher)):
             result = greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
             summary.update({f"{name}_accuracy": round(result.accuracy, 4),

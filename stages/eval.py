@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
@@ -29,6 +29,8 @@ from dsctl.train.config import BatchConfig, ComputeConfig
 class EvalConfig(TaskConfig, EvalSplitConfig, SamplingConfig, PasskeyConfig, BatchConfig, ComputeConfig):
     samples: int = 8
     """Sampled completions per problem for pass@1 / pass@k / cons@k (greedy is one more)."""
+
+    eval_split: ClassVar[str] = "test"
     pass_ks: list[int] = field(default_factory=lambda: [1, 8])
     """k values for unbiased pass@k (each ≤ samples); pass@1 is always reported."""
     compare: list[list[str]] = field(default_factory=list)
@@ -80,7 +82,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[dict[str, float], dict[str, Any]]:
     """Every configured metric for one checkpoint."""
     from dsctl.eval.task_accuracy import SamplingSettings, task_accuracy
-    from dsctl.tasks.config import task_problems
+    from dsctl.tasks.config import held_out_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
     from dsctl.train.loop import resolve_device
@@ -91,7 +93,7 @@ def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[d
     metrics: dict[str, float] = {"params": model.num_parameters()[0]}
     details: dict[str, Any] = {}
     if cfg.families:
-        problems = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
+        problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
         settings = SamplingSettings(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size,
                                     tuple(cfg.pass_ks), ctx.seed)
         scores, details["task_scores"] = task_accuracy(model, tokenizer, problems, settings)

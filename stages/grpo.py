@@ -12,7 +12,7 @@ holds greedy held-out (eval split) accuracy before and after. Resumes exactly af
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
 from dsctl.rl.config import GRPOConfig
@@ -21,12 +21,14 @@ from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
 
 
 @dataclass
-@stage_defaults(train_problems=8000)
+@stage_defaults(train_problems=4000)
 class GrpoStageConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, GRPOConfig):
-    """GRPO on task problems. The prompt pool needs only verifiable answers, not worked
-    solutions, so it can be far larger than sft's set (2-digit + and − have ~11,000 train
-    problems). GRPO needs groups that disagree: a difficulty the sft model solves
-    sometimes, not never."""
+    """GRPO on task problems. The prompt pool needs only verifiable answers, so it comes
+    from the answer_only split, whose worked solutions appear nowhere in training, and it
+    can be far larger than sft's set (2-digit + and − have ~4,900 answer-only problems).
+    GRPO needs groups that disagree: a difficulty the sft model solves sometimes, not never."""
+
+    train_split: ClassVar[str] = "answer_only"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from dsctl.eval.task_accuracy import greedy_accuracy
     from dsctl.rl.trainer import GRPOTrainer
-    from dsctl.tasks.config import task_problems
+    from dsctl.tasks.config import held_out_problems, task_problems
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
@@ -45,8 +47,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tokenizer = Tokenizer.load(tok_dir)
     torch.manual_seed(ctx.seed)
     policy, reference = load_model(source), load_model(source)
-    pool = task_problems(cfg.families, "train", cfg.train_problems, ctx.seed, cfg.difficulty)
-    held_out = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
+    pool = task_problems(cfg.families, cfg.train_split, cfg.train_problems, ctx.seed, cfg.difficulty)
+    held_out = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
     ctx.info(f"{len(pool)} train problems, {len(held_out)} held-out; G={cfg.group_size}, "
              f"{cfg.prompts_per_step} prompts/step, {cfg.max_steps} steps")
 

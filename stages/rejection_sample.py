@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
 from dsctl.stage import Input, StageContext, StageSpec
@@ -42,8 +42,10 @@ class RejectionSampleConfig(TaskConfig, TrainSplitConfig, SamplingConfig, Comput
     prompts_per_chunk: int = 32
     """Prompts sampled between two progress saves (k × this sequences per generate call)."""
     problem_seed_offset: int = 1
-    """Added to the run seed to pick the prompts, so by default they differ from the
-    problems sft trained on (same split, different draw)."""
+    """Added to the run seed to pick the prompts from the answer_only split, so by default
+    they are another draw than grpo's pool (0 = the same draw: grpo's own prompts)."""
+
+    train_split: ClassVar[str] = "answer_only"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -57,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source = ctx.input("checkpoint")
     tokenizer = Tokenizer.load(tokenizer_dir(source))
     model = load_model(source).to(device)
-    problems = task_problems(cfg.families, "train", cfg.train_problems, ctx.seed + cfg.problem_seed_offset, cfg.difficulty)
+    problems = task_problems(cfg.families, cfg.train_split, cfg.train_problems, ctx.seed + cfg.problem_seed_offset, cfg.difficulty)
     partial = ctx.scratch / "samples.partial.jsonl"
     state = ctx.load_state()
     chunk = max(1, cfg.prompts_per_chunk)

@@ -109,10 +109,10 @@ def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
 
 def _eval(ctx: StageContext, model, tokenizer):
     from dsctl.eval.task_accuracy import greedy_accuracy
-    from dsctl.tasks.config import task_problems
+    from dsctl.tasks.config import held_out_problems
 
     cfg: SFTConfig = ctx.config
-    problems = task_problems(cfg.families, "eval", cfg.eval_problems, ctx.seed, cfg.difficulty)
+    problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
     return greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
 
 

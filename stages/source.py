@@ -58,7 +58,7 @@ class SourceConfig(TaskConfig, ShardOutputConfig):
     id_field: str = "id"
     """Field of your rows holding a document id; rows without one get `<file>:<row>`."""
     task_problems_per_family: int = _DEFAULT_SIZES.task_problems_per_family
-    """Default world: worked problems per task family (train split only), gathered into
+    """Default world: problems per task family from the worked split, gathered into
     worksheet documents."""
     task_doc_min_words: int = _DEFAULT_SIZES.task_doc_min_words
     """Default world: a worksheet takes problems until it has at least this many words (one
@@ -94,7 +94,7 @@ class SourceConfig(TaskConfig, ShardOutputConfig):
         if self.world == "none" and not self.paths and not self.dataset:
             raise ValueError("nothing to read: set `paths` or `dataset`, or use world = \"default\"")
         if self.world == "default":
-            check_split_sizes("task_problems_per_family", self.families, "train",
+            check_split_sizes("task_problems_per_family", self.families, "worked",
                               [self.task_problems_per_family] * len(self.families), self.difficulty)
 
     def sizes(self) -> WorldSizes:

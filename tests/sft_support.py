@@ -16,7 +16,7 @@ EASY = {"arithmetic": {"max_digits": 2}}
 def task_texts(n: int = 150) -> list[str]:
     texts = []
     for family in FAMILIES:
-        for p in split_problems(family, "train", n, seed=0, difficulty=EASY.get(family)):
+        for p in split_problems(family, "worked", n, seed=0, difficulty=EASY.get(family)):
             texts += [p.prompt, reasoning_target(p)]
     return texts
 

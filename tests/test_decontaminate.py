@@ -57,10 +57,12 @@ def test_task_eval_problems_in_a_corpus_are_all_found_and_train_problems_mostly_
     from dsctl.tasks import FAMILIES, problem_document, split_problems
 
     families = sorted(FAMILIES)
-    index = NgramIndex.build(task_eval_texts(families, 200, seed=0), n=13)
+    index = NgramIndex.build(task_eval_texts(families, 200), n=13)
     rng = random.Random(0)
-    leaked = [problem_document(p, rng) for f in families for p in split_problems(f, "eval", 200, 0)[::10]]
-    train = [problem_document(p, rng) for f in families for p in split_problems(f, "train", 200, 0)]
+    # any run seed: arithmetic and equations protect their whole dev and test splits
+    leaked = [problem_document(p, rng) for f in families for split in ("dev", "test")
+              for p in split_problems(f, split, 200, 0 if f == "countdown" else 5)[::10]]
+    train = [problem_document(p, rng) for f in families for p in split_problems(f, "worked", 200, 0)]
     assert all(m is not None for m in index.match(leaked))
     flagged = sum(m is not None for m in index.match(train))
     # Train and eval share no problem; the few flagged train documents contain an eval
@@ -90,7 +92,7 @@ def corpus_dir(tmp_path):
     from dsctl.tasks import problem_document, split_problems
 
     rng = random.Random(1)
-    leaked = split_problems("arithmetic", "eval", 3, seed=0)
+    leaked = split_problems("arithmetic", "test", 3, seed=0)
     rows = [{"id": f"clean{i}", "text": f"An ordinary document number {i} about nothing in particular."} for i in range(20)]
     rows += [{"id": f"leak{i}", "text": problem_document(p, rng)} for i, p in enumerate(leaked)]
     rows.append({"id": "fileleak", "text": f"Copied from the benchmark: {text(0, 25)}"})
@@ -132,7 +134,7 @@ def test_stage_names_an_unknown_task_family(corpus_dir):
 
 
 def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
-    from dsctl.tasks.config import task_problems
+    from dsctl.tasks.config import held_out_problems
     from dsctl.tasks import problem_document
     from stages.decontaminate import DecontaminateConfig, eval_index
 
@@ -141,7 +143,7 @@ def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
 
     cfg = EvalConfig()
     assert DecontaminateConfig().eval_problems_per_family >= cfg.eval_problems
-    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=cfg.eval_problems), seed=0)
-    problems = task_problems(cfg.families, "eval", cfg.eval_problems, 0, cfg.difficulty)
+    index, _ = eval_index(DecontaminateConfig(eval_problems_per_family=cfg.eval_problems))
+    problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
     rng = random.Random(0)
     assert all(m is not None for m in index.match([problem_document(p, rng) for p in problems]))

@@ -27,7 +27,7 @@ def world(tmp_path_factory):
     samples.mkdir()
     rows = [{"id": f"{p.id}-s0", "family": p.family, "problem_id": p.id, "prompt": p.prompt,
              "completion": reasoning_target(p), "reward": 1.1, "correct": True, "format": True, "source": "test"}
-            for p in task_problems(FAMILIES, "train", 40, seed=0, difficulty=EASY)]
+            for p in task_problems(FAMILIES, "worked", 40, seed=0, difficulty=EASY)]
     (samples / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{torn line\n")
     return root, teacher, samples
 

@@ -65,7 +65,7 @@ def test_problem_scores_combine_greedy_samples_and_votes():
     from dsctl.eval.task_accuracy import problem_scores
     from dsctl.tasks import split_problems
 
-    p = split_problems("arithmetic", "eval", 1, seed=0)[0]
+    p = split_problems("arithmetic", "test", 1, seed=0)[0]
     wrong = str(int(p.answer) + 1)
     right = f"<think>work</think><answer>{p.answer}</answer>"
     samples = [f"<think>x</think><answer>{wrong}</answer>", right, f"<answer>{p.answer}</answer>",

@@ -23,7 +23,7 @@ def tiny_tokenizer(directory: Path):
 
     rng = random.Random(0)
     texts = [FILLER * 3, NEEDLE.format(key="12345") + QUESTION]
-    texts += [problem_document(p, rng) for p in split_problems("arithmetic", "train", 40, 0)]
+    texts += [problem_document(p, rng) for p in split_problems("arithmetic", "worked", 40, 0)]
     return Tokenizer.train(texts, 400, directory, seed=0)
 
 
@@ -48,7 +48,7 @@ def tiny_shards(directory: Path, tokenizer) -> Path:
     from dsctl.tasks import problem_document, split_problems
 
     rng = random.Random(1)
-    docs = [FILLER * 2] + [problem_document(p, rng) for p in split_problems("arithmetic", "train", 30, 1)]
+    docs = [FILLER * 2] + [problem_document(p, rng) for p in split_problems("arithmetic", "worked", 30, 1)]
     splits = {}
     for split, rows in (("train", docs[:24]), ("validation", docs[24:])):
         writer = TokenShardWriter(directory, split)

@@ -57,7 +57,7 @@ def test_scoring_agrees_with_the_cached_sampler():
 
 
 def test_step_problems_are_a_function_of_seed_and_step():
-    pool = split_problems("arithmetic", "train", 50, seed=0)
+    pool = split_problems("arithmetic", "answer_only", 50, seed=0)
     a = step_problems(pool, 4, seed=3, step=7)
     assert a == step_problems(pool, 4, seed=3, step=7)
     assert len({p.id for p in a}) == 4

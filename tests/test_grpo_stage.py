@@ -56,7 +56,7 @@ def sft_checkpoint(tmp_path_factory):
     from dsctl.tokenizer import Tokenizer
 
     root = tmp_path_factory.mktemp("grpo")
-    problems = split_problems("arithmetic", "train", 80, seed=0, difficulty=EASY)
+    problems = split_problems("arithmetic", "answer_only", 80, seed=0, difficulty=EASY)
     texts = [p.prompt + "\n" + reasoning_target(p) + _short_target(p) for p in problems]
     tokenizer = Tokenizer.train(iter(texts * 3), 320, root / "tok", seed=0)
     model = _sft_tiny(tokenizer, problems)

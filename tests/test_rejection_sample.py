@@ -21,7 +21,7 @@ def memorized(tmp_path_factory):
     """A tiny model that answers the stage's own 4 prompts by heart."""
     root = tmp_path_factory.mktemp("rs")
     make_tokenizer(root / "tok")
-    problems = task_problems(FAMILIES, "train", CONFIG["train_problems"], seed=0 + 1, difficulty=EASY)
+    problems = task_problems(FAMILIES, "answer_only", CONFIG["train_problems"], seed=0 + 1, difficulty=EASY)
     return memorized_checkpoint(root / "ckpt", root / "tok", problems, steps=80), problems
 
 
@@ -30,7 +30,7 @@ def _c(text, finished=True):
 
 
 def test_filter_keeps_verified_formatted_distinct_completions_up_to_the_cap():
-    p = task_problems(["arithmetic"], "train", 1, seed=0, difficulty=EASY)[0]
+    p = task_problems(["arithmetic"], "answer_only", 1, seed=0, difficulty=EASY)[0]
     good = reasoning_target(p)
     other_good = "<think>I computed it another way.</think><answer>" + p.answer + "</answer>"
     wrong = "<think>guess</think><answer>" + str(int(p.answer) + 1) + "</answer>"
@@ -45,7 +45,7 @@ def test_filter_keeps_verified_formatted_distinct_completions_up_to_the_cap():
 
 
 def test_acceptance_stats_count_prompts_rates_and_lengths():
-    problems = task_problems(FAMILIES, "train", 4, seed=0, difficulty=EASY)
+    problems = task_problems(FAMILIES, "answer_only", 4, seed=0, difficulty=EASY)
     rows = [{"family": "arithmetic", "problem_id": problems[0].id, "tokens": 10},
             {"family": "arithmetic", "problem_id": problems[0].id, "tokens": 20},
             {"family": "equations", "problem_id": problems[1].id, "tokens": 30}]
@@ -70,7 +70,7 @@ def test_greedy_accuracy_scores_a_model_that_knows_the_answers(memorized):
     assert result.accuracy == 1.0 and result.format_rate == 1.0
     assert result.per_family == {"arithmetic": 1.0, "equations": 1.0}
     assert result.tokens_per_s > 0 and result.mean_tokens > 10
-    unseen = task_problems(FAMILIES, "eval", 4, seed=0, difficulty=EASY)
+    unseen = task_problems(FAMILIES, "test", 4, seed=0, difficulty=EASY)
     assert greedy_accuracy(model, Tokenizer.load(ckpt), unseen, max_new_tokens=100).accuracy < 1.0
 
 

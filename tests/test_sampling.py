@@ -20,14 +20,14 @@ def setup(tmp_path_factory):
 
 
 def test_task_problems_are_balanced_interleaved_and_from_the_split():
-    problems = task_problems(["arithmetic", "countdown", "equations"], "eval", 8, seed=0, difficulty=EASY)
+    problems = task_problems(["arithmetic", "countdown", "equations"], "test", 8, seed=0, difficulty=EASY)
     families = [p.family for p in problems]
     assert families[:3] == ["arithmetic", "countdown", "equations"]  # any prefix is balanced
     assert families.count("arithmetic") == 3 and families.count("equations") == 2
-    assert all(split_of(p) == "eval" for p in problems)
-    assert problems == task_problems(["arithmetic", "countdown", "equations"], "eval", 8, seed=0, difficulty=EASY)
+    assert all(split_of(p) == "test" for p in problems)
+    assert problems == task_problems(["arithmetic", "countdown", "equations"], "test", 8, seed=0, difficulty=EASY)
     with pytest.raises(ValueError, match="families not in use"):
-        task_problems(["countdown"], "eval", 2, seed=0, difficulty=EASY)
+        task_problems(["countdown"], "test", 2, seed=0, difficulty=EASY)
 
 
 def test_same_seed_gives_same_samples_and_chunked_calls_match_one_call(setup):

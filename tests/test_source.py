@@ -72,12 +72,14 @@ def test_planted_records_describe_the_rows_truthfully(world):
             assert len(text[record["id"]].split()) < 10
 
 
-def test_world_holds_only_training_problems(world):
+def test_world_holds_only_worked_split_problems(world):
     artifact, _ = world
     corpus = "\n".join(r["text"] for r in read_rows(artifact) if r["source"].startswith("tasks/"))
     for family in FAMILIES:
-        for p in split_problems(family, "eval", 100, seed=0):
-            assert p.prompt not in corpus
+        for split in ("test", "dev", "answer_only"):
+            for p in split_problems(family, split, 100, seed=0):
+                assert p.prompt not in corpus, (split, p.prompt)
+        assert split_problems(family, "worked", 1, seed=0)[0].prompt in corpus
 
 
 def test_user_files_are_read_and_bad_lines_counted(tmp_path):

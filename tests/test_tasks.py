@@ -15,7 +15,7 @@ from dsctl.tasks import (
     split_problems,
     verify_completion,
 )
-from dsctl.tasks.base import split_capacity
+from dsctl.tasks.base import SPLITS, split_capacity
 from dsctl.tasks.expr import ExpressionError, evaluate
 
 
@@ -25,7 +25,7 @@ def wrap(answer: str) -> str:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_verifier_accepts_reference_and_rejects_wrong_answers(family):
-    for p in split_problems(family, "train", 60, seed=3):
+    for p in split_problems(family, "worked", 60, seed=3):
         assert verify_completion(p, reasoning_target(p)), p
         assert not verify_completion(p, wrap("999999")), p
         assert not verify_completion(p, wrap("")), p
@@ -33,41 +33,76 @@ def test_verifier_accepts_reference_and_rejects_wrong_answers(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_train_and_eval_share_no_problem(family):
-    train = split_problems(family, "train", 500, seed=0)
-    evals = split_problems(family, "eval", 100, seed=0)
-    # Even eval drawn with another seed never meets the training problems.
-    other_eval = split_problems(family, "eval", 100, seed=7)
-    train_ids = {p.id for p in train}
-    assert not train_ids & {p.id for p in evals + other_eval}
-    assert len(train_ids) == len(train)
-    assert all(split_of(p) == "eval" for p in evals)
+def test_the_four_splits_share_no_problem_at_any_seed(family):
+    drawn = {split: {p.id for seed in (0, 7) for p in split_problems(family, split, 100, seed=seed)}
+             for split in SPLITS}
+    for a in SPLITS:
+        for b in SPLITS:
+            assert a == b or not drawn[a] & drawn[b], (a, b)
+    assert all(split_of(p) == "test" for p in split_problems(family, "test", 50, seed=0))
+
+
+def test_commuted_twins_are_one_exercise_in_one_split():
+    from dsctl.tasks.arithmetic import problem
+
+    for a, b in [(12, 87), (37, 48), (5, 90), (100, 999)]:
+        for op in "+*":
+            assert problem(a, b, op).split == problem(b, a, op).split
+            assert problem(a, b, op).id != problem(b, a, op).id  # still two problems
+    # and every split holds some of each: the exercise key does not collapse them
+    splits = {problem(a, b, "+").split for a in range(10, 40) for b in range(10, 40)}
+    assert splits == set(SPLITS)
+
+
+def test_dev_and_test_draws_are_the_same_at_every_run_seed():
+    from dsctl.tasks.config import held_out_problems
+
+    first = held_out_problems(["arithmetic", "equations"], "test", 40)
+    assert first == held_out_problems(["arithmetic", "equations"], "test", 40)
+    assert first[:10] == held_out_problems(["arithmetic", "equations"], "test", 10)  # a prefix
+    whole = held_out_problems(["arithmetic"], "dev", 0)
+    assert {p.split for p in whole} == {"dev"} and len(whole) == len({p.id for p in whole})
+    assert len(whole) == sum(p.split == "dev" for p in FAMILIES["arithmetic"].enumerate("dev"))
+    with pytest.raises(ValueError, match="dev or test"):
+        held_out_problems(["arithmetic"], "worked", 5)
+
+
+def test_whole_splits_partition_the_enumerated_problems():
+    from dsctl.tasks.base import whole_split
+
+    family = FAMILIES["equations"]
+    knobs = {"max_coef": 4, "max_solution": 5, "max_offset": 6}
+    parts = [whole_split(family, split, knobs) for split in SPLITS]
+    ids = [p.id for part in parts for p in part]
+    assert len(ids) == len(set(ids)) == family.size(**knobs)
+    with pytest.raises(ValueError, match="cannot list its problems"):
+        whole_split(FAMILIES["countdown"], "test")
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_split_is_deterministic_per_seed(family):
-    a = split_problems(family, "train", 50, seed=11)
-    b = split_problems(family, "train", 50, seed=11)
-    c = split_problems(family, "train", 50, seed=12)
+    a = split_problems(family, "worked", 50, seed=11)
+    b = split_problems(family, "worked", 50, seed=11)
+    c = split_problems(family, "worked", 50, seed=12)
     assert a == b
     assert [p.id for p in a] != [p.id for p in c]
 
 
 def test_difficulty_knobs_change_the_problems():
-    big = split_problems("arithmetic", "train", 20, 0, {"min_digits": 5, "max_digits": 5, "ops": "+"})
+    big = split_problems("arithmetic", "worked", 20, 0, {"min_digits": 5, "max_digits": 5, "ops": "+"})
     assert all(len(str(p.data["a"])) == 5 and p.data["op"] == "+" for p in big)
     with pytest.raises(ValueError, match="unknown difficulty"):
-        split_problems("arithmetic", "train", 5, 0, {"digits": 3})
+        split_problems("arithmetic", "worked", 5, 0, {"digits": 3})
 
 
 def test_too_small_problem_space_fails_clearly():
     with pytest.raises(ValueError, match="distinct"):
-        split_problems("arithmetic", "train", 500, 0, {"min_digits": 1, "max_digits": 1, "ops": "+"})
+        split_problems("arithmetic", "worked", 500, 0, {"min_digits": 1, "max_digits": 1, "ops": "+"})
 
 
 def test_arithmetic_scratchpad_writes_every_column_and_carry():
     fam = get_family("arithmetic")
-    problems = split_problems("arithmetic", "train", 300, 0)
+    problems = split_problems("arithmetic", "worked", 300, 0)
     add = next(p for p in problems if p.data["op"] == "+")
     sub = next(p for p in problems if p.data["op"] == "-")
     for p in (add, sub):
@@ -95,7 +130,7 @@ def test_arithmetic_scratchpad_is_exact_for_every_operator():
 
 
 def test_countdown_accepts_alternative_expression_and_rejects_reused_numbers():
-    p = next(p for p in split_problems("countdown", "train", 200, 0) if p.data["target"] > 1)
+    p = next(p for p in split_problems("countdown", "worked", 200, 0) if p.data["target"] > 1)
     numbers, target = p.data["numbers"], p.data["target"]
     fam = get_family("countdown")
     # Re-spellings of the reference are right; extra or reused numbers are not.
@@ -128,7 +163,7 @@ def test_expression_evaluator_is_exact_and_safe():
 
 
 def test_equations_accept_equivalent_spellings():
-    p = next(p for p in split_problems("equations", "train", 50, 0) if int(p.answer) > 0)
+    p = next(p for p in split_problems("equations", "worked", 50, 0) if int(p.answer) > 0)
     fam = get_family("equations")
     x = int(p.answer)
     for good in (str(x), f"x = {x}", f"{x}.0", f"{2 * x}/2"):
@@ -147,7 +182,7 @@ def test_parse_answer_edge_cases():
 
 
 def test_reward_separates_format_from_correctness():
-    p = split_problems("arithmetic", "eval", 1, 0)[0]
+    p = split_problems("arithmetic", "test", 1, 0)[0]
     assert reward(p, reasoning_target(p)) == {"correct": 1, "format": 1, "total": 1.1}
     assert reward(p, f"<answer>{p.answer}</answer>") == {"correct": 1, "format": 0, "total": 1}
     wrong = reward(p, "<think>x</think><answer>-1</answer>")
@@ -157,7 +192,7 @@ def test_reward_separates_format_from_correctness():
 
 
 def test_problem_document_holds_question_solution_and_tagged_answer():
-    p = split_problems("equations", "train", 1, 0)[0]
+    p = split_problems("equations", "worked", 1, 0)[0]
     docs = {problem_document(p, random.Random(i)) for i in range(20)}
     assert len(docs) > 2  # phrasing varies
     for doc in docs:
@@ -188,24 +223,29 @@ def test_countdown_size_is_an_upper_bound():
 
 
 def test_split_capacity_is_the_split_share_of_the_problems():
+    from dsctl.tasks.base import whole_split
+
     family = FAMILIES["arithmetic"]
-    train, held_out = split_capacity(family, "train"), split_capacity(family, "eval")
-    assert train + held_out in range(family.size() - 1, family.size() + 1)
-    # 2-digit +/-: 10,930 train and 1,265 eval problems exist (counted by hashing all 12,195)
-    assert abs(train - 10_930) / 10_930 < 0.01 and abs(held_out - 1_265) / 1_265 < 0.05
+    capacities = {split: split_capacity(family, split) for split in SPLITS}
+    assert sum(capacities.values()) in range(family.size() - len(SPLITS), family.size() + 1)
+    for split, capacity in capacities.items():  # within 5% of the exact count
+        assert abs(capacity - len(whole_split(family, split))) / capacity < 0.05, split
 
 
 def test_asking_a_split_for_more_problems_than_it_holds_is_refused_when_the_config_is_read():
     from dsctl.configs import build_config
     from dsctl.errors import UserError
+    from stages.eval import EvalConfig
     from stages.grpo import GrpoStageConfig
     from stages.source import SourceConfig
 
-    with pytest.raises(UserError, match=r"task_problems_per_family asks equations for 40,000 distinct train "
-                                        r"problems.*holds about 17,712 \(19,680 problems in all\)"):
+    with pytest.raises(UserError, match=r"task_problems_per_family asks equations for 40,000 distinct worked "
+                                        r"problems.*holds about 7,872 \(19,680 problems in all\)"):
         build_config(SourceConfig, {"task_problems_per_family": 40_000, "families": ["countdown", "equations"]},
                      "recipe.toml:3 [stages.source]")
-    with pytest.raises(UserError, match=r"train_problems asks arithmetic for 20,000"):
-        build_config(GrpoStageConfig, {"train_problems": 20_000}, "here")
+    with pytest.raises(UserError, match=r"train_problems asks arithmetic for 8,000 distinct answer_only problems"):
+        build_config(GrpoStageConfig, {"train_problems": 8_000}, "here")
     # a harder difficulty holds them; the same count is accepted
-    build_config(GrpoStageConfig, {"train_problems": 20_000, "difficulty": {"arithmetic": {"max_digits": 3}}}, "here")
+    build_config(GrpoStageConfig, {"train_problems": 8_000, "difficulty": {"arithmetic": {"max_digits": 3}}}, "here")
+    with pytest.raises(UserError, match="countdown cannot list its problems"):
+        build_config(EvalConfig, {"eval_problems": 0, "families": ["arithmetic", "countdown"]}, "here")

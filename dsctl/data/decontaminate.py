@@ -164,18 +164,26 @@ def _specific(window: np.ndarray, eval_code: np.ndarray, max_shared: int) -> np.
 
 
 def task_eval_texts(
-    families: Iterable[str], per_family: int, seed: int, difficulty: dict[str, dict] | None = None
+    families: Iterable[str], per_family: int, difficulty: dict[str, dict] | None = None
 ) -> list[EvalText]:
-    """Prompt and worked solution of the first `per_family` eval problems of each family
-    at `difficulty` (family -> overrides). `split_problems` is a stream, so any eval run
-    with n <= per_family, this seed and this difficulty is covered."""
-    from dsctl.tasks import split_problems
+    """Prompt and worked solution of every dev and test problem of each family at
+    `difficulty` (family -> overrides): the whole splits where the family can list them,
+    else the first `per_family` of each split's yardstick draw, which every stage's dev
+    summary and eval's test report take a prefix of (the draw is the same at every seed)."""
+    from dsctl.tasks import FAMILIES, split_problems
+    from dsctl.tasks.base import YARDSTICK_SEED, whole_split
 
     texts = []
     for family in families:
-        for p in split_problems(family, "eval", per_family, seed, (difficulty or {}).get(family)):
-            texts.append(EvalText(f"{family}:{p.id}", p.prompt, family, whole=True))
-            texts.append(EvalText(f"{family}:{p.id}", p.solution, family, whole=True))
+        knobs = (difficulty or {}).get(family)
+        for split in ("dev", "test"):
+            if FAMILIES[family].enumerate is not None:
+                problems = whole_split(FAMILIES[family], split, knobs)
+            else:
+                problems = split_problems(family, split, per_family, YARDSTICK_SEED, knobs)
+            for p in problems:
+                texts.append(EvalText(f"{family}:{p.id}", p.prompt, family, whole=True))
+                texts.append(EvalText(f"{family}:{p.id}", p.solution, family, whole=True))
     return texts
 
 

@@ -96,7 +96,7 @@ def _task_rows(rng: random.Random, sizes: WorldSizes, seed: int, difficulty: dic
     for family in sizes.task_families:
         sheet: list = []
         words = 0
-        for p in split_problems(family, "train", sizes.task_problems_per_family, seed, difficulty.get(family)):
+        for p in split_problems(family, "worked", sizes.task_problems_per_family, seed, difficulty.get(family)):
             if not sheet:
                 heading = rng.choice(_SHEET_HEADINGS)
                 sheet, words, first = [heading], len(heading.split()), p

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import re
 
-from dsctl.tasks.base import Problem, TaskFamily, make_problem
+from dsctl.tasks.base import Problem, TaskFamily, exercise_split, make_problem
 
 
 def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
@@ -117,13 +117,40 @@ def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 2, ops: 
         b = _number(rng, min_digits, max_digits)
     if op == "-" and b > a:
         a, b = b, a  # keep results non-negative: borrows are the lesson, not signs
+    return problem(a, b, op)
+
+
+def problem(a: int, b: int, op: str) -> Problem:
+    """`a op b` as a Problem. a + b and b + a (a * b and b * a) are one exercise: they
+    share a split, so a commuted twin of a test problem is never trained on."""
     solution, answer = worked_solution(a, b, op)
-    return make_problem("arithmetic", {"a": a, "b": b, "op": op}, f"What is {a} {op} {b}?", answer, solution)
+    return make_problem("arithmetic", {"a": a, "b": b, "op": op}, f"What is {a} {op} {b}?", answer, solution,
+                        _exercise(a, b, op))
+
+
+def _exercise(a: int, b: int, op: str) -> dict:
+    return {"a": min(a, b), "b": max(a, b), "op": op} if op in "+*" else {"a": a, "b": b, "op": op}
+
+
+def _values(min_digits: int, max_digits: int) -> range:
+    return range(0 if min_digits == 1 else 10 ** (min_digits - 1), 10**max_digits)
+
+
+def enumerate_problems(split: str, min_digits: int = 2, max_digits: int = 2, ops: str = "+-",
+                       max_mul_digits: int = 1):
+    """Every problem of `split` that `generate` can draw at these knobs."""
+    values = _values(min_digits, max_digits)
+    for op in sorted(set(ops)):
+        right = _values(1, min(max_mul_digits, max_digits)) if op == "*" else values
+        for a in values:
+            for b in right:
+                if (op != "-" or a >= b) and exercise_split("arithmetic", _exercise(a, b, op)) == split:
+                    yield problem(a, b, op)
 
 
 def _numbers(min_digits: int, max_digits: int) -> int:
     """How many values `_number` can draw (one digit includes 0)."""
-    return sum(10 if digits == 1 else 9 * 10 ** (digits - 1) for digits in range(min_digits, max_digits + 1))
+    return len(_values(min_digits, max_digits))
 
 
 def size(min_digits: int = 2, max_digits: int = 2, ops: str = "+-", max_mul_digits: int = 1) -> int:
@@ -151,5 +178,6 @@ FAMILY = TaskFamily(
     verify=verify,
     difficulty={"min_digits": 2, "max_digits": 2, "ops": "+-", "max_mul_digits": 1},
     size=size,
+    enumerate=enumerate_problems,
     help="a + b, a - b, a * b in a compact fixed-width column scratchpad (every carry and borrow written)",
 )

@@ -1,4 +1,4 @@
-"""What every reasoning task family shares: the Problem record, the train/eval split,
+"""What every reasoning task family shares: the Problem record, the splits,
 the answer format and the reward.
 
 A family is a generator (random numbers -> Problem with a worked solution) plus a
@@ -14,14 +14,28 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
-Split = Literal["train", "eval"]
+Split = Literal["worked", "answer_only", "dev", "test"]
 
-#: Share of the problem space reserved for eval, by hash bucket (out of 1000). A
-#: problem's split depends only on its canonical form, never on seed or position, so
-#: no seed or size setting can ever put an eval problem into training data.
-EVAL_BUCKETS_PER_MILLE = 100
+#: Hash buckets (out of 1000) of each split. A problem's split depends only on the
+#: canonical form of its exercise (a + b and b + a are one exercise), never on seed or
+#: position, so no seed or size setting can move a problem between splits:
+#:   test         eval's report: the yardstick, the same problems at every seed
+#:   dev          stage summaries and every choice of settings
+#:   worked       the only problems whose worked solutions appear anywhere in training
+#:                (the world's worksheets, sft's cold start, distill's worked examples)
+#:   answer_only  problems trained on by their answers alone (grpo's pool, rejection
+#:                sampling's prompts, the RFT control): no worked solution of one is
+#:                ever written into training text
+SPLIT_BUCKETS: dict[str, range] = {
+    "test": range(0, 100), "dev": range(100, 200), "worked": range(200, 600), "answer_only": range(600, 1000),
+}
+SPLITS: tuple[str, ...] = tuple(SPLIT_BUCKETS)
+
+#: The draw of dev and test problems, whatever the run's seed: a training seed changes
+#: the model, not the yardstick it is measured with.
+YARDSTICK_SEED = 0
 
 #: Default weight of the format reward in `reward()["total"]`: large enough to teach the
 #: tags to a model that has not seen them, small enough that a well-formatted wrong answer
@@ -44,6 +58,8 @@ class Problem:
     """Step-by-step worked reasoning, without tags."""
     data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Family-specific numbers the verifier needs."""
+    split: Split = field(default="worked", compare=False, hash=False)
+    """The split the problem's exercise hashes to (see SPLIT_BUCKETS)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,10 @@ class TaskFamily:
     """size(**difficulty) -> how many distinct problems the generator can draw at these
     knobs: exact where counting is simple, an upper bound otherwise (countdown)."""
     help: str = ""
+    enumerate: Callable[..., Iterable[Problem]] | None = None
+    """enumerate(split, **difficulty) -> every problem of `split` at these knobs, where they
+    can be listed (arithmetic, equations): what lets eval score, and decontaminate
+    protect, a whole split. Only the split's members are built."""
 
 
 def canonical_hash(family: str, canonical: dict[str, Any]) -> str:
@@ -66,23 +86,38 @@ def canonical_hash(family: str, canonical: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def make_problem(family: str, canonical: dict[str, Any], prompt: str, answer: str, solution: str) -> Problem:
-    """A Problem whose id (and so its split) is a function of `canonical` alone."""
+def make_problem(family: str, canonical: dict[str, Any], prompt: str, answer: str, solution: str,
+                 exercise: dict[str, Any] | None = None) -> Problem:
+    """A Problem whose id is a function of `canonical` and whose split is a function of
+    `exercise`, the form shared by problems that are one exercise (default: canonical)."""
     digest = canonical_hash(family, canonical)
-    return Problem(family, f"{family}-{digest[:12]}", prompt, answer, solution, dict(canonical))
+    return Problem(family, f"{family}-{digest[:12]}", prompt, answer, solution, dict(canonical),
+                   exercise_split(family, exercise or canonical))
+
+
+def exercise_split(family: str, exercise: dict[str, Any]) -> Split:
+    """The split of an exercise's canonical form, known before its problem is built."""
+    bucket = int(canonical_hash(family, exercise)[:8], 16) % 1000
+    return next(name for name, buckets in SPLIT_BUCKETS.items() if bucket in buckets)
 
 
 def split_of(problem: Problem) -> Split:
-    digest = canonical_hash(problem.family, problem.data)
-    return "eval" if int(digest[:8], 16) % 1000 < EVAL_BUCKETS_PER_MILLE else "train"
+    return problem.split
 
 
 def split_capacity(family: TaskFamily, split: Split, difficulty: dict | None = None) -> int:
     """About how many distinct problems `split` holds at `difficulty`: the family's size
     times the split's share of hash buckets. What `sample_split` can be asked for at most,
     known without drawing a single problem, so a recipe is refused before it runs."""
-    share = EVAL_BUCKETS_PER_MILLE if split == "eval" else 1000 - EVAL_BUCKETS_PER_MILLE
-    return family.size(**_knobs(family, difficulty)) * share // 1000
+    return family.size(**_knobs(family, difficulty)) * len(SPLIT_BUCKETS[split]) // 1000
+
+
+def whole_split(family: TaskFamily, split: Split, difficulty: dict | None = None) -> list[Problem]:
+    """Every problem of `split` at `difficulty`, in a fixed order (by id)."""
+    if family.enumerate is None:
+        raise ValueError(f"{family.name} cannot list its problems, so it has no whole {split} split to use; "
+                         "ask for a number of problems instead")
+    return sorted(family.enumerate(split, **_knobs(family, difficulty)), key=lambda p: p.id)
 
 
 def _knobs(family: TaskFamily, difficulty: dict | None) -> dict[str, Any]:
@@ -95,10 +130,10 @@ def _knobs(family: TaskFamily, difficulty: dict | None) -> dict[str, Any]:
 
 def sample_split(family: TaskFamily, split: Split, n: int, seed: int, difficulty: dict | None = None) -> list[Problem]:
     """`n` distinct problems of `split`, deterministic in (family, split, n, seed, difficulty)."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if split not in SPLIT_BUCKETS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     knobs = _knobs(family, difficulty)
-    # The split name is part of the stream seed so train and eval draw independently.
+    # The split name is part of the stream seed so the splits draw independently.
     rng = random.Random(f"{family.name}:{split}:{seed}")
     seen: set[str] = set()
     problems: list[Problem] = []
@@ -109,7 +144,7 @@ def sample_split(family: TaskFamily, split: Split, n: int, seed: int, difficulty
         if len(problems) == n:
             break
         problem = family.generate(rng, **knobs)
-        if problem.id in seen or split_of(problem) != split:
+        if problem.id in seen or problem.split != split:
             continue
         seen.add(problem.id)
         problems.append(problem)

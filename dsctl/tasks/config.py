@@ -1,9 +1,9 @@
 """Config pieces of the stages that work on task problems, each field declared once.
 
-    FamiliesConfig     which task families (decontaminate protects their eval split)
+    FamiliesConfig     which task families (decontaminate protects their dev and test splits)
     TaskConfig         which families, at which difficulty (every stage that uses problems)
-    TrainSplitConfig   how many train-split problems a stage draws
-    EvalSplitConfig    how many held-out (eval-split) problems a stage scores
+    TrainSplitConfig   how many worked or answer-only problems a stage trains on
+    EvalSplitConfig    how many held-out (dev or test) problems a stage scores
     CompletionConfig   how long a decoded completion may be
     SamplingConfig     CompletionConfig + temperature and top-p
     PasskeyConfig      how many passkey documents a retrieval measurement takes
@@ -15,10 +15,10 @@ Stages inherit the pieces they use and change defaults with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from dsctl.tasks import FAMILIES, Problem, split_problems
-from dsctl.tasks.base import split_capacity
+from dsctl.tasks.base import YARDSTICK_SEED, split_capacity, whole_split
 
 
 @dataclass
@@ -51,26 +51,42 @@ class TaskConfig(FamiliesConfig):
                                  f"known: {', '.join(sorted(FAMILIES[family].difficulty))}")
         # The split-size pieces below are always mixed in beside TaskConfig; checking them
         # here refuses an impossible count when the recipe is read, not hours into a run.
-        for name, split in (("train_problems", "train"), ("eval_problems", "eval")):
+        if getattr(self, "eval_problems", None) == 0:
+            unlisted = [f for f in self.families if FAMILIES[f].enumerate is None]
+            if unlisted:
+                raise ValueError(f"eval_problems = 0 scores the whole {self.eval_split} split, but "
+                                 f"{', '.join(unlisted)} cannot list its problems: give a number instead")
+        for name, split in (("train_problems", "train_split"), ("eval_problems", "eval_split")):
             if hasattr(self, name):
-                check_split_sizes(name, self.families, split, spread(getattr(self, name), len(self.families)),
-                                  self.difficulty)
+                check_split_sizes(name, self.families, getattr(self, split),
+                                  spread(getattr(self, name), len(self.families)), self.difficulty)
 
 
 @dataclass
 class TrainSplitConfig:
     train_problems: int = 4000
-    """Train-split problems the stage draws, spread evenly over `families` (sft, distill:
-    worked solutions to learn from; grpo: the prompt pool, which needs answers only;
-    rejection_sample: the prompts to sample)."""
+    """Training problems the stage draws, spread evenly over `families`: from the
+    `worked` split for sft and distill (worked solutions to learn from), from the
+    `answer_only` split for grpo and rejection_sample (prompts whose answers alone are
+    used)."""
+
+    train_split: ClassVar[str] = "worked"
+    """The split `train_problems` come from; a stage that trains on answers alone says
+    "answer_only"."""
 
 
 @dataclass
 class EvalSplitConfig:
     eval_problems: int = 64
-    """Held-out (eval-split) problems scored, spread evenly over `families`. A paired
-    difference of pass@1 between two checkpoints has a standard error of about
-    0.3/√eval_problems: 400 resolve a gain of ~0.03 at 2 SE, 64 only one of ~0.08."""
+    """Held-out problems scored, spread evenly over `families`: the `dev` split for a
+    stage's summary, the `test` split for eval, drawn the same way at every seed. 0 =
+    the whole split (families that can list their problems). A paired difference of
+    pass@1 between two checkpoints has a standard error of about 0.3/√eval_problems:
+    400 resolve a gain of ~0.03 at 2 SE, 64 only one of ~0.08."""
+
+    eval_split: ClassVar[str] = "dev"
+    """The split `eval_problems` come from: dev for every choice made while building
+    (stage summaries, tuning), test for eval's report."""
 
 
 @dataclass
@@ -114,6 +130,18 @@ def check_split_sizes(name: str, families: Sequence[str], split: str, counts: Se
                 f"{name} asks {family} for {n:,} distinct {split} problems, but at {at} its {split} split "
                 f"holds about {capacity:,} ({total:,} problems in all): ask for fewer, raise the "
                 f"difficulty, or leave {family} out of `families`")
+
+
+def held_out_problems(families: Sequence[str], split: str, n: int,
+                      difficulty: dict[str, dict] | None = None) -> list[Problem]:
+    """`n` problems of the dev or test split, the same at every run seed (the yardstick
+    does not move with training); n = 0 takes each family's whole split."""
+    if split not in ("dev", "test"):
+        raise ValueError(f"held-out problems come from dev or test, not {split!r}")
+    if n:
+        return task_problems(families, split, n, YARDSTICK_SEED, difficulty)
+    difficulty = difficulty or {}
+    return [p for f in families for p in whole_split(FAMILIES[f], split, difficulty.get(f))]
 
 
 def task_problems(families: Sequence[str], split: str, n: int, seed: int,

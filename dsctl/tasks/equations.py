@@ -6,7 +6,7 @@ import random
 import re
 from fractions import Fraction
 
-from dsctl.tasks.base import Problem, TaskFamily, make_problem
+from dsctl.tasks.base import Problem, TaskFamily, exercise_split, make_problem
 
 
 def _side(a: int, b: int) -> str:
@@ -18,6 +18,11 @@ def generate(rng: random.Random, max_coef: int = 9, max_solution: int = 20, max_
     a = rng.randint(2, max_coef)
     x = rng.randint(-max_solution, max_solution)
     b = rng.choice([v for v in range(-max_offset, max_offset + 1) if v != 0])
+    return problem(a, x, b)
+
+
+def problem(a: int, x: int, b: int) -> Problem:
+    """a*x + b = c with its solution x, worked by inverse operations."""
     c = a * x + b
     move = f"Subtract {b} from both sides" if b > 0 else f"Add {-b} to both sides"
     steps = [
@@ -47,11 +52,21 @@ def size(max_coef: int = 9, max_solution: int = 20, max_offset: int = 30) -> int
     return (max_coef - 1) * (2 * max_solution + 1) * 2 * max_offset
 
 
+def enumerate_problems(split: str, max_coef: int = 9, max_solution: int = 20, max_offset: int = 30):
+    """Every problem of `split` that `generate` can draw at these knobs."""
+    for a in range(2, max_coef + 1):
+        for x in range(-max_solution, max_solution + 1):
+            for b in range(-max_offset, max_offset + 1):
+                if b and exercise_split("equations", {"a": a, "b": b, "c": a * x + b}) == split:
+                    yield problem(a, x, b)
+
+
 FAMILY = TaskFamily(
     name="equations",
     generate=generate,
     verify=verify,
     difficulty={"max_coef": 9, "max_solution": 20, "max_offset": 30},
     size=size,
+    enumerate=enumerate_problems,
     help="solve a*x + b = c for integer x, one inverse operation per step",
 )

@@ -53,7 +53,7 @@ def task_conversations(families: Sequence[str], n: int, seed: int,
                        difficulty: dict[str, dict] | None = None) -> list[Conversation]:
     """`n` train-split problems over `families`, each answered by its worked solution in
     the reasoning format `<think>…</think><answer>…</answer>`."""
-    return [chat(p.prompt, reasoning_target(p)) for p in task_problems(families, "train", n, seed, difficulty)]
+    return [chat(p.prompt, reasoning_target(p)) for p in task_problems(families, "worked", n, seed, difficulty)]
 
 
 def chat(prompt: str, response: str) -> Conversation:
