@@ -5,7 +5,8 @@ optionally `shards` for validation perplexity, and writes a `report`: report.jso
 (checkpoint -> metric -> value, plus the settings), report.md, a rich table on the
 console and report.png (one bar panel per metric).
 
-Task metrics are on the eval split of each family (never trained on, by construction):
+Task metrics are on the test split of each family (never trained on, by construction,
+and the same problems at every run seed):
 greedy accuracy; pass@1 as the mean over `samples` completions at temperature 0.6 /
 top-p 0.95 (DeepSeek-R1's protocol); unbiased pass@k; majority-vote cons@k.
 """

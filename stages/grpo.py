@@ -1,12 +1,12 @@
 """grpo: reinforcement learning with verifiable rewards (GRPO, DeepSeekMath / DeepSeek-R1).
 
 Reads a `checkpoint` (normally the sft stage's), writes a `checkpoint`. Each step samples
-`prompts_per_step` of `train_problems` problems from the task families' train split, draws `group_size`
+`prompts_per_step` of `train_problems` problems from the task families' answer_only split, draws `group_size`
 completions per prompt with the MLA-cached sampler, rewards them by rule (the answer
 verified; a format bonus only if asked), centers rewards within each group into
 advantages (Dr. GRPO; optionally std-scaled), and takes `update_epochs`
 clipped-surrogate steps with a k3 KL penalty to the frozen input checkpoint. The summary
-holds greedy held-out (eval split) accuracy before and after. Resumes exactly after a kill.
+holds greedy held-out (dev split) accuracy before and after. Resumes exactly after a kill.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """sft: supervised fine-tuning of a base checkpoint on chat-formatted reasoning examples.
 
 Reads a `checkpoint` (the base model) and, optionally, a `samples` or `corpus` artifact;
-writes a `checkpoint`. Examples come from the task families' train split (the worked
+writes a `checkpoint`. Examples come from the task families' worked split (the worked
 solution as `<think>…</think><answer>…</answer>`), the optional artifact, and JSONL files
 named in the config. The loss is on assistant tokens only; examples are packed with
 document masks so packed examples never attend to each other. Resumes exactly (shared

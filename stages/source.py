@@ -9,7 +9,7 @@ Writes a corpus:
                         measuring clean and dedup; never read by them
 
 The default world (dsctl/data/world.py) is made offline from the seed:
-reasoning documents from dsctl/tasks (train split only), English prose from the
+reasoning documents from dsctl/tasks (worked split only), English prose from the
 installed Python's docstrings, and planted exact/near duplicates, boilerplate, junk,
 stubs and non-English passages. Set `world = "none"` to read only your own data.
 

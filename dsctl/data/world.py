@@ -2,7 +2,8 @@
 
 It mixes three things, all deterministic from the seed:
 
-* reasoning documents from `dsctl.tasks` (train split only, so eval stays unseen),
+* reasoning documents from `dsctl.tasks` (worked split only, so no answer-only, dev or
+  test problem is ever seen worked),
 * real English prose from the installed Python's docstrings (`world_prose`),
 * retrieval documents (`world_retrieval`): passkeys hidden in prose and ledgers of
   facts asked for again, so the model learns to look back and copy (induction),
