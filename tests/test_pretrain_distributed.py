@@ -163,7 +163,10 @@ def test_pipeline_with_mtp_doc_masks_and_fp8_matches_one_process_step_by_step(to
         assert [r[key] for r in rows] == pytest.approx([s[key] for s in single], rel=tolerance * 10, abs=1e-7)
     assert all(r["mtp_loss"] > 0 and r["balance_loss"] > 0 for r in rows)
     assert piped.metrics["val_loss"] == pytest.approx(one.metrics["val_loss"], rel=tolerance * 10)
-    assert _max_weight_diff(piped, one) < (1e-4 if precision == "fp32" else 1e-2)
+    # fp32: losses agree to 1e-5 at every step; AdamW's update (~lr per weight whatever the
+    # gradient's size) lets reduction-order differences in near-zero gradients move a few
+    # weights by a fraction of lr = 1e-2
+    assert _max_weight_diff(piped, one) < (1e-3 if precision == "fp32" else 1e-2)
 
 
 @pytest.mark.slow
@@ -277,8 +280,11 @@ def test_sigkilled_distributed_run_resumes_to_identical_weights(tokenized, dsctl
 @pytest.mark.slow
 def test_a_failing_rank_is_reported_with_its_message(tokenized, store):
     _, shards = tokenized
-    too_long = dict(SMALL_RUN, max_steps=1, nproc=2, seq_len=1_000_000)
-    with pytest.raises(Exception, match=r"rank \d: .*fewer than one sequence of seq_len=1000000"):
+    # within the model's context and memory (checked before the run), past the held-out
+    # tokens, which only a rank finds out
+    too_long = dict(SMALL_RUN, max_steps=1, nproc=2, batch_size=1, seq_len=10_000,
+                    model_overrides={"max_position_embeddings": 10_000})
+    with pytest.raises(Exception, match=r"rank \d: .*fewer than one sequence of seq_len=10000"):
         run_stage(pretrain.STAGE, too_long, {"shards": [shards]}, store)
 
 

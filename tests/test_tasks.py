@@ -1,4 +1,4 @@
-"""Reasoning tasks: verifiers, answer parsing, rewards and the train/eval split."""
+"""Reasoning tasks: verifiers, answer parsing, rewards and the four splits."""
 
 import random
 
