@@ -83,7 +83,6 @@ def _units(p: StagePlan, plans: dict[str, StagePlan]) -> float:
 def from_flops(plans: dict[str, StagePlan], args) -> list[Row]:
     pretrain, model = _model(plans)
     rate = args.peak_tflops * 1e12 * args.mfu
-    layers = model.num_hidden_layers + model.num_nextn_predict_layers
     _, active = model.num_parameters()
 
     def train(cfg_model, steps, batch, seq_len):

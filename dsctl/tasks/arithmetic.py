@@ -133,6 +133,7 @@ def _exercise(a: int, b: int, op: str) -> dict:
 
 
 def _values(min_digits: int, max_digits: int) -> range:
+    """The values `_number` can draw (one digit includes 0)."""
     return range(0 if min_digits == 1 else 10 ** (min_digits - 1), 10**max_digits)
 
 
@@ -148,16 +149,11 @@ def enumerate_problems(split: str, min_digits: int = 2, max_digits: int = 2, ops
                     yield problem(a, b, op)
 
 
-def _numbers(min_digits: int, max_digits: int) -> int:
-    """How many values `_number` can draw (one digit includes 0)."""
-    return len(_values(min_digits, max_digits))
-
-
 def size(min_digits: int = 2, max_digits: int = 2, ops: str = "+-", max_mul_digits: int = 1) -> int:
     """Distinct problems: ordered pairs for + (a+b and b+a are two problems), pairs with
     a >= b for -, and a times a shorter multiplier for *."""
-    n = _numbers(min_digits, max_digits)
-    counts = {"+": n * n, "-": n * (n + 1) // 2, "*": n * _numbers(1, min(max_mul_digits, max_digits))}
+    n = len(_values(min_digits, max_digits))
+    counts = {"+": n * n, "-": n * (n + 1) // 2, "*": n * len(_values(1, min(max_mul_digits, max_digits)))}
     return sum(counts[op] for op in set(ops))
 
 

@@ -31,7 +31,12 @@ def problem(a: int, x: int, b: int) -> Problem:
         f"Check: {a} * {x} {'+' if b > 0 else '-'} {abs(b)} = {c}, which matches the right side.",
     ]
     prompt = f"Solve for x: {_side(a, b)} = {c}."
-    return make_problem("equations", {"a": a, "b": b, "c": c}, prompt, str(x), " ".join(steps))
+    return make_problem("equations", _canonical(a, x, b), prompt, str(x), " ".join(steps))
+
+
+def _canonical(a: int, x: int, b: int) -> dict:
+    """The equation as written, a*x + b = c: its id and its split."""
+    return {"a": a, "b": b, "c": a * x + b}
 
 
 _NUMBER = re.compile(r"[-−]?\d+(?:\.\d+)?(?:/\d+)?")
@@ -57,7 +62,7 @@ def enumerate_problems(split: str, max_coef: int = 9, max_solution: int = 20, ma
     for a in range(2, max_coef + 1):
         for x in range(-max_solution, max_solution + 1):
             for b in range(-max_offset, max_offset + 1):
-                if b and exercise_split("equations", {"a": a, "b": b, "c": a * x + b}) == split:
+                if b and exercise_split("equations", _canonical(a, x, b)) == split:
                     yield problem(a, x, b)
 
 
