@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,6 +32,8 @@ from dsctl.stage import StageRegistry
 from dsctl.store import Store, verify_dir
 
 OVERRIDE_HELP = "Override a recipe value: STAGE.KEY=VALUE (TOML value), or seed=N. Repeatable."
+SHOWN_COMPLETIONS = 3
+"""Completions `dsctl show` prints from an artifact's completions.jsonl (the last ones)."""
 SMOKE_HELP = ("Every size shrunk (steps, problems, world, model, eval; see dsctl/smoke.py): the whole "
               "chain in minutes, in the store under WORKDIR/smoke, apart from real artifacts.")
 
@@ -202,7 +206,8 @@ def show(
     ref: str = typer.Argument(..., help="Key, key prefix, recipe:stage, or directory."),
     files: bool = typer.Option(False, "--files", help="List every file with its size and sha256."),
 ) -> None:
-    """Show an artifact's manifest: where it came from, its config and metrics.
+    """Show an artifact's manifest: where it came from, its config and metrics, and the
+    last completions a grpo run sampled, with their rewards.
 
     Example:
 
@@ -220,6 +225,27 @@ def show(
     if files:
         for rel, meta in listing.items():
             out.print(f"  {rel}  {meta['size']:>12,}  {meta['sha256'][:16]}")
+    if (artifact.path / "completions.jsonl").is_file():
+        _show_completions(out, artifact.path / "completions.jsonl")
+
+
+def _show_completions(out: Console, path: Path, count: int = SHOWN_COMPLETIONS) -> None:
+    """The last `count` sampled completions a run logged (grpo), with their rewards."""
+    total, last = 0, deque(maxlen=count)
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                total += 1
+                last.append(json.loads(line))
+    out.print(f"[bold]last {len(last)} of {total} logged completions[/] ({path.name})")
+    for row in last:
+        verdict = row.get("reason") or ("correct" if row.get("correct") else "wrong")
+        if row.get("truncated"):
+            verdict += ", truncated"
+        out.print(f"step {row['step']}  {row['problem_id']}  reward {row['reward']}  ({verdict})", markup=False,
+                  highlight=False)
+        for label in ("prompt", "completion"):
+            out.print(textwrap.indent(f"{label}: {row[label]}", "    "), markup=False, highlight=False)
 
 
 def ls(ctx: typer.Context) -> None:

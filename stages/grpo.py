@@ -6,11 +6,13 @@ completions per prompt with the MLA-cached sampler, rewards them by rule (the an
 verified; a format bonus only if asked), centers rewards within each group into
 advantages (Dr. GRPO; optionally std-scaled), and takes `update_epochs`
 clipped-surrogate steps with a k3 KL penalty to the frozen input checkpoint. The summary
-holds greedy held-out (dev split) accuracy before and after. Resumes exactly after a kill.
+holds greedy held-out (dev split) accuracy before and after, and completions.jsonl some
+steps' sampled completions with their rewards. Resumes exactly after a kill.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +31,11 @@ class GrpoStageConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, GRPOConfig)
     GRPO needs groups that disagree: a difficulty the sft model solves sometimes, not never."""
 
     train_split: ClassVar[str] = "answer_only"
+
+    def __post_init__(self) -> None:
+        # FamiliesConfig's check does not call super(), so GRPOConfig's would never run
+        TaskConfig.__post_init__(self)
+        GRPOConfig.__post_init__(self)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -62,6 +69,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     after = greedy_accuracy(trainer.model, tokenizer, held_out, max_new_tokens=cfg.max_new_tokens)
     result = {"eval_accuracy": round(after.accuracy, 4), **state["before"], **after.summary("after_"), **summary}
     ctx.info(f"held-out accuracy {state['before']['before_accuracy']:.3f} -> {after.accuracy:.3f}")
+    if trainer.completions_path.is_file():  # what the policy wrote, for `dsctl show`
+        shutil.copyfile(trainer.completions_path, ctx.out / "completions.jsonl")
     export_checkpoint(trainer.model, ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
     return result
 

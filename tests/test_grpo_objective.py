@@ -1,11 +1,12 @@
-"""GRPO equations: group advantages, k3 KL, the clipped token-level objective."""
+"""GRPO equations: group advantages, k3 KL, the clipped objective at token and sequence
+level, clip-higher, and DAPO's soft overlong penalty."""
 
 import math
 
 import pytest
 import torch
 
-from dsctl.rl.objective import group_advantages, grpo_loss, k3_kl
+from dsctl.rl.objective import group_advantages, grpo_loss, k3_kl, overlong_penalty
 
 
 def test_advantages_match_hand_computed_group():
@@ -118,3 +119,82 @@ def test_micro_batches_with_a_shared_normalizer_add_up_to_the_whole_batch():
     (grad_split,) = torch.autograd.grad(sum(p.loss for p in parts), logits)
     torch.testing.assert_close(grad_split, grad_whole)
     assert sum(p.kl for p in parts) == pytest.approx(whole.kl, rel=1e-5)
+
+
+def test_clip_higher_lets_a_raised_token_past_the_symmetric_bound():
+    # ratio 1.25 with A > 0: the symmetric ε = 0.2 clips it at 1.2 (and stops its gradient),
+    # DAPO's ε_high = 0.28 does not.
+    logp = torch.full((1, 1), math.log(1.25), requires_grad=True)
+    old, adv, mask = torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1)
+    symmetric = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2, kl_coef=0.0)
+    assert symmetric.loss.item() == pytest.approx(-1.2) and symmetric.clip_fraction == 1.0
+    (grad,) = torch.autograd.grad(symmetric.loss, logp)
+    assert grad.abs().max() == 0.0
+    higher = grpo_loss(logp, old, None, adv, mask, clip_eps=0.2, kl_coef=0.0, clip_eps_high=0.28)
+    assert higher.loss.item() == pytest.approx(-1.25) and higher.clip_fraction == 0.0
+    (grad,) = torch.autograd.grad(higher.loss, logp)
+    assert float(grad) == pytest.approx(-1.25)  # d(−ratio)/d logp
+    # ...and ratio 1.3 is clipped at 1 + ε_high, not at 1 + ε
+    past = grpo_loss(torch.full((1, 1), math.log(1.3)), old, None, adv, mask, 0.2, 0.0, clip_eps_high=0.28)
+    assert float(past.loss) == pytest.approx(-1.28) and past.clip_fraction == 1.0
+
+
+def test_clip_higher_keeps_the_lower_bound_at_clip_eps():
+    # ratio 0.75 with A < 0: clipped at 1 − ε_low = 0.8 either way
+    logp, old, adv, mask = torch.full((1, 1), math.log(0.75)), torch.zeros(1, 1), -torch.ones(1), torch.ones(1, 1)
+    for high in (0.0, 0.28):
+        parts = grpo_loss(logp, old, None, adv, mask, 0.2, 0.0, clip_eps_high=high)
+        assert float(parts.loss) == pytest.approx(0.8) and parts.clip_fraction == 1.0
+
+
+def test_overlong_penalty_is_zero_then_linear_then_the_full_factor():
+    # L_max = 20, L_cache = 8: free up to 12 tokens, a linear ramp to −factor at 20
+    lengths = torch.tensor([5, 12, 14, 16, 19, 20])
+    penalty = overlong_penalty(lengths, max_len=20, buffer=8, factor=0.5)
+    assert penalty.tolist() == pytest.approx([0.0, 0.0, -0.125, -0.25, -0.4375, -0.5])
+    assert overlong_penalty(lengths, max_len=20, buffer=0).abs().max() == 0.0  # off
+    with pytest.raises(ValueError, match="exceeds"):
+        overlong_penalty(lengths, max_len=20, buffer=21)
+
+
+def test_sequence_aggregation_averages_each_completion_then_the_completions():
+    # The hand-computed surrogates of test_clipped_objective_matches_hand_computation:
+    # row 0 has three tokens, row 1 two (its last token masked).
+    logp = torch.tensor([[0.5, 0.0, -0.5], [0.5, 0.0, -0.5]])
+    adv, mask = torch.tensor([1.0, -2.0]), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    parts = grpo_loss(logp, torch.zeros(2, 3), None, adv, mask, 0.2, 0.0, aggregation="sequence")
+    row0 = (1.2 + 1.0 + math.exp(-0.5)) / 3
+    row1 = (-2 * math.exp(0.5) - 2.0) / 2
+    assert float(parts.loss) == pytest.approx(-(row0 + row1) / 2, rel=1e-6)
+    token = grpo_loss(logp, torch.zeros(2, 3), None, adv, mask, 0.2, 0.0)
+    assert float(token.loss) != pytest.approx(float(parts.loss))  # the two forms differ here
+    assert parts.clip_fraction == pytest.approx(1 / 5)  # still a share of tokens
+
+
+def test_unknown_loss_aggregation_is_an_error_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match="token, sequence"):
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), None, torch.zeros(1), torch.ones(1, 1), 0.2, 0.0,
+                  aggregation="mean")
+
+
+def test_sequence_level_micro_batches_add_up_to_the_whole_batch():
+    torch.manual_seed(4)
+    logits = torch.randn(6, 4, 9, requires_grad=True)
+    targets = torch.randint(0, 9, (6, 4))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    adv, ref = torch.randn(6), torch.randn(6, 4) - 2
+
+    def logp_of(rows):
+        return torch.log_softmax(logits[rows], -1).gather(-1, targets[rows][..., None]).squeeze(-1)
+
+    old = logp_of(slice(0, 6)).detach() + 0.1
+    whole = grpo_loss(logp_of(slice(0, 6)), old, ref, adv, mask, 0.2, 0.04, aggregation="sequence")
+    (grad_whole,) = torch.autograd.grad(whole.loss, logits)
+    parts = [grpo_loss(logp_of(slice(lo, lo + 2)), old[lo:lo + 2], ref[lo:lo + 2], adv[lo:lo + 2], mask[lo:lo + 2],
+                       0.2, 0.04, n_tokens=float(mask.sum()), aggregation="sequence", n_sequences=6)
+             for lo in (0, 2, 4)]
+    assert sum(p.loss.item() for p in parts) == pytest.approx(whole.loss.item(), rel=1e-5)
+    (grad_split,) = torch.autograd.grad(sum(p.loss for p in parts), logits)
+    torch.testing.assert_close(grad_split, grad_whole)
+    for key in ("policy_loss", "kl", "clip_fraction", "ratio_mean"):
+        assert sum(getattr(p, key) for p in parts) == pytest.approx(getattr(whole, key), rel=1e-5), key

@@ -10,10 +10,15 @@ each stage is for", has the measurements behind them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from dsctl.configs import stage_defaults
 from dsctl.tasks.config import SamplingConfig
 from dsctl.train.config import TrainConfig
+
+
+LossAggregation = Literal["token", "sequence"]
+"""dsctl.rl.objective.LOSS_AGGREGATIONS, spelled here too: this module must load without torch."""
 
 
 @dataclass
@@ -47,7 +52,11 @@ class GRPOConfig(SamplingConfig, TrainConfig):
     """Divide each group's advantages by its reward std (DeepSeekMath) instead of only
     subtracting the mean (Dr. GRPO; TRL's scale_rewards="none"): see dsctl.rl.objective."""
     clip_eps: float = 0.2
-    """ε of the clipped importance ratio (DeepSeekMath/PPO: 0.2)."""
+    """ε of the clipped importance ratio (DeepSeekMath/PPO: 0.2); with clip_eps_high set,
+    the lower bound ε_low alone: clip(ratio, 1 − clip_eps, 1 + clip_eps_high)."""
+    clip_eps_high: float = 0.0
+    """ε_high, the upper bound of the clipped ratio (DAPO's clip-higher: 0.28 beside
+    clip_eps = 0.2; TRL's epsilon_high). 0 = clip_eps, the symmetric clip."""
     kl_coef: float = 0.04
     """β, weight of the k3 KL to the reference policy (DeepSeekMath: 0.04; 0 skips the reference)."""
     update_epochs: int = 1
@@ -61,3 +70,35 @@ class GRPOConfig(SamplingConfig, TrainConfig):
     groups that are all right or all wrong): their advantages are 0, so they carry no
     policy gradient and would only dilute the token average (DAPO's dynamic-sampling
     observation) and cost a forward/backward."""
+    mask_truncated: bool = False
+    """Leave completions cut by max_new_tokens out of the loss (DAPO's overlong filtering):
+    a cut completion is scored as wrong although its reasoning may be sound, and that
+    noise would train against long reasoning. They still count in the group's advantages
+    and in the rollout metrics."""
+    overlong_buffer: int = 0
+    """L_cache of DAPO's soft overlong penalty: completions longer than max_new_tokens −
+    overlong_buffer tokens lose reward linearly up to −overlong_penalty at max_new_tokens
+    (dsctl.rl.objective.overlong_penalty). 0 = off (DAPO: 4096 of 20480)."""
+    overlong_penalty: float = 1.0
+    """The penalty factor of the soft overlong penalty: the reward lost at max_new_tokens."""
+    loss_aggregation: LossAggregation = "token"
+    """How the loss averages its per-token terms: "token" = over all completion tokens of
+    the batch (DAPO, Dr. GRPO); "sequence" = over each completion's tokens, then over
+    completions (DeepSeekMath's original GRPO). See dsctl.rl.objective."""
+    log_completions_every: int = 10
+    """Every this many steps (and the first and last), append the step's sampled
+    completions with their rewards to completions.jsonl, which the stage publishes beside
+    the checkpoint (0 = off)."""
+
+    def __post_init__(self) -> None:
+        # build_config checks the Literal for recipes; this also covers configs built in code
+        if self.loss_aggregation not in get_args(LossAggregation):
+            raise ValueError(f"loss_aggregation must be one of {', '.join(map(repr, get_args(LossAggregation)))}, "
+                             f"got {self.loss_aggregation!r}")
+        if self.clip_eps_high < 0:
+            raise ValueError(f"clip_eps_high must be >= 0 (0 = clip_eps), got {self.clip_eps_high}")
+        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
+            raise ValueError(f"overlong_buffer must be in [0, max_new_tokens = {self.max_new_tokens}], "
+                             f"got {self.overlong_buffer}")
+        if self.log_completions_every < 0:
+            raise ValueError(f"log_completions_every must be >= 0 (0 = off), got {self.log_completions_every}")

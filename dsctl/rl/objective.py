@@ -5,15 +5,30 @@ rule-based rewards r_i. Then, per completion token t of o_i:
 
     A_i       = r_i − mean(r)          (÷ (std(r) + eps) if scaled)  group-relative advantage
     ratio_i,t = π_θ(o_i,t | q, o_i,<t) / π_old(o_i,t | q, o_i,<t)
-    surr_i,t  = min(ratio · A_i, clip(ratio, 1 − ε, 1 + ε) · A_i)  PPO clipped surrogate
+    surr_i,t  = min(ratio · A_i, clip(ratio, 1 − ε_low, 1 + ε_high) · A_i)  PPO clipped surrogate
     kl_i,t    = π_ref/π_θ − log(π_ref/π_θ) − 1                     k3 estimator, ≥ 0
-    loss      = − Σ_i,t mask · (surr − β · kl) / Σ_i,t mask
+    loss      = − Σ_i,t mask · (surr − β · kl) / Σ_i,t mask         token level (default)
+              = − 1/N Σ_i 1/|o_i| Σ_t mask · (surr − β · kl)        sequence level
 
-Normalization — token level (DAPO, Yu et al. 2025 §3.3), not DeepSeekMath's per-sequence
-mean then group mean. The per-sequence mean gives every completion the same total weight,
-so each token of a long completion counts less than a token of a short one: a long wrong
-answer is punished less per token than a short one, which pushes wrong answers to grow.
-Averaging over all completion tokens of the batch weights every token alike.
+Normalization — token level by default (DAPO, Yu et al. 2025 §3.3), not DeepSeekMath's
+per-sequence mean then group mean. The per-sequence mean gives every completion the same
+total weight, so each token of a long completion counts less than a token of a short one:
+a long wrong answer is punished less per token than a short one, which pushes wrong
+answers to grow. Averaging over all completion tokens of the batch weights every token
+alike. The sequence form is kept for comparison with DeepSeekMath and TRL/verl runs.
+
+Clip-higher (DAPO §3.1): ε_high > ε_low lets a token the update makes likelier (A > 0)
+grow further before the clip stops its gradient. With ε = 0.2 a token at p = 0.01 may
+rise only to 0.012 in one update while one at p = 0.9 may rise to anything up to 1: the
+clip holds back the rare tokens exploration needs, and the policy's entropy collapses.
+ε_low stays at 0.2: a larger one would let updates push unlikely tokens to probability 0,
+shrinking what can be sampled at all.
+
+Overlong shaping (DAPO §3.4): a completion cut at L_max tokens has no answer and gets
+reward 0, which scores sound but long reasoning as wrong (reward noise). `overlong_penalty`
+ramps a length penalty in over the last L_cache tokens instead, so the signal says that
+length was the fault; the trainer's `mask_truncated` leaves cut rows out of the loss
+altogether (DAPO's overlong filtering).
 
 Advantages — unscaled by default (Dr. GRPO, Liu et al. 2025; TRL's `scale_rewards="none"`).
 Dividing by the group's std gives every group that differs at all unit-sized advantages,
@@ -33,6 +48,10 @@ import torch
 ADVANTAGE_EPS = 1e-4
 """Added to the group std: a group whose rewards are all equal gets advantage 0, not NaN."""
 
+LOSS_AGGREGATIONS = ("token", "sequence")
+"""What the loss averages over: all completion tokens of the batch, or each completion's
+tokens and then the completions (see the module docstring and `token_weights`)."""
+
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = False,
                      eps: float = ADVANTAGE_EPS) -> torch.Tensor:
@@ -47,6 +66,22 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = False
     return centered.view(-1)
 
 
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the reward.
+    lengths (N,) completion tokens; max_len = L_max; buffer = L_cache; 0 turns it off:
+
+        R(|y|) = 0                                  |y| ≤ L_max − L_cache
+               = ((L_max − L_cache) − |y|) / L_cache · factor   in between
+               = −factor                            |y| ≥ L_max
+    """
+    if buffer <= 0:
+        return torch.zeros(lengths.shape, dtype=torch.float32)
+    if buffer > max_len:
+        raise ValueError(f"overlong buffer {buffer} exceeds the maximum length {max_len}")
+    start = max_len - buffer
+    return ((start - lengths.float()) / buffer * factor).clamp(min=-factor, max=0.0)
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ ‖ π_ref) (Schulman 2020): unbiased, always ≥ 0,
     and exactly 0 where the two policies agree. The log-ratio is clamped so a token the
@@ -55,36 +90,62 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
+def token_weights(mask: torch.Tensor, aggregation: str, n_tokens: float | None = None,
+                  n_sequences: float | None = None) -> torch.Tensor:
+    """(B, C) weight of each token's loss, so that loss = Σ weight · per-token loss.
+
+    "token":    mask / Σ mask                 every completion token of the batch alike (DAPO)
+    "sequence": mask / (|o_i| · N)            each completion's mean, then the mean over them
+                                              (DeepSeekMath)
+    n_tokens / n_sequences: Σ mask and N of the whole batch when `mask` is one micro-batch of
+    it, so the micro-batches' weights are the whole batch's rows of weights.
+    """
+    mask = mask.float()
+    if aggregation == "token":
+        total = float(mask.sum() if n_tokens is None else n_tokens)
+        return mask / max(total, 1.0)
+    if aggregation == "sequence":
+        total = float(mask.shape[0] if n_sequences is None else n_sequences)
+        return mask / (mask.sum(-1, keepdim=True).clamp(min=1.0) * max(total, 1.0))
+    raise ValueError(f"unknown loss aggregation {aggregation!r}; allowed: {', '.join(LOSS_AGGREGATIONS)}")
+
+
 @dataclass
 class LossParts:
     """The loss to backpropagate and what to log about it (plain floats but `loss`)."""
 
     loss: torch.Tensor
     policy_loss: float
-    """−mean clipped surrogate over completion tokens."""
+    """−clipped surrogate, aggregated as the loss is (loss = policy_loss + β · kl)."""
     kl: float
-    """Mean k3 KL to the reference over completion tokens."""
+    """k3 KL to the reference, aggregated as the loss is."""
     clip_fraction: float
     """Share of completion tokens whose ratio was clipped (the clip changed the objective)."""
     ratio_mean: float
+    """Mean ratio over completion tokens."""
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float, kl_coef: float,
-              n_tokens: float | None = None) -> LossParts:
-    """Token-level GRPO loss. logp/old_logp/ref_logp/mask (B, C); advantages (B,).
+              n_tokens: float | None = None, *, clip_eps_high: float = 0.0, aggregation: str = "token",
+              n_sequences: float | None = None) -> LossParts:
+    """GRPO loss. logp/old_logp/ref_logp/mask (B, C); advantages (B,).
 
     mask is 1 on completion tokens (through the stop token) and 0 on padding.
     ref_logp may be None when kl_coef is 0 (no reference forward needed).
-    n_tokens: the normalizer, default this batch's completion tokens. A caller that splits
-    a rollout batch into micro-batches passes the whole batch's count, so the summed
-    micro-batch losses (and logged parts) equal the loss of the batch in one piece.
+    clip_eps is ε_low; clip_eps_high is ε_high, 0 for the symmetric clip(1 − ε, 1 + ε).
+    aggregation: "token" or "sequence" (see `token_weights`).
+    n_tokens / n_sequences: the normalizers, default this batch's completion tokens and rows.
+    A caller that splits a rollout batch into micro-batches passes the whole batch's counts,
+    so the summed micro-batch losses (and logged parts) equal the loss of the batch in one
+    piece.
     """
-    mask = mask.to(logp.dtype)
-    n_tokens = mask.sum().clamp(min=1.0) if n_tokens is None else max(float(n_tokens), 1.0)
+    weights = token_weights(mask, aggregation, n_tokens, n_sequences).to(logp.dtype)
+    # clip_fraction and ratio_mean are shares of tokens whatever the loss averages over
+    per_token_share = token_weights(mask, "token", n_tokens).to(logp.dtype)
     adv = advantages.to(logp.dtype)[:, None]
     ratio = torch.exp(logp - old_logp)
-    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + (clip_eps_high or clip_eps))
     surrogate = torch.minimum(ratio * adv, clipped * adv)
     per_token = -surrogate
     if kl_coef > 0 and ref_logp is None:
@@ -92,13 +153,13 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     if kl_coef > 0:
         per_token = per_token + kl_coef * kl
-    loss = (per_token * mask).sum() / n_tokens
+    loss = (per_token * weights).sum()
     with torch.no_grad():
-        was_clipped = (clipped * adv < ratio * adv).to(mask.dtype)  # min() picked the clipped term
+        was_clipped = (clipped * adv < ratio * adv).to(logp.dtype)  # min() picked the clipped term
         return LossParts(
             loss=loss,
-            policy_loss=float((-surrogate * mask).sum() / n_tokens),
-            kl=float((kl * mask).sum() / n_tokens),
-            clip_fraction=float((was_clipped * mask).sum() / n_tokens),
-            ratio_mean=float((ratio * mask).sum() / n_tokens),
+            policy_loss=float((-surrogate * weights).sum()),
+            kl=float((kl * weights).sum()),
+            clip_fraction=float((was_clipped * per_token_share).sum()),
+            ratio_mean=float((ratio * per_token_share).sum()),
         )
