@@ -7,7 +7,9 @@
 For each stage of the recipe's last run: the object key and the sha256 of every file the
 manifest lists, and the manifest's metrics. JSON and JSONL files, where stages record
 wall-clock figures (tokens/s, seconds), are compared with those fields removed; every other
-file must match byte for byte. `--against` prints each difference and exits 1 if there is one.
+file must match byte for byte, but for the TensorBoard event files under `tensorboard/`: they
+mirror metrics.jsonl (compared already) with wall times, host and pid in their bytes and
+names, so they are left out. `--against` prints each difference and exits 1 if there is one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+
+from dsctl.stage import TENSORBOARD_DIR
 
 TIMING_WORDS = ("per_s", "seconds", "elapsed", "wall")
 
@@ -43,7 +47,8 @@ def digest(workdir: Path, recipe: str) -> dict:
         key = json.loads(ref.read_text())["key"]
         obj = workdir / "objects" / key
         manifest = json.loads((obj / "manifest.json").read_text())
-        out[ref.stem] = {"key": key, "files": {rel: _file_digest(obj / rel) for rel in sorted(manifest["files"])},
+        compared = sorted(rel for rel in manifest["files"] if not rel.startswith(f"{TENSORBOARD_DIR}/"))
+        out[ref.stem] = {"key": key, "files": {rel: _file_digest(obj / rel) for rel in compared},
                          "metrics": _untimed(manifest.get("metrics", {}))}
     return out
 

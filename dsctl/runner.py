@@ -250,6 +250,8 @@ class Runner:
             if isinstance(exc, (UserError, KeyboardInterrupt)):
                 raise
             raise StageFailed(p.name, exc) from exc
+        finally:
+            ctx.close()  # the TensorBoard writer: its files are whole and closed before publish hashes them
         finished = time.time()
         for field_name, names in metrics.items():  # damaged input files (dsctl.data.corpus.ReadStats)
             if field_name.endswith("damaged_file_names") and names:

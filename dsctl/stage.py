@@ -25,14 +25,21 @@ Resumable work: `ctx.out` (the artifact being built) and `ctx.scratch` (checkpoi
 never published) survive a crash or SIGKILL, because both live under the store's
 `staging/<key>/`. A stage records how far it got with `ctx.save_state({...})` and reads
 it back with `ctx.load_state()` on the next attempt.
+
+Per-step records (`ctx.log(step=..., loss=...)`) go to the artifact's metrics.jsonl and,
+mirrored, to TensorBoard event files in `tensorboard/` beside it (`ScalarEvents`), so
+`tensorboard --logdir WORKDIR` shows every run's curves, live from staging/ and, once
+published, from objects/.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pkgutil
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -49,6 +56,8 @@ from dsctl.store import Artifact
 #: The artifact kinds (docs/ARCHITECTURE.md, "Store"), plus "any" for stages that accept every kind.
 METRICS_FILE = "metrics.jsonl"
 """Per-step records a stage logs with `ctx.log`, at the root of its artifact."""
+TENSORBOARD_DIR = "tensorboard"
+"""TensorBoard event files mirroring metrics.jsonl's step records, beside it."""
 
 KINDS = ("corpus", "tokenizer", "shards", "checkpoint", "samples", "report", "any")
 
@@ -120,6 +129,7 @@ class StageContext:
         self.label = label
         self.key = key
         self.metrics_path = out / METRICS_FILE
+        self._events: ScalarEvents | None = None
 
     # -- inputs -----------------------------------------------------------------------
     def input(self, slot: str) -> Artifact:
@@ -150,9 +160,23 @@ class StageContext:
 
     # -- reporting ---------------------------------------------------------------------
     def log(self, **metrics: Any) -> None:
-        """Append one record to the stage's metrics.jsonl (e.g. step=10, loss=2.3)."""
+        """Append one record to the stage's metrics.jsonl (e.g. step=10, loss=2.3); a record
+        with a `step` also goes to the TensorBoard event files beside it."""
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(metrics, sort_keys=False) + "\n")
+        if "step" not in metrics:
+            return
+        if self._events is None:  # this attempt's first step record: mirror the file as it is now
+            self._events = ScalarEvents(self.metrics_path)
+        else:
+            self._events.add(metrics)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (the runner calls it when `run` returns or
+        raises, before it publishes); a later `log` opens a new one."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def info(self, message: str) -> None:
         self.reporter.info(f"  [dim]{escape(self.label)}:[/] {escape(message)}")
@@ -164,6 +188,73 @@ class StageContext:
                  completed: float = 0) -> AbstractContextManager[ProgressHandle]:
         """A progress bar context: `with ctx.progress(n, "encode") as bar: bar.advance()`."""
         return self.reporter.progress(total, f"{self.label} {description}".strip(), unit, completed)
+
+
+class ScalarEvents:
+    """TensorBoard event files that mirror a metrics.jsonl: each number of a record with an
+    integer `step` becomes a scalar at that step, tagged by its field name (`loss`, `lr`,
+    `reward_mean`). Strings, booleans, lists and non-finite numbers (a NaN loss) are skipped.
+
+    Opening replaces the event files of earlier attempts with the records metrics.jsonl
+    holds by then — the training loop has already cut it back to the resumed checkpoint —
+    so a killed-and-resumed stage publishes each step once, as metrics.jsonl does. Every
+    record is flushed (never fsynced) before `add` returns, so the files are whole at any
+    moment: readable while the stage runs, and an unclosed or killed writer loses nothing.
+    Event bytes and names hold wall times, the host and the pid: compare metrics.jsonl,
+    never these files, across runs. tensorboard is imported here, not at module import,
+    so `dsctl --help` stays fast."""
+
+    FLUSH_SECS = 10
+    """The writer thread's own flush period (each `add` flushes anyway)."""
+
+    def __init__(self, metrics_path: Path):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        directory = metrics_path.parent / TENSORBOARD_DIR
+        for stale in directory.glob("events.out.tfevents.*"):
+            stale.unlink()
+        self._writer = EventFileWriter(str(directory), max_queue_size=1024, flush_secs=self.FLUSH_SECS)
+        for line in metrics_path.read_text().splitlines() if metrics_path.exists() else []:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line a killed attempt left half-written
+                continue
+            self._write(record)
+        self._writer.flush()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._write(record)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def _write(self, record: Any) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        values = [summary_pb2.Summary.Value(tag=name, simple_value=number) for name, value in record.items()
+                  if name != "step" and (number := _finite_number(value)) is not None]
+        if values:
+            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                                   summary=summary_pb2.Summary(value=values)))
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""TensorBoard stores a scalar as a float32: anything larger would read back as inf."""
+
+
+def _finite_number(value: Any) -> float | None:
+    """`value` as a float if it is an int or float (not a bool) that is finite in float32."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float range
+        return None
+    return number if math.isfinite(number) and abs(number) <= FLOAT32_MAX else None
 
 
 class StageRegistry:

@@ -79,6 +79,7 @@ def train_rank(job: dict[str, Any], world: int, rank: int) -> dict[str, Any] | N
     summary.update(nproc=world, pipeline=cfg.pipeline, expert_parallel=getattr(cfg, "expert_parallel", 1),
                    **rank_metrics(trainer))
     summary = work.finish(trainer, summary)  # every rank: the export may be sharded
+    ctx.close()  # rank 0's TensorBoard writer (each record is already flushed: a failing rank loses none)
     if rank == 0:
         write_json_atomic(ctx.scratch / SUMMARY_NAME, summary)
     dist.barrier()
