@@ -183,10 +183,13 @@ def test_parse_answer_edge_cases():
 
 def test_reward_separates_format_from_correctness():
     p = split_problems("arithmetic", "test", 1, 0)[0]
-    assert reward(p, reasoning_target(p)) == {"correct": 1, "format": 1, "total": 1.1}
-    assert reward(p, f"<answer>{p.answer}</answer>") == {"correct": 1, "format": 0, "total": 1}
+    assert reward(p, reasoning_target(p)) == {"score": 1, "correct": 1, "format": 1, "total": 1.1,
+                                              "reason": "correct", "detail": p.answer}
+    assert reward(p, f"<answer>{p.answer}</answer>") == {"score": 1, "correct": 1, "format": 0, "total": 1,
+                                                         "reason": "correct", "detail": p.answer}
     wrong = reward(p, "<think>x</think><answer>-1</answer>")
-    assert wrong["correct"] == 0 and wrong["format"] == 1 and wrong["total"] < 1
+    assert wrong["correct"] == 0 and wrong["format"] == 1 and wrong["total"] < 1 and wrong["reason"] == "wrong"
+    assert reward(p, "<think>x</think>")["reason"] == "no_answer"
     doubled = reward(p, reasoning_target(p) + "<answer>-1</answer>")
     assert doubled["correct"] == 0 and doubled["format"] == 0
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from dsctl.eval.metrics import cons_at_k, mean, pass_at_1, pass_at_k
 from dsctl.sampling import Completion, sample
-from dsctl.tasks import Problem, get_family, parse_answer, reward
+from dsctl.tasks import Problem, reward
+from dsctl.tasks.grading import answer_is_right, check_reward_errors, read_answer
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class SamplingSettings:
     batch_size: int = 64
     pass_ks: tuple[int, ...] = (1, 4)
     seed: int = 0
+    max_reward_errors: float = 1.0
+    """Largest share of sampled rewards that may fail to compute (see TaskConfig)."""
 
 
 def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], n: int, *, temperature: float,
@@ -101,17 +104,19 @@ def greedy_accuracy(model, tokenizer, problems: Sequence[Problem], *, max_new_to
     )
 
 
-def problem_scores(problem: Problem, greedy: str, samples: Sequence[str], pass_ks: Sequence[int]) -> dict[str, float]:
-    """Every metric for one problem, from its greedy completion and its samples."""
-    family = get_family(problem.family)
-    verdicts = [reward(problem, s) for s in samples]
+def problem_scores(problem: Problem, greedy: str, samples: Sequence[str], pass_ks: Sequence[int],
+                   verdicts: Sequence[dict[str, Any]] | None = None) -> dict[str, float]:
+    """Every metric for one problem, from its greedy completion and its samples (and the
+    samples' rewards, when the caller has them already)."""
+    verdicts = verdicts or [reward(problem, s) for s in samples]
     correct = [bool(v["correct"]) for v in verdicts]
-    answers = [parse_answer(s) for s in samples]
+    answers = [read_answer(problem, s) for s in samples]
     scores = {"greedy": float(reward(problem, greedy)["correct"]), "pass@1": pass_at_1(correct)}
     for k in pass_ks:
         if k > 1:
             scores[f"pass@{k}"] = pass_at_k(len(samples), sum(correct), k)
-    scores[f"cons@{len(samples)}"] = cons_at_k(answers, lambda a: family.verify(problem, a), len(samples))
+    if ":" not in problem.grading.verifier:  # a user function reads no answer text to vote on
+        scores[f"cons@{len(samples)}"] = cons_at_k(answers, lambda a: answer_is_right(problem, a), len(samples))
     scores["format"] = mean([float(v["format"]) for v in verdicts])
     return scores
 
@@ -130,7 +135,10 @@ def task_accuracy(model: Any, tokenizer: Any, problems: Sequence[Problem],
     sampled = sample_completions(model, tokenizer, prompts, settings.samples, temperature=settings.temperature,
                                  top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
                                  seed=settings.seed + 1, batch_size=settings.batch_size)
-    per_problem = [problem_scores(p, g[0], s, settings.pass_ks) for p, g, s in zip(problems, greedy, sampled)]
+    verdicts = [[reward(p, text) for text in texts] for p, texts in zip(problems, sampled)]
+    check_reward_errors([v for row in verdicts for v in row], settings.max_reward_errors, "eval")
+    per_problem = [problem_scores(p, g[0], s, settings.pass_ks, v)
+                   for p, g, s, v in zip(problems, greedy, sampled, verdicts)]
     records = [{"prompt": p.prompt, "answer": p.answer, "greedy_text": g[0], **scores}
                for p, g, scores in zip(problems, greedy, per_problem)]
     by_family: dict[str, list[dict[str, float]]] = defaultdict(list)

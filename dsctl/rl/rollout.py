@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from dsctl.sampling import stop_token_ids
 from dsctl.tasks import Problem, reward
+from dsctl.tasks.grading import check_reward_errors
 
 
 def step_problems(pool: Sequence[Problem], n_prompts: int, seed: int, step: int) -> list[Problem]:
@@ -110,6 +111,9 @@ class Rollout:
     truncated: torch.Tensor
     """(N·G,) 1 where max_new_tokens cut the completion."""
     seconds: float
+    reasons: list[str]
+    """Why each row scored what it did: correct, partial, wrong, no_answer or error
+    (dsctl.tasks.grading.REASONS)."""
 
     def batch(self, pad_id: int) -> ScoringBatch:
         return build_batch(self.prompt_ids, self.completion_ids, pad_id)
@@ -120,9 +124,11 @@ class Rollout:
 
 
 def sample_groups(model, tokenizer, problems: Sequence[Problem], *, group_size: int, max_new_tokens: int,
-            temperature: float, top_p: float, seed: int, format_weight: float = 0.0) -> Rollout:
+            temperature: float, top_p: float, seed: int, format_weight: float = 0.0,
+            max_reward_errors: float = 1.0) -> Rollout:
     """Sample `group_size` completions per problem (one batched generate call) and reward
-    them: correct + format_weight · format."""
+    them: score + format_weight · format. More than `max_reward_errors` of the batch's
+    rewards failing to compute raises RewardError (dsctl.tasks.grading)."""
     from dsctl.model import generate
 
     rows = [p for p in problems for _ in range(group_size)]
@@ -134,11 +140,12 @@ def sample_groups(model, tokenizer, problems: Sequence[Problem], *, group_size: 
     drop = {tokenizer.eos_id, getattr(tokenizer, "pad_id", None)}
     texts = [tokenizer.decode([t for t in tokens if t not in drop]) for tokens in result.tokens]
     scores = [reward(p, text, format_weight) for p, text in zip(rows, texts)]
+    check_reward_errors(scores, max_reward_errors, "grpo rollout")
     return Rollout(
         problems=rows, prompt_ids=prompt_ids, completion_ids=[list(t) for t in result.tokens], texts=texts,
         rewards=torch.tensor([s["total"] for s in scores], dtype=torch.float32),
         correct=torch.tensor([s["correct"] for s in scores], dtype=torch.float32),
         formatted=torch.tensor([s["format"] for s in scores], dtype=torch.float32),
         truncated=torch.tensor([r == "length" for r in result.finish_reasons], dtype=torch.float32),
-        seconds=seconds,
+        seconds=seconds, reasons=[s["reason"] for s in scores],
     )

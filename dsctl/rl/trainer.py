@@ -37,11 +37,12 @@ class GRPOTrainer(Trainer):
     shown = ("reward_mean", "accuracy")
 
     def __init__(self, model: nn.Module, reference: nn.Module, tokenizer, pool: Sequence[Problem],
-                 cfg: GRPOConfig, io: RunIO, *, seed: int):
+                 cfg: GRPOConfig, io: RunIO, *, seed: int, max_reward_errors: float = 1.0):
         if cfg.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (advantages are relative to the group), got {cfg.group_size}")
         super().__init__(model, cfg, io)
         self.tokenizer, self.pool, self.seed = tokenizer, list(pool), seed
+        self.max_reward_errors = max_reward_errors
         self.reference = reference.to(self.device).eval().requires_grad_(False)
         self.ref_dir = io.scratch / "reference"
         self.completions_path = io.scratch / "completions.jsonl"
@@ -53,7 +54,8 @@ class GRPOTrainer(Trainer):
         started = time.perf_counter()
         ro = sample_groups(self.model, self.tokenizer, problems, group_size=cfg.group_size,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                           seed=step_seed(self.seed, step), format_weight=cfg.format_weight)
+                           seed=step_seed(self.seed, step), format_weight=cfg.format_weight,
+                           max_reward_errors=self.max_reward_errors)
         self.state["rollout_tokens"] += ro.n_tokens
         self.state["rollout_seconds"] += ro.seconds
         lengths = torch.tensor([len(c) for c in ro.completion_ids])
@@ -185,6 +187,7 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         "format_rate": round(float(ro.formatted.mean()), 4),
         "completion_len": round(float(lengths.mean()), 2),
         "truncated_rate": round(float(ro.truncated.mean()), 4),
+        "reward_error_rate": round(ro.reasons.count("error") / max(len(ro.reasons), 1), 4),
         "rollout_tokens_per_s": round(ro.n_tokens / max(ro.seconds, 1e-9), 1),
     }
 

@@ -12,6 +12,7 @@ text — all on the same problems, with train and eval disjoint by construction.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from dsctl.tasks import arithmetic, countdown, equations
 from dsctl.tasks.base import (
@@ -26,6 +27,7 @@ from dsctl.tasks.base import (
     split_of,
     well_formatted,
 )
+from dsctl.tasks.grading import grade
 
 FAMILIES: dict[str, TaskFamily] = {f.name: f for f in (arithmetic.FAMILY, countdown.FAMILY, equations.FAMILY)}
 
@@ -47,17 +49,19 @@ def split_problems(family: str, split: Split, n: int, seed: int, difficulty: dic
 
 
 def verify_completion(p: Problem, completion: str) -> bool:
-    """Whether the last <answer> of `completion` is a correct answer to `p`."""
-    answer = parse_answer(completion)
-    return answer is not None and get_family(p.family).verify(p, answer)
+    """Whether `completion` answers `p` correctly, as the problem's grading reads it."""
+    return grade(p, completion).correct
 
 
-def reward(p: Problem, completion: str, format_weight: float = FORMAT_WEIGHT) -> dict[str, float]:
-    """correct (0/1), format (0/1: one think block then one answer) and their weighted
-    total, correct + format_weight · format."""
-    correct = int(verify_completion(p, completion))
+def reward(p: Problem, completion: str, format_weight: float = FORMAT_WEIGHT) -> dict[str, Any]:
+    """score (the verifier's reward: 0/1, or a user function's float), correct (0/1),
+    format (0/1: one think block then one answer), total = score + format_weight · format,
+    reason (why: dsctl.tasks.grading.REASONS) and detail (the answer read, or an error's
+    traceback)."""
+    verdict = grade(p, completion)
     fmt = int(well_formatted(completion))
-    return {"correct": correct, "format": fmt, "total": correct + format_weight * fmt}
+    return {"score": verdict.score, "correct": int(verdict.correct), "format": fmt,
+            "total": verdict.score + format_weight * fmt, "reason": verdict.reason, "detail": verdict.detail}
 
 
 def problem_document(p: Problem, rng: random.Random) -> str:

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
+from dsctl.tasks.grading import FAMILY_GRADING, Grading
+
 Split = Literal["worked", "answer_only", "dev", "test"]
 
 #: Hash buckets (out of 1000) of each split. A problem's split depends only on the
@@ -60,6 +62,9 @@ class Problem:
     """Family-specific numbers the verifier needs."""
     split: Split = field(default="worked", compare=False, hash=False)
     """The split the problem's exercise hashes to (see SPLIT_BUCKETS)."""
+    grading: Grading = field(default=FAMILY_GRADING, compare=False, hash=False)
+    """How a completion is judged: the family's verifier for built-in problems, the
+    problem set's verifier for a user's (dsctl.tasks.grading)."""
 
 
 @dataclass(frozen=True)
