@@ -496,8 +496,56 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 
 
+def score(
+    ctx: typer.Context,
+    problems: str = typer.Argument(..., help="The problem set: key, key prefix, recipe:stage, or directory."),
+    completions: Path = typer.Argument(..., help="JSONL rows with `completion` and the problem's `id` "
+                                                 "(or `problem_id`, or its `prompt`)."),
+    limit: int = typer.Option(50, help="Rows to list (every row is counted)."),
+) -> None:
+    """Score completions against a problem set with its verifier, before any training:
+    each row's reward, what was read as its answer, and why a zero is a zero (no answer
+    found, wrong, verifier error with its traceback). grpo's completions.jsonl works as is.
+
+    Example:
+
+        dsctl score my_r1:problems tries.jsonl
+    """
+    from collections import Counter
+
+    from dsctl.data.corpus import ReadStats, iter_rows
+    from dsctl.tasks.problem_set import ProblemSet, score_rows
+
+    session: Session = ctx.obj
+    problem_set = ProblemSet(session.store.resolve(problems).path)
+    if not completions.is_file():
+        raise UserError(f"{completions}: no such file")
+    stats = ReadStats()
+    records = score_rows(problem_set, iter_rows([completions], stats, text_field="completion"))
+    out = _out()
+    table = Table(title=f"{completions.name} against {problem_set.name} ({problem_set.grading.verifier} verifier, "
+                        f"answer from {problem_set.grading.source})")
+    for column in ("row", "problem", "reward", "reason", "read / expected"):
+        table.add_column(column, justify="right" if column in ("row", "reward") else "left")
+    for r in records[:limit]:
+        read = r["detail"].strip().splitlines()[-1] if r["reason"] == "error" else r["detail"]
+        shown = f"{read!r} / {r['expected']!r}" if "expected" in r else read
+        table.add_row(str(r["row"]), r["problem"], f"{r['reward']:g}", r["reason"], shown[:80])
+    out.print(table)
+    counts = Counter(r["reason"] for r in records)
+    if stats.missing_text or stats.malformed_json or stats.non_utf8:
+        counts["unreadable_row"] = stats.missing_text + stats.malformed_json + stats.non_utf8
+    mean = sum(r["reward"] for r in records) / max(len(records), 1)
+    out.print(f"{len(records)} completions, mean reward {mean:.3f}: "
+              + ", ".join(f"{n} {reason}" for reason, n in counts.most_common()))
+    error = next((r for r in records if r["reason"] == "error"), None)
+    if error is not None:
+        out.print(f"[bold]first verifier error[/] (row {error['row']}):\n{error['detail']}", markup=True, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     for fn in (run, seeds, status, show, ls, verify, gc, export, plot):
         app.command(name=fn.__name__, rich_help_panel="Recipes and store")(fn)
+    app.command(name="score", rich_help_panel="Problems and rewards")(score)
     app.command(name="chat", rich_help_panel="Use a model")(chat)
     app.command(name="serve", rich_help_panel="Use a model")(serve)

@@ -59,7 +59,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 """TensorBoard event files mirroring metrics.jsonl's step records, beside it."""
 
-KINDS = ("corpus", "tokenizer", "shards", "checkpoint", "samples", "report", "any")
+KINDS = ("corpus", "tokenizer", "shards", "checkpoint", "samples", "report", "problems", "any")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,12 @@ class Input:
 
     def accepts(self, kind: str) -> bool:
         return self.kind in ("any", kind)
+
+
+PROBLEMS_INPUT = Input("problems", optional=True,
+                       help="a problem set (the `problems` stage) to use instead of `families`")
+"""The slot every problem-using stage shares: with it, the stage draws its problems and
+grades them the set's way; without it, from its `families`."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from typing import Any
 from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, expand_paths, remove_partial_parts
-from dsctl.data.decontaminate import NgramIndex, decontaminate_shard, file_eval_texts, task_eval_texts
+from dsctl.data.decontaminate import (NgramIndex, decontaminate_shard, file_eval_texts, problem_set_eval_texts,
+                                      task_eval_texts)
 from dsctl.data.executor import executor_for
 from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.data.shards import file_sha256
@@ -79,9 +80,10 @@ class DecontaminateConfig(FamiliesConfig, DataWorkConfig):
                                   [self.eval_problems_per_family] * len(unlisted), difficulty)
 
 
-def eval_index(cfg: DecontaminateConfig) -> tuple[NgramIndex, dict[str, str]]:
-    """The n-gram index of every eval text the config names, and each eval id's source."""
-    texts = []
+def eval_index(cfg: DecontaminateConfig, problem_sets: list[Any] = ()) -> tuple[NgramIndex, dict[str, str]]:
+    """The n-gram index of every eval text the config and the problem sets name, and each
+    eval id's source."""
+    texts = [t for ps in problem_sets for t in problem_set_eval_texts(ps)]
     for difficulty in cfg.eval_difficulties or [{}]:
         try:
             texts += task_eval_texts(cfg.families, cfg.eval_problems_per_family, difficulty)
@@ -101,7 +103,9 @@ def run(ctx: StageContext) -> dict:
     files = corpus_files(source.path)
     if not files:
         raise UserError(f"{source.path}: no JSONL/Parquet files under data/ to decontaminate")
-    index, source_of = eval_index(cfg)
+    from dsctl.tasks.problem_set import ProblemSet
+
+    index, source_of = eval_index(cfg, [ProblemSet(a.path) for a in ctx.inputs_of("problems")])
     tasks = [(i, str(path), str(ctx.out), index, cfg.docs_per_batch, "text") for i, path in enumerate(files)]
     with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:
@@ -140,7 +144,9 @@ STAGE = StageSpec(
     config=DecontaminateConfig,
     run=run,
     output="corpus",
-    inputs={"corpus": Input("corpus", help="the corpus to decontaminate")},
+    inputs={"corpus": Input("corpus", help="the corpus to decontaminate"),
+            "problems": Input("problems", many=True, optional=True,
+                              help="problem sets whose dev and test problems are protected too")},
     help="Remove training documents that contain eval text: task eval problems matched whole, "
     "other eval sets by shared n-token windows (default 13).",
     fingerprint=fingerprint,

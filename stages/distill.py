@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import CompletionConfig, EvalSplitConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ExamplesConfig, LMTrainConfig
 
@@ -59,7 +59,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from dsctl.eval.task_accuracy import greedy_accuracy
     from dsctl.model import DeepSeekV3, ModelConfig
-    from dsctl.tasks.config import held_out_problems
+    from dsctl.tasks.config import eval_draw, train_draw
+    from dsctl.tasks.problem_set import ProblemSet
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.batches import PackedExamples
@@ -83,8 +84,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     stats = RowStats()
     convs = artifact_conversations(ctx.input("samples").path, stats)
     counts = {"sample_examples": len(convs), "malformed_rows": stats.malformed}
+    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
     if cfg.train_problems:
-        convs += task_conversations(cfg.families, cfg.train_problems, ctx.seed, cfg.difficulty)
+        convs += task_conversations(train_draw(cfg, ctx.seed, problem_set))
     counts["task_examples"] = len(convs) - counts["sample_examples"]
     counts["teacher_sample_share"] = round(counts["sample_examples"] / max(len(convs), 1), 4)
     examples, counts["too_long"] = encode_conversations(tokenizer, convs, cfg.seq_len)
@@ -115,7 +117,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fit = trainer.fit()
     summary: dict[str, Any] = {}
     if cfg.eval_problems:  # greedy accuracy and decode speed of student and teacher on the same problems
-        problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
+        problems = eval_draw(cfg, problem_set)
         for name, model in (("student", trainer.model), ("teacher", teacher)):
             result = greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
             summary.update({f"{name}_accuracy": round(result.accuracy, 4),
@@ -151,6 +153,7 @@ STAGE = StageSpec(
         "samples": Input("samples", help="accepted completions from rejection_sample"),
         "teacher": Input("checkpoint", help="the teacher: tokenizer, KL targets and the baseline"),
         "student": Input("checkpoint", optional=True, help="start the student from this checkpoint"),
+        "problems": PROBLEMS_INPUT,
     },
     help="Distill a smaller student from a teacher: SFT on its rejection samples, plus an optional "
          "KL(teacher ∥ student) term on the completion tokens; reports student vs teacher accuracy and speed.",

@@ -5,8 +5,8 @@ optionally `shards` for validation perplexity, and writes a `report`: report.jso
 (checkpoint -> metric -> value, plus the settings), report.md, a rich table on the
 console and report.png (one bar panel per metric).
 
-Task metrics are on the test split of each family (never trained on, by construction,
-and the same problems at every run seed):
+Task metrics are on the test split of each family, or of a `problems` input (never
+trained on, by construction, and the same problems at every run seed):
 greedy accuracy; pass@1 as the mean over `samples` completions at temperature 0.6 /
 top-p 0.95 (DeepSeek-R1's protocol); unbiased pass@k; majority-vote cons@k.
 """
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import EvalSplitConfig, PasskeyConfig, SamplingConfig, TaskConfig
 from dsctl.train.config import BatchConfig, ComputeConfig
 
@@ -83,7 +83,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[dict[str, float], dict[str, Any]]:
     """Every configured metric for one checkpoint."""
     from dsctl.eval.task_accuracy import SamplingSettings, task_accuracy
-    from dsctl.tasks.config import held_out_problems
+    from dsctl.tasks.config import eval_draw
+    from dsctl.tasks.problem_set import ProblemSet, fit_context
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
     from dsctl.train.loop import resolve_device
@@ -93,10 +94,16 @@ def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[d
     tokenizer = Tokenizer.load(tokenizer_dir(artifact))
     metrics: dict[str, float] = {"params": model.num_parameters()[0]}
     details: dict[str, Any] = {}
-    if cfg.families:
-        problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
+    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
+    if cfg.families or problem_set is not None:
+        problems, too_long = fit_context(eval_draw(cfg, problem_set), tokenizer, model.config.max_position_embeddings,
+                                         cfg.max_new_tokens)
+        if too_long:
+            ctx.warn(f"{label}: {too_long} test prompts left out: they do not fit the model's context "
+                     f"with max_new_tokens={cfg.max_new_tokens}")
+            metrics["prompts_too_long"] = too_long
         settings = SamplingSettings(cfg.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size,
-                                    tuple(cfg.pass_ks), ctx.seed)
+                                    tuple(cfg.pass_ks), ctx.seed, cfg.max_reward_errors)
         scores, details["task_scores"] = task_accuracy(model, tokenizer, problems, settings)
         metrics.update(scores)
     shards = ctx.maybe_input("shards")
@@ -168,7 +175,8 @@ STAGE = StageSpec(
     run=run,
     output="report",
     inputs={"checkpoint": Input("checkpoint", many=True, help="checkpoints to compare"),
-            "shards": Input("shards", optional=True, help="held-out token shards for perplexity")},
+            "shards": Input("shards", optional=True, help="held-out token shards for perplexity"),
+            "problems": PROBLEMS_INPUT},
     help="Compare checkpoints: task accuracy (greedy, pass@1, pass@k, cons@k) on held-out problems, "
          "validation perplexity, passkey retrieval and multiple-choice log-likelihood; writes report.json/.md/.png.",
     fingerprint=fingerprint,

@@ -18,15 +18,15 @@ from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
 from dsctl.rl.config import GRPOConfig
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
 
 
 @dataclass
 @stage_defaults(train_problems=4000)
 class GrpoStageConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, GRPOConfig):
-    """GRPO on task problems. The prompt pool needs only verifiable answers, so it comes
-    from the answer_only split, whose worked solutions appear nowhere in training, and it
+    """GRPO on task problems (the families', or a `problems` input's). The prompt pool
+    needs only verifiable answers, so it comes from the answer_only split, whose worked solutions appear nowhere in training, and it
     can be far larger than sft's set (2-digit + and − have ~4,900 answer-only problems).
     GRPO needs groups that disagree: a difficulty the sft model solves sometimes, not never."""
 
@@ -43,7 +43,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from dsctl.eval.task_accuracy import greedy_accuracy
     from dsctl.rl.trainer import GRPOTrainer
-    from dsctl.tasks.config import held_out_problems, task_problems
+    from dsctl.tasks.config import eval_draw, train_draw
+    from dsctl.tasks.problem_set import ProblemSet, fit_context
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
@@ -54,12 +55,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tokenizer = Tokenizer.load(tok_dir)
     torch.manual_seed(ctx.seed)
     policy, reference = load_model(source), load_model(source)
-    pool = task_problems(cfg.families, cfg.train_split, cfg.train_problems, ctx.seed, cfg.difficulty)
-    held_out = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
+    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
+    context = policy.config.max_position_embeddings
+    pool, too_long = fit_context(train_draw(cfg, ctx.seed, problem_set), tokenizer, context, cfg.max_new_tokens)
+    held_out, too_long_held_out = fit_context(eval_draw(cfg, problem_set), tokenizer, context, cfg.max_new_tokens)
+    if too_long or too_long_held_out:
+        ctx.warn(f"{too_long + too_long_held_out} prompts left out: with max_new_tokens={cfg.max_new_tokens} "
+                 f"they do not fit the model's {context}-token context")
     ctx.info(f"{len(pool)} train problems, {len(held_out)} held-out; G={cfg.group_size}, "
              f"{cfg.prompts_per_step} prompts/step, {cfg.max_steps} steps")
 
-    trainer = GRPOTrainer(policy, reference, tokenizer, pool, cfg, ctx, seed=ctx.seed)
+    trainer = GRPOTrainer(policy, reference, tokenizer, pool, cfg, ctx, seed=ctx.seed,
+                          max_reward_errors=cfg.max_reward_errors)
     state = ctx.load_state()
     if "before" not in state:  # measured once, so a resumed run reports the same baseline
         state["before"] = greedy_accuracy(trainer.model, tokenizer, held_out,
@@ -67,7 +74,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.save_state(state)
     summary = trainer.fit()
     after = greedy_accuracy(trainer.model, tokenizer, held_out, max_new_tokens=cfg.max_new_tokens)
-    result = {"eval_accuracy": round(after.accuracy, 4), **state["before"], **after.summary("after_"), **summary}
+    result = {"eval_accuracy": round(after.accuracy, 4), **state["before"], **after.summary("after_"), **summary,
+              "prompts_too_long": too_long + too_long_held_out}
     ctx.info(f"held-out accuracy {state['before']['before_accuracy']:.3f} -> {after.accuracy:.3f}")
     if trainer.completions_path.is_file():  # what the policy wrote, for `dsctl show`
         shutil.copyfile(trainer.completions_path, ctx.out / "completions.jsonl")
@@ -81,7 +89,8 @@ STAGE = StageSpec(
     config=GrpoStageConfig,
     run=run,
     output="checkpoint",
-    inputs={"checkpoint": Input("checkpoint", help="the policy to improve, normally from `sft`")},
+    inputs={"checkpoint": Input("checkpoint", help="the policy to improve, normally from `sft`"),
+            "problems": PROBLEMS_INPUT},
     help="Group Relative Policy Optimization on the verifiable reasoning tasks: G sampled "
          "completions per prompt, rule-based rewards, group-relative advantages, clipped "
          "ratio and k3 KL to the input checkpoint. Reports held-out greedy accuracy before/after.",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import SamplingConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ComputeConfig
 
@@ -43,13 +43,15 @@ class RejectionSampleConfig(TaskConfig, TrainSplitConfig, SamplingConfig, Comput
     """Prompts sampled between two progress saves (k × this sequences per generate call)."""
     problem_seed_offset: int = 1
     """Added to the run seed to pick the prompts from the answer_only split, so by default
-    they are another draw than grpo's pool (0 = the same draw: grpo's own prompts)."""
+    they are another draw than grpo's pool (0 = the same draw: grpo's own prompts). A
+    problem set's draw is its first `train_problems`, whatever the seed."""
 
     train_split: ClassVar[str] = "answer_only"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from dsctl.tasks.config import task_problems
+    from dsctl.tasks.config import train_draw
+    from dsctl.tasks.problem_set import ProblemSet, fit_context
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
     from dsctl.train.loop import use_compute
@@ -59,7 +61,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     source = ctx.input("checkpoint")
     tokenizer = Tokenizer.load(tokenizer_dir(source))
     model = load_model(source).to(device)
-    problems = task_problems(cfg.families, cfg.train_split, cfg.train_problems, ctx.seed + cfg.problem_seed_offset, cfg.difficulty)
+    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
+    problems, too_long = fit_context(train_draw(cfg, ctx.seed + cfg.problem_seed_offset, problem_set), tokenizer,
+                                     model.config.max_position_embeddings, cfg.max_new_tokens)
+    if too_long:
+        ctx.warn(f"{too_long} prompts left out: they do not fit the model's context with max_new_tokens={cfg.max_new_tokens}")
     partial = ctx.scratch / "samples.partial.jsonl"
     state = ctx.load_state()
     chunk = max(1, cfg.prompts_per_chunk)
@@ -84,7 +90,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     ctx.info(f"accepted {stats['accepted']} of {stats['sampled']} samples "
              f"({stats['acceptance_rate']:.1%}); {stats['prompts_with_accepted']}/{len(problems)} prompts covered")
-    return {k: v for k, v in stats.items() if not isinstance(v, dict)} | _flat_families(stats["families"])
+    return ({k: v for k, v in stats.items() if not isinstance(v, dict)} | _flat_families(stats["families"])
+            | {"prompts_too_long": too_long})
 
 
 def sample_chunk(model, tokenizer, problems, cfg: RejectionSampleConfig, seed: int, first_batch: int,
@@ -92,6 +99,7 @@ def sample_chunk(model, tokenizer, problems, cfg: RejectionSampleConfig, seed: i
     """Sample k completions for each problem and filter them; (accepted rows, counts by
     family and reason). One generate call per chunk, seeded by the chunk's number."""
     from dsctl.sampling import sample
+    from dsctl.tasks.grading import check_reward_errors
 
     k = cfg.samples_per_prompt
     completions = sample(model, tokenizer, [p.prompt for p in problems], n=k, max_new_tokens=cfg.max_new_tokens,
@@ -99,9 +107,10 @@ def sample_chunk(model, tokenizer, problems, cfg: RejectionSampleConfig, seed: i
                          batch_size=k * len(problems), first_batch=first_batch)
     rows: list[dict] = []
     counts: dict[str, dict[str, int]] = {}
-    for p, outs in zip(problems, completions):
+    judged = [filter_completions(p, outs, cfg.require_format, cfg.max_per_prompt) for p, outs in zip(problems, completions)]
+    check_reward_errors([score for kept in judged for _, _, score in kept], cfg.max_reward_errors, "rejection_sample")
+    for p, outs, kept in zip(problems, completions, judged):
         fam = counts.setdefault(p.family, {"sampled": 0, "accepted": 0, **{r: 0 for r in REJECT_REASONS}})
-        kept = filter_completions(p, outs, cfg.require_format, cfg.max_per_prompt)
         fam["sampled"] += len(outs)
         for j, (verdict, completion, score) in enumerate(kept):
             fam[verdict] += 1
@@ -196,7 +205,8 @@ STAGE = StageSpec(
     config=RejectionSampleConfig,
     run=run,
     output="samples",
-    inputs={"checkpoint": Input("checkpoint", help="the model to sample from (e.g. the GRPO checkpoint)")},
+    inputs={"checkpoint": Input("checkpoint", help="the model to sample from (e.g. the GRPO checkpoint)"),
+            "problems": PROBLEMS_INPUT},
     help="Rejection sampling: draw k completions per training prompt, keep the verified-correct, "
          "well-formatted, distinct ones; writes samples.jsonl with acceptance statistics per family.",
     example="dsctl rejection_sample --from mini_r1:grpo --set samples_per_prompt=8",

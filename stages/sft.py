@@ -1,7 +1,8 @@
 """sft: supervised fine-tuning of a base checkpoint on chat-formatted reasoning examples.
 
-Reads a `checkpoint` (the base model) and, optionally, a `samples` or `corpus` artifact;
-writes a `checkpoint`. Examples come from the task families' worked split (the worked
+Reads a `checkpoint` (the base model) and, optionally, a `samples` or `corpus` artifact
+and a `problems` set (in place of the families); writes a `checkpoint`. Examples come
+from the worked split of the task families or the problem set (the worked
 solution as `<think>…</think><answer>…</answer>`), the optional artifact, and JSONL files
 named in the config. The loss is on assistant tokens only; examples are packed with
 document masks so packed examples never attend to each other. Resumes exactly (shared
@@ -17,7 +18,7 @@ from typing import Any
 
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import CompletionConfig, EvalSplitConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ExamplesConfig, LMTrainConfig
 
@@ -79,10 +80,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
     """Every source of conversations -> tokenized (ids, learn_mask) examples + counts."""
     from dsctl.data.corpus import expand_paths
+    from dsctl.tasks.config import train_draw
+    from dsctl.tasks.problem_set import ProblemSet
     from dsctl.train.examples import RowStats, artifact_conversations, encode_conversations, read_conversations, task_conversations
 
     cfg: SFTConfig = ctx.config
-    convs = task_conversations(cfg.families, cfg.train_problems, ctx.seed, cfg.difficulty) if cfg.train_problems else []
+    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
+    convs = task_conversations(train_draw(cfg, ctx.seed, problem_set)) if cfg.train_problems else []
     counts: dict[str, int] = {"task_examples": len(convs)}
     stats = RowStats()
     extra = ctx.maybe_input("data")
@@ -109,10 +113,11 @@ def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
 
 def _eval(ctx: StageContext, model, tokenizer):
     from dsctl.eval.task_accuracy import greedy_accuracy
-    from dsctl.tasks.config import held_out_problems
+    from dsctl.tasks.config import eval_draw
+    from dsctl.tasks.problem_set import ProblemSet
 
     cfg: SFTConfig = ctx.config
-    problems = held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
+    problems = eval_draw(cfg, ProblemSet.of(ctx.maybe_input("problems")))
     return greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
 
 
@@ -145,6 +150,7 @@ STAGE = StageSpec(
     inputs={
         "checkpoint": Input("checkpoint", help="the base model to fine-tune"),
         "data": Input("any", optional=True, help="extra examples: a samples or corpus artifact"),
+        "problems": PROBLEMS_INPUT,
     },
     help="Supervised fine-tuning on chat-formatted reasoning examples (loss on assistant tokens "
          "only, packed with document masks); reports greedy eval accuracy before and after.",

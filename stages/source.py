@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from dsctl.configs import stage_defaults
-from dsctl.data.config import ShardOutputConfig
-from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows
+from dsctl.data.config import DatasetConfigName, ShardOutputConfig
+from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows, jsonable, load_dataset
 from dsctl.data.world import WorldSizes, build_world
 from dsctl.errors import UserError
 from dsctl.stage import StageContext, StageSpec
@@ -40,7 +40,7 @@ _DEFAULT_SIZES = WorldSizes()
 
 @dataclass
 @stage_defaults(families=list(_DEFAULT_SIZES.task_families))
-class SourceConfig(TaskConfig, ShardOutputConfig):
+class SourceConfig(TaskConfig, ShardOutputConfig, DatasetConfigName):
     world: Literal["default", "none"] = "default"
     """"default": include the built-in offline world; "none": only `paths`/`dataset`."""
     paths: list[str] = field(default_factory=list)
@@ -49,8 +49,6 @@ class SourceConfig(TaskConfig, ShardOutputConfig):
     """A `datasets` name (loaded with `datasets.load_dataset`) or a local directory
     (a `save_to_disk` folder is opened with `load_from_disk`, any other folder of
     data files with `load_dataset`). "" = none."""
-    dataset_config: str = ""
-    """The dataset's configuration name, if it has several ("" = default)."""
     dataset_split: str = "train"
     """Which split of `dataset` to read."""
     text_field: str = "text"
@@ -145,7 +143,7 @@ def _copy_rows(rows: Iterator[dict], out: ShardWriter) -> None:
 def _normalize_row(row: dict[str, Any], cfg: SourceConfig, fallback_id: str) -> dict[str, Any]:
     """Text under `text`, a string `id`, and only JSON-ready values (Parquet may hold
     timestamps or bytes)."""
-    row = {k: _jsonable(v) for k, v in row.items()}
+    row = {k: jsonable(v) for k, v in row.items()}
     row["text"] = row.pop(cfg.text_field)
     given = row.pop(cfg.id_field, None)
     row = {"id": str(given) if given not in (None, "") else fallback_id, **row}
@@ -158,7 +156,7 @@ def _file_rows(path: Path, stats: ReadStats, cfg: SourceConfig) -> Iterator[dict
 
 
 def _dataset_rows(cfg: SourceConfig, stats: ReadStats, cache_dir: Path) -> Iterator[dict]:
-    dataset = _load_dataset(cfg, cache_dir)
+    dataset = load_dataset(cfg.dataset, cfg.dataset_config, cfg.dataset_split, cache_dir)
     if cfg.text_field not in dataset.column_names:
         raise UserError(
             f"dataset '{cfg.dataset}' has no column '{cfg.text_field}' (columns: {', '.join(dataset.column_names)}); "
@@ -171,39 +169,6 @@ def _dataset_rows(cfg: SourceConfig, stats: ReadStats, cache_dir: Path) -> Itera
             continue
         stats.rows += 1
         yield _normalize_row(row, cfg, f"{name}:{i}")
-
-
-def _load_dataset(cfg: SourceConfig, cache_dir: Path):
-    import datasets
-
-    local = Path(cfg.dataset)
-    try:
-        if local.is_dir() and any((local / f).exists() for f in ("state.json", "dataset_dict.json")):
-            loaded = datasets.load_from_disk(str(local))
-            if isinstance(loaded, datasets.DatasetDict):
-                if cfg.dataset_split not in loaded:
-                    raise UserError(f"dataset '{cfg.dataset}' has no split '{cfg.dataset_split}' (splits: {', '.join(loaded)})")
-                loaded = loaded[cfg.dataset_split]
-            return loaded
-        return datasets.load_dataset(
-            cfg.dataset, cfg.dataset_config or None, split=cfg.dataset_split, cache_dir=str(cache_dir)
-        )
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load this"
-        raise UserError(f"could not load dataset '{cfg.dataset}' (split '{cfg.dataset_split}'): {exc}") from None
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from dsctl.errors import StageFailed, UserError
 from dsctl.train.examples import RowStats, encode_conversations, read_conversations, task_conversations
+from dsctl.tasks.config import task_problems
 from dsctl.testing import run_stage
 from dsctl.train.batches import PackedExamples
 from stages import sft
@@ -27,7 +28,7 @@ def tokenizer(tok_dir):
 
 
 def test_labels_are_ignored_exactly_off_the_assistant_tokens(tokenizer):
-    convs = task_conversations(FAMILIES, 9, seed=0, difficulty=EASY)
+    convs = task_conversations(task_problems(FAMILIES, "worked", 9, seed=0, difficulty=EASY))
     convs.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
                   {"role": "assistant", "content": "<think>2 + 2 = 4.</think><answer>4</answer>"},
                   {"role": "user", "content": "And 3 + 3?"},
@@ -61,7 +62,7 @@ def test_labels_are_ignored_exactly_off_the_assistant_tokens(tokenizer):
 
 def test_too_long_conversations_are_dropped_not_cut(tokenizer):
     long = [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "<answer>1</answer>"}]
-    short = task_conversations(["arithmetic"], 2, seed=0, difficulty=EASY)
+    short = task_conversations(task_problems(["arithmetic"], "worked", 2, seed=0, difficulty=EASY))
     examples, dropped = encode_conversations(tokenizer, [long, *short], seq_len=128)
     assert dropped == 1 and len(examples) == 2
 

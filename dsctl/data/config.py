@@ -21,3 +21,9 @@ class DataWorkConfig:
 class ShardOutputConfig:
     rows_per_shard: int = 50_000
     """Rows per output JSONL shard."""
+
+
+@dataclass
+class DatasetConfigName:
+    dataset_config: str = ""
+    """The `datasets` dataset's configuration name, if it has several (GSM8K: "main"; "" = default)."""

@@ -61,6 +61,45 @@ class ReadStats:
             setattr(self, name, getattr(self, name) + value)
 
 
+def jsonable(value: Any) -> Any:
+    """A row read from Parquet, Arrow or `datasets` as JSON-ready data (bytes decoded,
+    other values as strings), so every reader hands stages the same kind of row."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def load_dataset(name: str, config: str = "", split: str | None = "train", cache_dir: Path | None = None) -> Any:
+    """A `datasets` dataset by hub name or local folder (`save_to_disk` or data files):
+    one split, or with split=None a {split name: Dataset} dict of all of them. Every
+    failure is one UserError sentence."""
+    import datasets
+
+    local = Path(name)
+    try:
+        if local.is_dir() and any((local / f).exists() for f in ("state.json", "dataset_dict.json")):
+            loaded = datasets.load_from_disk(str(local))
+            if not isinstance(loaded, datasets.DatasetDict):
+                return loaded if split is not None else {"train": loaded}
+        else:
+            loaded = datasets.load_dataset(name, config or None, cache_dir=str(cache_dir) if cache_dir else None)
+        if split is None:
+            return dict(loaded)
+        if split not in loaded:
+            raise UserError(f"dataset '{name}' has no split '{split}' (splits: {', '.join(loaded)})")
+        return loaded[split]
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load this"
+        raise UserError(f"could not load dataset '{name}'{f' (split {split!r})' if split else ''}: {exc}") from None
+
+
 def is_row_file(path: Path) -> bool:
     return path.name.endswith(ROW_FILE_SUFFIXES)
 

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -184,6 +184,21 @@ def task_eval_texts(
             for p in problems:
                 texts.append(EvalText(f"{family}:{p.id}", p.prompt, family, whole=True))
                 texts.append(EvalText(f"{family}:{p.id}", p.solution, family, whole=True))
+    return texts
+
+
+def problem_set_eval_texts(problem_set: Any) -> list[EvalText]:
+    """Prompt and worked solution of every dev and test problem of a problem set
+    (dsctl.tasks.problem_set.ProblemSet). A set made from the built-in families is
+    templated text, matched whole as task_eval_texts does; a user's questions are prose,
+    matched by shared windows like any eval file."""
+    whole = problem_set.grading.verifier == "family"
+    texts = []
+    for split in ("dev", "test"):
+        for p in problem_set.split(split):
+            for text in (p.prompt, p.solution):
+                if text:
+                    texts.append(EvalText(f"{problem_set.name}:{p.id}", text, problem_set.name, whole=whole))
     return texts
 
 

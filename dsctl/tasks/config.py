@@ -1,7 +1,8 @@
 """Config pieces of the stages that work on task problems, each field declared once.
 
     FamiliesConfig     which task families (decontaminate protects their dev and test splits)
-    TaskConfig         which families, at which difficulty (every stage that uses problems)
+    TaskConfig         which families, at which difficulty, and how many failed rewards a
+                       stage tolerates (every stage that uses problems)
     TrainSplitConfig   how many worked or answer-only problems a stage trains on
     EvalSplitConfig    how many held-out (dev or test) problems a stage scores
     CompletionConfig   how long a decoded completion may be
@@ -9,7 +10,8 @@
     PasskeyConfig      how many passkey documents a retrieval measurement takes
 
 Stages inherit the pieces they use and change defaults with
-`dsctl.configs.stage_defaults`; `task_problems` draws the problems they name.
+`dsctl.configs.stage_defaults`; `train_draw` and `eval_draw` draw the problems they name,
+from the families or, when the stage has a `problems` input, from that problem set.
 """
 
 from __future__ import annotations
@@ -38,9 +40,15 @@ class TaskConfig(FamiliesConfig):
     """Per-family difficulty overrides, e.g. {arithmetic = {max_digits = 3}} ({} = each
     family's defaults: 2-digit + and − for arithmetic). Post-training stages and eval
     should name the same difficulty, so each measures the distribution the others train on."""
+    max_reward_errors: float = 0.1
+    """Largest share of a batch's rewards that may fail to compute (a verifier or your reward
+    function raising) before the stage stops and shows the first traceback; failed rows
+    score 0 and are counted in the stage's metrics."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 0.0 <= self.max_reward_errors <= 1.0:
+            raise ValueError(f"max_reward_errors must be a share in [0, 1], got {self.max_reward_errors}")
         unknown = set(self.difficulty) - set(FAMILIES)
         if unknown:
             raise ValueError(f"unknown task families {sorted(unknown)}; known: {', '.join(sorted(FAMILIES))}")
@@ -68,7 +76,8 @@ class TrainSplitConfig:
     """Training problems the stage draws, spread evenly over `families`: from the
     `worked` split for sft and distill (worked solutions to learn from), from the
     `answer_only` split for grpo and rejection_sample (prompts whose answers alone are
-    used)."""
+    used); the problems stage writes this many of each. From a problem set: the first
+    this many of the split."""
 
     train_split: ClassVar[str] = "worked"
     """The split `train_problems` come from; a stage that trains on answers alone says
@@ -142,6 +151,22 @@ def held_out_problems(families: Sequence[str], split: str, n: int,
         return task_problems(families, split, n, YARDSTICK_SEED, difficulty)
     difficulty = difficulty or {}
     return [p for f in families for p in whole_split(FAMILIES[f], split, difficulty.get(f))]
+
+
+def train_draw(cfg: Any, seed: int, problem_set: Any = None) -> list[Problem]:
+    """A stage's `train_problems` of its `train_split`: from `problem_set` (a
+    dsctl.tasks.problem_set.ProblemSet) when it has one, else from its families at `seed`."""
+    if problem_set is not None:
+        return problem_set.draw(cfg.train_split, cfg.train_problems, "train_problems") if cfg.train_problems else []
+    return task_problems(cfg.families, cfg.train_split, cfg.train_problems, seed, cfg.difficulty)
+
+
+def eval_draw(cfg: Any, problem_set: Any = None) -> list[Problem]:
+    """A stage's `eval_problems` of its `eval_split` (dev or test), from `problem_set` when
+    it has one, else its families' yardstick draw."""
+    if problem_set is not None:
+        return problem_set.draw(cfg.eval_split, cfg.eval_problems, "eval_problems")
+    return held_out_problems(cfg.families, cfg.eval_split, cfg.eval_problems, cfg.difficulty)
 
 
 def task_problems(families: Sequence[str], split: str, n: int, seed: int,

@@ -1,7 +1,7 @@
 """Supervised fine-tuning data: chat conversations from tasks, samples and JSONL files,
 tokenized with the chat template into (ids, learn_mask) examples, for sft and distill.
 
-    convs = task_conversations(["arithmetic"], n=2000, seed=0)            # reasoning_target answers
+    convs = task_conversations(task_problems(["arithmetic"], "worked", 2000, seed=0))  # worked answers
     convs += read_conversations(Path("mine.jsonl"), stats)                 # {prompt, response} / {messages}
     examples, too_long = encode_conversations(tokenizer, convs, seq_len=256)
     train, val = split_validation(examples, 0.05, seed=0)
@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dsctl.errors import UserError
-from dsctl.tasks import reasoning_target
-from dsctl.tasks.config import task_problems
+from dsctl.tasks import Problem, reasoning_target
 
 Conversation = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
@@ -49,11 +48,10 @@ class RowStats:
         return {f"{prefix}{k}": v for k, v in asdict(self).items() if k != "examples"}
 
 
-def task_conversations(families: Sequence[str], n: int, seed: int,
-                       difficulty: dict[str, dict] | None = None) -> list[Conversation]:
-    """`n` train-split problems over `families`, each answered by its worked solution in
-    the reasoning format `<think>…</think><answer>…</answer>`."""
-    return [chat(p.prompt, reasoning_target(p)) for p in task_problems(families, "worked", n, seed, difficulty)]
+def task_conversations(problems: Sequence[Problem]) -> list[Conversation]:
+    """Each problem answered by its worked solution in the reasoning format
+    `<think>…</think><answer>…</answer>` (problems of a worked split: they have one)."""
+    return [chat(p.prompt, reasoning_target(p)) for p in problems]
 
 
 def chat(prompt: str, response: str) -> Conversation:
