@@ -58,7 +58,8 @@ class ProblemsConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, DatasetConfi
     the prompt as "A. …", and the reference may be a letter, an index or a choice's text."""
     answer_pattern: str = ""
     """A regex picking the reference out of the answer field (its first group, else the
-    whole match; the last match counts), e.g. "#### (.+)" for GSM8K; "" = the whole field."""
+    whole match; the last match counts), e.g. "#### (.+)" for GSM8K; "boxed" = the last
+    \\boxed{} (MATH's solutions); "" = the whole field."""
     verifier: str = "number"
     """How answers are judged: exact, number, math (math-verify), choice, or your
     function as module:function, called fn(row, completion) -> float reward."""
@@ -85,7 +86,7 @@ class ProblemsConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, DatasetConfi
             raise ValueError(f"verifier must be one of {', '.join(BUILT_IN_VERIFIERS)} or module:function")
         if self.answer_from and self.answer_from not in ANSWER_SOURCES:
             raise ValueError(f"answer_from must be one of {', '.join(ANSWER_SOURCES)} (or \"\" for the verifier's default)")
-        if self.answer_pattern:
+        if self.answer_pattern and self.answer_pattern != "boxed":
             try:
                 re.compile(self.answer_pattern)
             except re.error as exc:

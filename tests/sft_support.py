@@ -72,3 +72,24 @@ def memorized_checkpoint(out: Path, tok_dir: Path, problems, steps: int = 60, se
     LMTrainer(model, PackedExamples(examples, 128, 4, tokenizer.pad_id, seed), cfg, ctx).fit()
     export_checkpoint(model, out, tok_dir, None)
     return out
+
+
+def fail_once_at_step(monkeypatch, step: int, run) -> None:
+    """Run `run()` with LMTrainer crashing at `step` (a simulated crash mid-stage, after the
+    checkpoints before it) and expect the stage to fail; the trainer is whole again after."""
+    import pytest
+
+    from dsctl.errors import StageFailed
+    from dsctl.train import loop
+
+    real_step = loop.LMTrainer.train_step
+
+    def crashing_step(self, at):
+        if at == step:
+            raise RuntimeError("simulated crash")
+        return real_step(self, at)
+
+    monkeypatch.setattr(loop.LMTrainer, "train_step", crashing_step)
+    with pytest.raises(StageFailed):
+        run()
+    monkeypatch.setattr(loop.LMTrainer, "train_step", real_step)

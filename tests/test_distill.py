@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsctl.errors import StageFailed, UserError
+from dsctl.errors import UserError
 from dsctl.tasks.config import task_problems
 from dsctl.train import distill as distill_lib
 from dsctl.train.distill import logit_distillation_kl
 from dsctl.tasks import reasoning_target
 from dsctl.testing import run_stage
 from stages import distill
-from tests.sft_support import EASY, make_checkpoint, make_tokenizer, tiny_train_config
+from tests.sft_support import EASY, fail_once_at_step, make_checkpoint, make_tokenizer, tiny_train_config
 
 FAMILIES = ["arithmetic", "equations"]
 STUDENT = {"student": "tiny", "student_overrides": {"hidden_size": 32, "num_hidden_layers": 1}}
@@ -120,23 +120,11 @@ def test_mismatched_tokenizers_turn_the_kl_term_off_or_stop(tmp_path, world):
 def test_distill_resume_after_a_crash_gives_identical_weights(tmp_path, world, monkeypatch):
     from safetensors.torch import load_file
 
-    from dsctl.train import loop
-
     _, teacher, samples = world
     config = _config(max_steps=6, checkpoint_every=3, eval_problems=0)
     inputs = {"samples": [samples], "teacher": [teacher]}
     straight = run_stage(distill.STAGE, config, inputs, tmp_path / "a")
-    real_step = loop.LMTrainer.train_step
-
-    def crashing_step(self, step):
-        if step == 4:
-            raise RuntimeError("simulated crash")
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop.LMTrainer, "train_step", crashing_step)
-    with pytest.raises(StageFailed):
-        run_stage(distill.STAGE, config, inputs, tmp_path / "b")
-    monkeypatch.setattr(loop.LMTrainer, "train_step", real_step)
+    fail_once_at_step(monkeypatch, 4, lambda: run_stage(distill.STAGE, config, inputs, tmp_path / "b"))
     resumed = run_stage(distill.STAGE, config, inputs, tmp_path / "b")
     a, b = load_file(straight.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

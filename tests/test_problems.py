@@ -163,6 +163,20 @@ def test_an_unsplit_file_is_divided_by_hash_and_identical_prompts_stay_together(
     assert not held & {p.prompt for p in ps.split("answer_only")}
 
 
+def test_a_math_style_set_takes_its_reference_from_the_last_boxed_answer(tmp_path):
+    rows = [{"problem": f"Solve {i}x = {i}/2.", "solution": f"Divide by {i}: $x = \\boxed{{\\frac{{1}}{{2}}}}$.", "level": 1}
+            for i in range(2, 200)] + [{"problem": "No box", "solution": "x is one half"}]
+    _write_jsonl(tmp_path / "math.jsonl", rows)
+    config = {"data": str(tmp_path / "math.jsonl"), "prompt_field": "problem", "answer_field": "solution",
+              "solution_field": "solution", "answer_pattern": "boxed", "verifier": "math"}
+    ps = ProblemSet(run_stage(problems_stage.STAGE, config, {}, tmp_path / "work").path)
+    assert ps.meta["skipped"] == {"answer_pattern_no_match": 1}
+    p = ps.split("worked")[0]
+    assert p.answer == "\\frac{1}{2}" and p.solution.startswith("Divide by") and "boxed" not in p.solution
+    assert grade(p, "so the answer is \\boxed{0.5}").correct and grade(p, "<answer>$1/2$</answer>").correct
+    assert grade(p, "\\boxed{2}").reason == "wrong" and p.data["row"]["level"] == 1
+
+
 def test_a_datasets_folder_with_a_choice_set(tmp_path):
     import datasets
 
@@ -259,14 +273,13 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
     from dsctl.train.artifacts import load_model
 
     ckpt, _, _ = sft_checkpoint
+    from examples.arithmetic_gsm8k import write_gsm8k_layout
+
     families, difficulty, n_train, n_eval = ["arithmetic"], {"arithmetic": EASY}, 16, 4
     export = tmp_path / "arith_gsm8k"
-    export.mkdir()
-    layout = {"train.jsonl": task_problems(families, "answer_only", n_train, 0, difficulty),
-              "validation.jsonl": held_out_problems(families, "dev", n_eval, difficulty),
-              "test.jsonl": held_out_problems(families, "test", n_eval, difficulty)}
-    for name, problems in layout.items():
-        _write_jsonl(export / name, [{"question": p.prompt, "answer": f"{p.solution}\n#### {p.answer}"} for p in problems])
+    # grpo draws answer-only problems: the export's train rows are those, and with no
+    # solution_field every one of them is answer-only in the set too
+    write_gsm8k_layout(export, n_train, n_eval, seed=0, difficulty=EASY, train_splits=("answer_only",))
     work = tmp_path / "work"
     ps = run_stage(problems_stage.STAGE, {"data": str(export), "answer_pattern": "#### (.+)"}, {}, work)
     assert ProblemSet(ps.path).counts == {"worked": 0, "answer_only": n_train, "dev": n_eval, "test": n_eval}
@@ -293,3 +306,19 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
     assert reports[0]["metrics"] == reports[1]["metrics"]
     greedy = [[r["greedy_text"] for d in report["details"].values() for r in d["task_scores"]] for report in reports]
     assert greedy[0] == greedy[1] and len(greedy[0]) == n_eval
+
+
+def test_grpo_stops_with_the_first_traceback_when_a_reward_function_keeps_failing(sft_checkpoint, tmp_path,  # noqa: F811
+                                                                                   monkeypatch):
+    import stages.grpo as grpo
+
+    (tmp_path / "flaky_rewards.py").write_text("def score(row, completion):\n    return 1 / 0\n")
+    monkeypatch.chdir(tmp_path)
+    _write_jsonl(tmp_path / "sums.jsonl", [{"question": f"{i}+{j}=", "answer": str(i + j)} for i in range(10) for j in range(10)])
+    ps = run_stage(problems_stage.STAGE, {"data": str(tmp_path / "sums.jsonl"), "verifier": "flaky_rewards:score"}, {},
+                   tmp_path / "work")
+    ckpt, _, _ = sft_checkpoint
+    config = {"max_steps": 1, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8, "train_problems": 4,
+              "eval_problems": 2}
+    with pytest.raises(UserError, match=r"(?s)grpo rollout: 4 of 4 rewards could not be computed .*4 ZeroDivisionError.*1 / 0"):
+        run_stage(grpo.STAGE, config, {"checkpoint": [ckpt], "problems": [ps]}, tmp_path / "work")

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dsctl.errors import StageFailed, UserError
+from dsctl.errors import UserError
 from dsctl.train.examples import RowStats, encode_conversations, read_conversations, task_conversations
 from dsctl.tasks.config import task_problems
 from dsctl.testing import run_stage
 from dsctl.train.batches import PackedExamples
 from stages import sft
-from tests.sft_support import EASY, FAMILIES, make_checkpoint, make_tokenizer, tiny_train_config
+from tests.sft_support import EASY, FAMILIES, fail_once_at_step, make_checkpoint, make_tokenizer, tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -116,24 +116,12 @@ def test_sft_stage_trains_on_tasks_and_jsonl_and_reports_accuracy(tmp_path, tok_
 def test_sft_resume_after_a_crash_gives_identical_weights(tmp_path, tok_dir, monkeypatch):
     from safetensors.torch import load_file
 
-    from dsctl.train import loop
-
     ckpt = make_checkpoint(tmp_path / "base", tok_dir)
     config = {**tiny_train_config(max_steps=6, checkpoint_every=3), "families": ["arithmetic"], "difficulty": EASY,
               "train_problems": 30, "eval_problems": 0}
     straight = run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "a")
 
-    real_step = loop.LMTrainer.train_step
-
-    def crashing_step(self, step):
-        if step == 4:
-            raise RuntimeError("simulated crash")
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop.LMTrainer, "train_step", crashing_step)
-    with pytest.raises(StageFailed):
-        run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "b")
-    monkeypatch.setattr(loop.LMTrainer, "train_step", real_step)
+    fail_once_at_step(monkeypatch, 4, lambda: run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "b"))
     resumed = run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "b")
     a, b = load_file(straight.path / "model.safetensors"), load_file(resumed.path / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -6,15 +6,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dsctl.errors import StageFailed
 from dsctl.progress import Reporter
 from dsctl.stage import METRICS_FILE, TENSORBOARD_DIR, StageContext, StageSpec
 from dsctl.testing import run_stage
 from stages import sft
-from tests.sft_support import EASY, make_checkpoint, make_tokenizer, tiny_train_config
+from tests.sft_support import EASY, fail_once_at_step, make_checkpoint, make_tokenizer, tiny_train_config
 
 SPEC = StageSpec("t", 1, dict, lambda ctx: None, "checkpoint")
 
@@ -39,27 +37,15 @@ def _logged(artifact: Path, name: str) -> list[tuple[int, float]]:
 
 def test_sft_losses_reach_tensorboard_at_their_steps_and_a_resumed_run_publishes_each_step_once(
         tmp_path, monkeypatch):
-    from dsctl.train import loop
-
     tok_dir = tmp_path / "tok"
     make_tokenizer(tok_dir)
     ckpt = make_checkpoint(tmp_path / "base", tok_dir)
     config = {**tiny_train_config(max_steps=6, checkpoint_every=3, seq_len=64, log_every=1),
               "families": ["arithmetic"], "difficulty": EASY, "train_problems": 12, "eval_problems": 0}
-    real_step = loop.LMTrainer.train_step
-
-    def crashing_step(self, step):
-        if step == 4:
-            raise RuntimeError("simulated crash")
-        return real_step(self, step)
-
-    monkeypatch.setattr(loop.LMTrainer, "train_step", crashing_step)
-    with pytest.raises(StageFailed):
-        run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "work")
+    fail_once_at_step(monkeypatch, 4, lambda: run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "work"))
     (staging,) = (tmp_path / "work" / "staging").iterdir()
     assert [s for s, _ in _scalars(staging / "artifact")["loss"]] == [1, 2, 3, 4]  # readable before publish
 
-    monkeypatch.setattr(loop.LMTrainer, "train_step", real_step)
     artifact = run_stage(sft.STAGE, config, {"checkpoint": [ckpt]}, tmp_path / "work").path
     scalars = _scalars(artifact)
     assert scalars["loss"] == _logged(artifact, "loss")

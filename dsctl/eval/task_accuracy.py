@@ -69,6 +69,8 @@ class AccuracyResult:
     tokens_per_s: float
     """Generated tokens per second of wall time (batched greedy decoding, cache on)."""
     completions: list[Completion] = field(default_factory=list, repr=False)
+    reward_errors: int = 0
+    """Completions whose reward could not be computed (a failing verifier: scored wrong)."""
 
     def summary(self, prefix: str = "") -> dict[str, Any]:
         """Flat metrics for a stage summary, e.g. prefix="eval_" -> eval_accuracy."""
@@ -76,6 +78,8 @@ class AccuracyResult:
                f"{prefix}mean_tokens": round(self.mean_tokens, 1), f"{prefix}tokens_per_s": round(self.tokens_per_s, 1),
                f"{prefix}problems": self.n}
         out.update({f"{prefix}accuracy_{fam}": round(acc, 4) for fam, acc in sorted(self.per_family.items())})
+        if self.reward_errors:
+            out[f"{prefix}reward_errors"] = self.reward_errors
         return out
 
 
@@ -100,7 +104,7 @@ def greedy_accuracy(model, tokenizer, problems: Sequence[Problem], *, max_new_to
         per_family={f: sum(v) / len(v) for f, v in by_family.items()},
         mean_tokens=total_tokens / len(problems),
         tokens_per_s=total_tokens / elapsed,
-        completions=completions,
+        completions=completions, reward_errors=sum(s["reason"] == "error" for s in scores),
     )
 
 

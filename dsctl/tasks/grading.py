@@ -30,6 +30,7 @@ import math
 import re
 import sys
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -288,9 +289,17 @@ def check_reward_errors(scores: Sequence[dict[str, Any]], max_share: float, wher
     reward that cannot be computed must not quietly train the policy on zeros)."""
     errors = [s for s in scores if s["reason"] == "error"]
     if scores and len(errors) > max_share * len(scores):
+        kinds = Counter(_exception_name(s["detail"]) for s in errors)
         raise RewardError(f"{where}: {len(errors)} of {len(scores)} rewards could not be computed "
-                          f"(more than max_reward_errors = {max_share:g}); the first failure:\n{errors[0]['detail']}")
+                          f"(more than max_reward_errors = {max_share:g}; "
+                          + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+                          + f"); the first failure:\n{errors[0]['detail']}")
     return len(errors)
+
+
+def _exception_name(trace: str) -> str:
+    last = trace.strip().splitlines()[-1] if trace.strip() else ""
+    return last.split(":", 1)[0] or "error"
 
 
 def _judge(problem: Any, answer: str, grading: Grading) -> bool:

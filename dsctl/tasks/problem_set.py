@@ -33,9 +33,11 @@ from typing import Any, Iterable, Sequence
 
 from dsctl.errors import UserError
 from dsctl.tasks.base import SPLIT_BUCKETS, SPLITS, Problem
-from dsctl.tasks.grading import Grading, check_reference
+from dsctl.tasks.grading import Grading, check_reference, last_boxed
 
 META_FILE = "problem_set.json"
+BOXED = "boxed"
+"""The answer_pattern that takes a reference from the last \\boxed{} of the answer field."""
 NAMED_SPLITS = {"train": "train", "validation": "dev", "valid": "dev", "dev": "dev", "test": "test"}
 """Dataset split names understood without a mapping, and the split each one feeds."""
 
@@ -50,8 +52,9 @@ class FieldMap:
     choices_field: str = ""
     answer_pattern: str = ""
     """A regex whose first group (or whole match) is the reference answer inside the
-    answer field, e.g. GSM8K's `#### (.+)`; "" = the whole field. When the solution comes
-    from the same field, the text before the match is the solution."""
+    answer field, e.g. GSM8K's `#### (.+)`; "boxed" = the last \\boxed{} (MATH); "" = the
+    whole field. When the solution comes from the same field, the text before the match
+    is the solution."""
 
 
 @dataclass
@@ -87,6 +90,22 @@ def train_split_of(prompt: str, has_solution: bool, carve: Sequence[str], worked
     return "worked" if worked else "answer_only"
 
 
+def _find_reference(text: str, pattern: re.Pattern | None) -> tuple[str, int] | None:
+    """(reference, where its match starts) by the last match of `pattern` (a worked
+    solution may quote the pattern before its final answer), or by the last \\boxed{}
+    when the pattern is "boxed" (pattern None): a regex cannot balance braces."""
+    if pattern is None:
+        start = text.rfind("\\boxed{")
+        boxed = last_boxed(text)
+        return None if boxed is None else (boxed, start)
+    match = None
+    for match in pattern.finditer(text):
+        pass
+    if match is None:
+        return None
+    return (match.group(1) if pattern.groups else match.group(0)), match.start()
+
+
 def row_problem(row: dict[str, Any], fields: FieldMap, grading: Grading, name: str,
                 pattern: re.Pattern | None) -> Problem:
     """One row as a Problem (split decided later); ValueError says why a row is unusable."""
@@ -98,15 +117,13 @@ def row_problem(row: dict[str, Any], fields: FieldMap, grading: Grading, name: s
     answer_text = str(answer_text)
     solution = ""
     answer = answer_text
-    if pattern is not None:
-        match = None
-        for match in pattern.finditer(answer_text):
-            pass  # the last match: a worked solution may quote the pattern before its final answer
-        if match is None:
+    if fields.answer_pattern:
+        found = _find_reference(answer_text, pattern)
+        if found is None:
             raise ValueError("answer_pattern_no_match")
-        answer = match.group(1) if pattern.groups else match.group(0)
+        answer, start = found
         if fields.solution_field == fields.answer_field:
-            solution = answer_text[:match.start()].strip()
+            solution = answer_text[:start].strip()
     if fields.solution_field and fields.solution_field != fields.answer_field:
         solution = str(row.get(fields.solution_field) or "").strip()
     choices = None
@@ -129,7 +146,7 @@ def build_problem_set(named_rows: Iterable[tuple[str, dict[str, Any]]], fields: 
                       name: str, worked_share: float) -> tuple[dict[str, list[Problem]], BuildReport]:
     """(split name as the data calls it, JSON-ready row) pairs -> problems per split, and
     what was skipped. Rows of "train" (or of unsplit data, "") are divided as the module says."""
-    pattern = re.compile(fields.answer_pattern) if fields.answer_pattern else None
+    pattern = re.compile(fields.answer_pattern) if fields.answer_pattern not in ("", BOXED) else None
     report = BuildReport()
     held: dict[str, list[Problem]] = {"dev": [], "test": []}
     train: list[Problem] = []
