@@ -113,7 +113,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 + ", ".join(f"{n:,} {r}" for r, n in sorted(meta["skipped"].items())) + ")" if meta["skipped"] else ""))
     for reason, example in sorted(meta["skipped_examples"].items()):
         ctx.info(f"  first row skipped as {reason}: {example[:160]}")
-    return {**{f"{s}_problems": n for s, n in counts.items()},
+    return {"problems": sum(counts.values()), **{f"{s}_problems": n for s, n in counts.items()},
             "skipped": sum(meta["skipped"].values()), **{f"skipped_{r}": n for r, n in meta["skipped"].items()}}
 
 
