@@ -275,7 +275,7 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
     ckpt, _, _ = sft_checkpoint
     from examples.arithmetic_gsm8k import write_gsm8k_layout
 
-    families, difficulty, n_train, n_eval = ["arithmetic"], {"arithmetic": EASY}, 16, 4
+    families, difficulty, n_train, n_eval = ["arithmetic"], {"arithmetic": EASY}, 16, 10
     export = tmp_path / "arith_gsm8k"
     # grpo draws answer-only problems: the export's train rows are those, and with no
     # solution_field every one of them is answer-only in the set too
@@ -299,11 +299,13 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
     for (name, x), (_, y) in zip(load_model(built_in).state_dict().items(), load_model(from_set).state_dict().items()):
         assert torch.equal(x, y), name
 
-    settings = {"eval_problems": n_eval, "samples": 4, "pass_ks": [1, 4], "max_new_tokens": 12, "threads": 1}
+    settings = {"eval_problems": n_eval, "samples": 8, "pass_ks": [1, 8], "max_new_tokens": 12, "threads": 1,
+                "temperature": 1.0}
     reports = [json.loads((run_stage(eval_stage.STAGE, {**settings, **extra}, inputs, work).path / "report.json").read_text())
                for extra, inputs in (({"families": families, "difficulty": difficulty}, {"checkpoint": [built_in]}),
                                      ({}, {"checkpoint": [built_in], "problems": [ps]}))]
     assert reports[0]["metrics"] == reports[1]["metrics"]
+    assert next(iter(reports[0]["metrics"].values()))["pass@8"] > 0  # equal, and not merely both zero
     greedy = [[r["greedy_text"] for d in report["details"].values() for r in d["task_scores"]] for report in reports]
     assert greedy[0] == greedy[1] and len(greedy[0]) == n_eval
 
