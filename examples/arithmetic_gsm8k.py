@@ -1,7 +1,7 @@
 """Write dsctl's built-in arithmetic problems as a problem set in GSM8K's layout.
 
     python examples/arithmetic_gsm8k.py data/arith_gsm8k
-    dsctl problems --set data=data/arith_gsm8k --set 'answer_pattern=#### (.+)' --set solution_field=answer
+    dsctl problems --set 'paths=["data/arith_gsm8k"]' --set 'answer_pattern=#### (.+)' --set solution_field=answer
 
 train.jsonl, validation.jsonl and test.jsonl hold {"question", "answer"} rows whose answer
 is the worked solution, then `#### N`: the shape of openai/gsm8k, so the file exercises

@@ -5,8 +5,8 @@ rejection_sample, distill, eval and decontaminate take in place of their `famili
 `<split>.jsonl` for the worked, answer_only, dev and test splits, and problem_set.json
 with the grading and every skipped row counted by reason.
 
-From your data (`data` = JSONL/Parquet files or globs, a folder of them, a `datasets`
-folder or hub name): fields are mapped by `prompt_field` / `answer_field` /
+From your rows (`paths`: JSONL/Parquet files, folders or globs; `dataset`: a `datasets`
+hub name or folder): fields are mapped by `prompt_field` / `answer_field` /
 `solution_field` / `choices_field`, `answer_pattern` pulls the reference out of a longer
 answer (GSM8K: `#### (.+)`), and `verifier` says how answers are judged. A dataset's own
 train / validation / test splits are kept (file names like `test.jsonl` or
@@ -15,7 +15,7 @@ the training rows by a hash of the prompt. Rows the verifier could not check aga
 prompt, no answer, a pattern that does not match, a reference it cannot parse) are
 counted and skipped, never rewarded.
 
-Without `data`: the built-in `families` at `difficulty`, `train_problems` of each
+Without either: the built-in `families` at `difficulty`, `train_problems` of each
 training split and `eval_problems` of dev and of test (0 = the whole split), drawn as the
 stages that use families draw them, so a stage gives the same numbers either way.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dsctl.configs import stage_defaults
-from dsctl.data.config import DatasetConfigName
+from dsctl.data.config import RowInputConfig
 from dsctl.errors import UserError
 from dsctl.stage import StageContext, StageSpec
 from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
@@ -40,12 +40,14 @@ _SPLIT_IN_NAME = re.compile(r"(?:^|[^a-z])(train|validation|valid|dev|test)(?:[^
 
 @dataclass
 @stage_defaults(eval_problems=400)
-class ProblemsConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, DatasetConfigName):
-    data: str = ""
-    """Your problems: JSONL/Parquet files or a glob, a folder of them, a `datasets` folder
-    (save_to_disk) or a hub name (e.g. "openai/gsm8k"); "" = the built-in `families`."""
+class ProblemsConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, RowInputConfig):
+    """A problem set from `paths` and/or `dataset` (a file's name gives its split:
+    test.jsonl, train-00000-of-00001.parquet; a dataset's splits are its own), or from
+    the built-in `families` when neither is given."""
+
     name: str = ""
-    """The set's name, which reports use as its family; "" = taken from `data`."""
+    """The set's name, which reports use as its family; "" = taken from the dataset or
+    the first path."""
     prompt_field: str = "question"
     """The field holding the question posed to the model."""
     answer_field: str = "answer"
@@ -102,8 +104,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from dsctl.tasks.problem_set import write_problem_set
 
     cfg: ProblemsConfig = ctx.config
-    if cfg.data:
-        problems, meta = _from_data(ctx, cfg)
+    if cfg.paths or cfg.dataset:
+        problems, meta = _from_rows(ctx, cfg)
     else:
         problems, meta = _from_families(ctx, cfg)
     write_problem_set(ctx.out, problems, meta)
@@ -129,7 +131,7 @@ def _from_families(ctx: StageContext, cfg: ProblemsConfig) -> tuple[dict[str, li
                       "difficulty": cfg.difficulty}, "skipped": {}, "skipped_examples": {}}
 
 
-def _from_data(ctx: StageContext, cfg: ProblemsConfig) -> tuple[dict[str, list], dict[str, Any]]:
+def _from_rows(ctx: StageContext, cfg: ProblemsConfig) -> tuple[dict[str, list], dict[str, Any]]:
     from dsctl.data.corpus import ReadStats
     from dsctl.tasks.problem_set import FieldMap, build_problem_set
 
@@ -143,8 +145,9 @@ def _from_data(ctx: StageContext, cfg: ProblemsConfig) -> tuple[dict[str, list],
             raise UserError(str(exc)) from None
     fields = FieldMap(cfg.prompt_field, cfg.answer_field, cfg.solution_field, cfg.choices_field, cfg.answer_pattern)
     stats = ReadStats()
-    name = cfg.name or _set_name(cfg.data)
-    with ctx.progress(None, f"read {cfg.data}", unit="row") as bar:
+    where = cfg.dataset or ", ".join(cfg.paths)
+    name = cfg.name or _set_name(cfg.dataset or cfg.paths[0])
+    with ctx.progress(None, f"read {where}", unit="row") as bar:
         problems, report = build_problem_set(_counted(_rows(cfg, stats, ctx.scratch / "hf_cache"), bar),
                                              fields, grading, name, cfg.worked_share)
     skipped = dict(report.skipped)
@@ -154,13 +157,14 @@ def _from_data(ctx: StageContext, cfg: ProblemsConfig) -> tuple[dict[str, list],
         if getattr(stats, key):
             skipped[key] = getattr(stats, key)
     if not sum(len(rows) for rows in problems.values()):
-        raise UserError(f"{cfg.data}: no usable problems (skipped: {skipped or 'no rows read'}); "
+        raise UserError(f"{where}: no usable problems (skipped: {skipped or 'no rows read'}); "
                         f"check prompt_field={cfg.prompt_field!r}, answer_field={cfg.answer_field!r}"
                         + (f", answer_pattern={cfg.answer_pattern!r}" if cfg.answer_pattern else ""))
     if skipped.get("answer_pattern_no_match"):
         ctx.warn(f"answer_pattern {cfg.answer_pattern!r} matched nothing in {skipped['answer_pattern_no_match']:,} rows")
     meta = {"name": name, "grading": asdict(grading), "skipped": skipped, "skipped_examples": report.examples,
-            "source": {"data": cfg.data, "dataset_config": cfg.dataset_config, "fields": asdict(fields)}}
+            "source": {"paths": cfg.paths, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config,
+                       "fields": asdict(fields)}}
     return problems, meta
 
 
@@ -171,21 +175,20 @@ def _counted(rows: Iterator[tuple[str, dict]], bar: Any) -> Iterator[tuple[str, 
 
 
 def _rows(cfg: ProblemsConfig, stats: Any, cache_dir: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(the split the data calls the row's, JSON-ready row) for every row of `data`."""
+    """(the split the data calls the row's, JSON-ready row) for every row of `paths`,
+    then of `dataset`."""
     from dsctl.data.corpus import expand_paths, iter_rows, jsonable, load_dataset
 
-    local = Path(cfg.data)
-    is_files = (local.exists() and not _is_dataset_dir(local)) or any(c in cfg.data for c in "*?[")
-    if is_files:
-        for path in expand_paths([cfg.data]):
-            split = _split_named(path)
-            for row in iter_rows([path], stats, text_field=cfg.prompt_field):
-                yield split, jsonable(row)
+    for path in expand_paths(cfg.paths):
+        split = _split_named(path)
+        for row in iter_rows([path], stats, text_field=cfg.prompt_field):
+            yield split, jsonable(row)
+    if not cfg.dataset:
         return
-    for split_name, dataset in load_dataset(cfg.data, cfg.dataset_config, None, cache_dir).items():
+    for split_name, dataset in load_dataset(cfg.dataset, cfg.dataset_config, None, cache_dir).items():
         split = cfg.splits.get(split_name, split_name if split_name in _KNOWN else None)
         if split is None:
-            raise UserError(f"dataset '{cfg.data}' has a split named {split_name!r}: map it with "
+            raise UserError(f"dataset '{cfg.dataset}' has a split named {split_name!r}: map it with "
                             f"splits = {{{split_name} = \"train\"}} (or \"dev\", \"test\", \"\" to leave it out)")
         if split:
             for row in dataset:
@@ -202,25 +205,29 @@ def _split_named(path: Path) -> str:
     return found.group(1) if found else ""
 
 
-def _is_dataset_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json"))
-
-
-def _set_name(data: str) -> str:
-    stem = Path(data.rstrip("/*")).name or data
+def _set_name(where: str) -> str:
+    """A name from a dataset or path: its last component before any glob (data/gsm/*.jsonl -> gsm)."""
+    parts = []
+    for part in Path(where).parts:
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    stem = Path(*parts).name if parts else ""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem.split(".")[0]) or "problems"
 
 
 def fingerprint(cfg: ProblemsConfig) -> dict[str, Any]:
-    """What the config only names: the data files' contents and a verifier module's source."""
+    """What the config only names: the files' contents (a local dataset folder's too) and
+    a verifier module's source."""
     from dsctl.data.corpus import expand_paths
     from dsctl.store import sha256_file
 
     extra: dict[str, Any] = {}
-    local = Path(cfg.data) if cfg.data else None
-    if local is not None and (local.exists() or any(c in cfg.data for c in "*?[")):
-        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else expand_paths([cfg.data])
-        extra["data_files"] = {str(p): sha256_file(p) for p in files}
+    if cfg.paths:
+        extra["files"] = {str(p): sha256_file(p) for p in expand_paths(cfg.paths)}
+    local = Path(cfg.dataset) if cfg.dataset else None
+    if local is not None and local.is_dir():
+        extra["dataset_files"] = {str(p.relative_to(local)): sha256_file(p) for p in sorted(local.rglob("*")) if p.is_file()}
     if ":" in cfg.verifier:
         from dsctl.tasks.grading import function_source
 
@@ -240,5 +247,5 @@ STAGE = StageSpec(
          "per set) or from the built-in families: what sft, grpo, rejection_sample, distill, eval and "
          "decontaminate take in place of `families`.",
     fingerprint=fingerprint,
-    example="dsctl problems --set data=openai/gsm8k --set dataset_config=main --set 'answer_pattern=#### (.+)'",
+    example="dsctl problems --set dataset=openai/gsm8k --set dataset_config=main --set 'answer_pattern=#### (.+)'",
 )

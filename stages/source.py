@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from dsctl.configs import stage_defaults
-from dsctl.data.config import DatasetConfigName, ShardOutputConfig
+from dsctl.data.config import RowInputConfig, ShardOutputConfig
 from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows, jsonable, load_dataset
 from dsctl.data.world import WorldSizes, build_world
 from dsctl.errors import UserError
@@ -40,15 +40,9 @@ _DEFAULT_SIZES = WorldSizes()
 
 @dataclass
 @stage_defaults(families=list(_DEFAULT_SIZES.task_families))
-class SourceConfig(TaskConfig, ShardOutputConfig, DatasetConfigName):
+class SourceConfig(TaskConfig, ShardOutputConfig, RowInputConfig):
     world: Literal["default", "none"] = "default"
     """"default": include the built-in offline world; "none": only `paths`/`dataset`."""
-    paths: list[str] = field(default_factory=list)
-    """JSONL or Parquet files, directories or glob patterns (`data/**/*.jsonl`) to read."""
-    dataset: str = ""
-    """A `datasets` name (loaded with `datasets.load_dataset`) or a local directory
-    (a `save_to_disk` folder is opened with `load_from_disk`, any other folder of
-    data files with `load_dataset`). "" = none."""
     dataset_split: str = "train"
     """Which split of `dataset` to read."""
     text_field: str = "text"

@@ -129,7 +129,7 @@ def test_problems_from_gsm8k_style_files_keep_named_splits_and_count_bad_rows(tm
     _write_jsonl(data / "train.jsonl", train)
     _write_jsonl(data / "test.jsonl", [{"question": f"What is {i} times 2?", "answer": f"#### {2 * i}"} for i in range(30)]
                  + [{"question": train[1]["question"], "answer": "#### 7"}])
-    config = {"data": str(data), "answer_pattern": "#### (.+)", "solution_field": "answer", "verifier": "number"}
+    config = {"paths": [str(data)], "answer_pattern": "#### (.+)", "solution_field": "answer", "verifier": "number"}
     artifact = run_stage(problems_stage.STAGE, config, {}, tmp_path / "work")
     ps = ProblemSet(artifact.path)
     counts = ps.counts
@@ -153,7 +153,7 @@ def test_problems_from_gsm8k_style_files_keep_named_splits_and_count_bad_rows(tm
 def test_an_unsplit_file_is_divided_by_hash_and_identical_prompts_stay_together(tmp_path):
     rows = [{"q": f"Capital number {i}?", "a": f"city {i}"} for i in range(1000)]
     _write_jsonl(tmp_path / "facts.jsonl", rows)
-    config = {"data": str(tmp_path / "facts.jsonl"), "prompt_field": "q", "answer_field": "a", "verifier": "exact"}
+    config = {"paths": [str(tmp_path / "facts.jsonl")], "prompt_field": "q", "answer_field": "a", "verifier": "exact"}
     ps = ProblemSet(run_stage(problems_stage.STAGE, config, {}, tmp_path / "work").path)
     counts = ps.counts
     assert 60 < counts["test"] < 140 and 60 < counts["dev"] < 140
@@ -167,7 +167,7 @@ def test_a_math_style_set_takes_its_reference_from_the_last_boxed_answer(tmp_pat
     rows = [{"problem": f"Solve {i}x = {i}/2.", "solution": f"Divide by {i}: $x = \\boxed{{\\frac{{1}}{{2}}}}$.", "level": 1}
             for i in range(2, 200)] + [{"problem": "No box", "solution": "x is one half"}]
     _write_jsonl(tmp_path / "math.jsonl", rows)
-    config = {"data": str(tmp_path / "math.jsonl"), "prompt_field": "problem", "answer_field": "solution",
+    config = {"paths": [str(tmp_path / "math.jsonl")], "prompt_field": "problem", "answer_field": "solution",
               "solution_field": "solution", "answer_pattern": "boxed", "verifier": "math"}
     ps = ProblemSet(run_stage(problems_stage.STAGE, config, {}, tmp_path / "work").path)
     assert ps.meta["skipped"] == {"answer_pattern_no_match": 1}
@@ -188,7 +188,7 @@ def test_a_datasets_folder_with_a_choice_set(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows(50, 0)),
                           "validation": datasets.Dataset.from_dict(rows(10, 100)),
                           "test": datasets.Dataset.from_dict(rows(10, 200))}).save_to_disk(str(tmp_path / "mc"))
-    config = {"data": str(tmp_path / "mc"), "choices_field": "choices", "verifier": "choice"}
+    config = {"dataset": str(tmp_path / "mc"), "choices_field": "choices", "verifier": "choice"}
     ps = ProblemSet(run_stage(problems_stage.STAGE, config, {}, tmp_path / "work").path)
     assert ps.counts["dev"] == 10 and ps.counts["test"] == 10 and ps.counts["answer_only"] == 50
     p = ps.split("test")[0]
@@ -199,19 +199,19 @@ def test_a_datasets_folder_with_a_choice_set(tmp_path):
 def test_nothing_usable_and_bad_settings_are_one_sentence(tmp_path):
     _write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "no marker"}])
     with pytest.raises(UserError, match="no usable problems .*answer_pattern_no_match"):
-        run_stage(problems_stage.STAGE, {"data": str(tmp_path / "x.jsonl"), "answer_pattern": "#### (.+)"}, {},
+        run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "x.jsonl")], "answer_pattern": "#### (.+)"}, {},
                   tmp_path / "work")
     for bad, message in (({"verifier": "fuzzy"}, "unknown verifier"), ({"answer_pattern": "(("}, "not a regex"),
                          ({"answer_from": "tail"}, "answer_from must be one of")):
         with pytest.raises(UserError, match=message):
-            run_stage(problems_stage.STAGE, {"data": str(tmp_path / "x.jsonl"), **bad}, {}, tmp_path / "work")
+            run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "x.jsonl")], **bad}, {}, tmp_path / "work")
 
 
 def test_a_verifier_module_that_does_not_import_fails_before_anything_is_built(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "1"}])
     with pytest.raises(UserError, match="cannot import no_such_module"):
-        run_stage(problems_stage.STAGE, {"data": str(tmp_path / "x.jsonl"), "verifier": "no_such_module:f"}, {},
+        run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "x.jsonl")], "verifier": "no_such_module:f"}, {},
                   tmp_path / "work")
 
 
@@ -229,7 +229,7 @@ def test_dsctl_score_prints_each_reward_and_why(tmp_path, capsys):
 
     _write_jsonl(tmp_path / "p.jsonl", [{"question": "What is 6 x 7?", "answer": "42"},
                                         {"question": "What is 2 + 2?", "answer": "4"}])
-    artifact = run_stage(problems_stage.STAGE, {"data": str(tmp_path / "p.jsonl"), "worked_share": 0.0}, {},
+    artifact = run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "p.jsonl")], "worked_share": 0.0}, {},
                          tmp_path / "work")
     tries = [{"prompt": "What is 6 x 7?", "completion": "<answer>42</answer>"},
              {"prompt": "What is 2 + 2?", "completion": "<answer>5</answer>"},
@@ -250,7 +250,7 @@ def test_decontaminate_protects_a_problem_sets_dev_and_test_prompts(tmp_path):
     held = "A farmer plants 17 rows of 23 cabbages and sells a third of them at the market on Sunday. How many are left?"
     (tmp_path / "set").mkdir()
     _write_jsonl(tmp_path / "set" / "test.jsonl", [{"question": held, "answer": "261"}])
-    ps_art = run_stage(problems_stage.STAGE, {"data": str(tmp_path / "set")}, {}, tmp_path / "work")
+    ps_art = run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "set")]}, {}, tmp_path / "work")
     corpus = tmp_path / "corpus" / "data"
     corpus.mkdir(parents=True)
     _write_jsonl(corpus / "part-00000.jsonl", [{"id": "a", "text": "Blog post. " + held + " Answer: 261."},
@@ -281,7 +281,7 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
     # solution_field every one of them is answer-only in the set too
     write_gsm8k_layout(export, n_train, n_eval, seed=0, difficulty=EASY, train_splits=("answer_only",))
     work = tmp_path / "work"
-    ps = run_stage(problems_stage.STAGE, {"data": str(export), "answer_pattern": "#### (.+)"}, {}, work)
+    ps = run_stage(problems_stage.STAGE, {"paths": [str(export)], "answer_pattern": "#### (.+)"}, {}, work)
     assert ProblemSet(ps.path).counts == {"worked": 0, "answer_only": n_train, "dev": n_eval, "test": n_eval}
 
     common = {"max_steps": 2, "group_size": 4, "prompts_per_step": 4, "max_new_tokens": 12, "lr": 1e-3,
@@ -317,7 +317,7 @@ def test_grpo_stops_with_the_first_traceback_when_a_reward_function_keeps_failin
     (tmp_path / "flaky_rewards.py").write_text("def score(row, completion):\n    return 1 / 0\n")
     monkeypatch.chdir(tmp_path)
     _write_jsonl(tmp_path / "sums.jsonl", [{"question": f"{i}+{j}=", "answer": str(i + j)} for i in range(10) for j in range(10)])
-    ps = run_stage(problems_stage.STAGE, {"data": str(tmp_path / "sums.jsonl"), "verifier": "flaky_rewards:score"}, {},
+    ps = run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "sums.jsonl")], "verifier": "flaky_rewards:score"}, {},
                    tmp_path / "work")
     ckpt, _, _ = sft_checkpoint
     config = {"max_steps": 1, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8, "train_problems": 4,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -24,6 +24,14 @@ class ShardOutputConfig:
 
 
 @dataclass
-class DatasetConfigName:
+class RowInputConfig:
+    """Where a stage reads a user's rows from: files, a `datasets` dataset, or both."""
+
+    paths: list[str] = field(default_factory=list)
+    """JSONL or Parquet files, directories or glob patterns (`data/**/*.jsonl`) to read."""
+    dataset: str = ""
+    """A `datasets` name (loaded with `datasets.load_dataset`) or a local directory
+    (a `save_to_disk` folder is opened with `load_from_disk`, any other folder of
+    data files with `load_dataset`). "" = none."""
     dataset_config: str = ""
-    """The `datasets` dataset's configuration name, if it has several (GSM8K: "main"; "" = default)."""
+    """The dataset's configuration name, if it has several (GSM8K: "main"; "" = default)."""
