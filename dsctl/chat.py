@@ -2,7 +2,7 @@
 
 `dsctl chat REF` (dsctl.commands) loads the model and tokenizer and calls `chat_loop`.
 Every turn re-encodes the whole history in the chat template the model was fine-tuned
-on (`Tokenizer.encode_chat`) and streams the reply token by token
+on (the tokenizer's `encode_chat`) and streams the reply token by token
 (`dsctl.model.generate.stream`); the `<think>` trace is shown dimmed and the answer
 plainly. `/reset` forgets the history, `/exit` (or end of input) leaves. When stdin is
 not a terminal each line is one turn, answered once, so `echo "What is 36 + 48?" | dsctl

@@ -416,14 +416,15 @@ def plot(
 
 def _talking_model(store: Store, ref: str):
     """(artifact, model in eval mode, tokenizer, trained context) of a checkpoint to talk to."""
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer, vocabulary_file
     from dsctl.train.artifacts import load_model, trained_context
 
     artifact = store.resolve(ref, "checkpoint")
-    if not (artifact.path / "config.json").is_file() or not (artifact.path / "tokenizer.model").is_file():
-        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer (config.json, tokenizer.model)")
+    if not (artifact.path / "config.json").is_file() or vocabulary_file(artifact.path) is None:
+        raise UserError(f"{ref} ({artifact.path}) is not a checkpoint with a tokenizer "
+                        "(config.json, tokenizer.model or tokenizer.json)")
     model = load_model(artifact).eval()
-    return artifact, model, Tokenizer.load(artifact.path), trained_context(artifact.manifest or {}, model.config)
+    return artifact, model, load_tokenizer(artifact.path), trained_context(artifact.manifest or {}, model.config)
 
 
 def chat(

@@ -8,6 +8,10 @@ held-out check and eval decode with.
 Prompts go through the tokenizer's chat template (`chat_prompt`, which ends with the
 assistant header); decoding stops at eos or at `</answer>` — once the answer is closed,
 anything more could only add a second answer, which `well_formatted` rejects anyway.
+`stop_rule` and `completion_text` say what ends a completion and what its text is, for
+every sampler (this one and GRPO's rollouts): `</answer>` is one token with dsctl's
+tokenizer and a stop string read through `decode` with an imported one that spells it in
+several, so a completion's text and `finished` mean the same with either.
 Generation uses the model's MLA latent cache (dsctl.model.generate), many prompts per
 forward pass. Randomness is a pure function of (seed, batch number), so the same call
 gives the same samples, and a caller that resumes at batch b gets what an uninterrupted
@@ -17,7 +21,7 @@ run would have.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 ANSWER_CLOSE = "</answer>"
 
@@ -27,25 +31,30 @@ class Completion:
     """One sampled completion of one prompt."""
 
     text: str
-    """Decoded completion, special tokens kept as text (`<think>…</answer>`), eos removed."""
+    """Decoded completion, special tokens kept as text (`<think>…</answer>`), eos removed,
+    nothing after `</answer>`."""
     n_tokens: int
-    """Generated tokens, the stop token included."""
+    """Generated tokens, the stop token(s) included."""
     finished: bool
-    """True when a stop token ended it; False when it was cut at max_new_tokens."""
+    """True when eos or `</answer>` ended it; False when it was cut at max_new_tokens."""
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """eos, and `</answer>` when the tokenizer has it as one token."""
-    ids = [tokenizer.eos_id]
-    close = getattr(tokenizer, "special_tokens", {}).get(ANSWER_CLOSE)
+def stop_rule(tokenizer) -> dict[str, Any]:
+    """`generate`'s keyword arguments that end a completion: eos, and `</answer>` as a token
+    when the tokenizer has it as one, else as a string read back through its decode."""
+    close = tokenizer.special_tokens.get(ANSWER_CLOSE)
     if close is not None:
-        ids.append(close)
-    return ids
+        return {"stop_token_ids": [tokenizer.eos_id, close]}
+    return {"stop_token_ids": [tokenizer.eos_id], "stop_strings": [ANSWER_CLOSE], "decode": tokenizer.decode}
 
 
-def _decode(tokenizer, tokens: list[int]) -> str:
-    drop = {tokenizer.eos_id, getattr(tokenizer, "pad_id", None)}
-    return tokenizer.decode([t for t in tokens if t not in drop])
+def completion_text(tokenizer, tokens: Sequence[int]) -> str:
+    """The text of a completion's tokens: eos and pad dropped, and cut after the first
+    `</answer>` (the token that completes a spelled-out one may carry more, e.g. `>\n`)."""
+    drop = {tokenizer.eos_id, tokenizer.pad_id}
+    text = tokenizer.decode([t for t in tokens if t not in drop])
+    close = text.find(ANSWER_CLOSE)
+    return text if close < 0 else text[:close + len(ANSWER_CLOSE)]
 
 
 def sample(model, tokenizer, prompts: Sequence[str], *, n: int = 1, max_new_tokens: int = 128,
@@ -63,15 +72,14 @@ def sample(model, tokenizer, prompts: Sequence[str], *, n: int = 1, max_new_toke
     if n < 1:
         raise ValueError(f"n (samples per prompt) must be >= 1, got {n}")
     rows = [(i, tokenizer.chat_prompt(p)) for i, p in enumerate(prompts) for _ in range(n)]
-    stops = stop_token_ids(tokenizer)
+    stops = stop_rule(tokenizer)
     out: list[list[Completion]] = [[] for _ in prompts]
     for b, lo in enumerate(range(0, len(rows), batch_size)):
         chunk = rows[lo:lo + batch_size]
         result = generate(model, [ids for _, ids in chunk], max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_p=top_p, stop_token_ids=stops,
-                          seed=batch_seed(seed, first_batch + b))
+                          temperature=temperature, top_p=top_p, seed=batch_seed(seed, first_batch + b), **stops)
         for (i, _), tokens, reason in zip(chunk, result.tokens, result.finish_reasons):
-            out[i].append(Completion(_decode(tokenizer, tokens), len(tokens), reason != "length"))
+            out[i].append(Completion(completion_text(tokenizer, tokens), len(tokens), reason != "length"))
     return out
 
 

@@ -228,6 +228,7 @@ def create_app(model, tokenizer, model_name: str, context: int, default_max_toke
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1 or not prompts[0]:
             raise ApiError(400, "prompt must be one non-empty string", "prompt", "invalid_value")
-        return await _respond(http, body, [tokenizer.bos_id, *tokenizer.encode(prompts[0])], "completion")
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return await _respond(http, body, [*bos, *tokenizer.encode(prompts[0])], "completion")
 
     return app

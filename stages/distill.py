@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.tasks.config import eval_draw, train_draw
     from dsctl.tasks.problem_set import ProblemSet
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.batches import PackedExamples
     from dsctl.train.checkpoint import latest_checkpoint
@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg: DistillConfig = ctx.config
     teacher_art, student_art = ctx.input("teacher"), ctx.maybe_input("student")
     tok_dir = tokenizer_dir(student_art or teacher_art)
-    tokenizer = Tokenizer.load(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     teacher = load_model(teacher_art)
     differences = tokenizer_differences(teacher_art, student_art, teacher)
     if differences and cfg.kl_weight > 0:
@@ -104,7 +104,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             student = student_from_layers(teacher, cfg.student_layers, cfg.student_overrides)
             what = f"student from teacher layers {cfg.student_layers}"
         else:
-            student = DeepSeekV3(ModelConfig.preset(cfg.student, **{"vocab_size": tokenizer.vocab_size,
+            # the teacher's vocabulary, which an imported model pads past its tokenizer's
+            student = DeepSeekV3(ModelConfig.preset(cfg.student, **{"vocab_size": teacher.config.vocab_size,
                                                                      **cfg.student_overrides}))
             what = f"fresh student {cfg.student} {cfg.student_overrides}"
         ctx.info(f"{what}: {student.num_parameters()[0] / 1e6:.2f}M parameters "

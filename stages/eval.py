@@ -85,13 +85,13 @@ def evaluate_checkpoint(ctx: StageContext, artifact: Any, label: str) -> tuple[d
     from dsctl.eval.task_accuracy import SamplingSettings, task_accuracy
     from dsctl.tasks.config import eval_draw
     from dsctl.tasks.problem_set import ProblemSet, fit_context
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
     from dsctl.train.loop import resolve_device
 
     cfg: EvalConfig = ctx.config
     model = load_model(artifact).eval().to(resolve_device(cfg.device))
-    tokenizer = Tokenizer.load(tokenizer_dir(artifact))
+    tokenizer = load_tokenizer(tokenizer_dir(artifact))
     metrics: dict[str, float] = {"params": model.num_parameters()[0]}
     details: dict[str, Any] = {}
     problem_set = ProblemSet.of(ctx.maybe_input("problems"))
@@ -149,10 +149,10 @@ def headline(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 
 def _same_tokenizer(checkpoint: Any, shards: Any) -> None:
+    from dsctl.tokenizer import vocabulary_file
     from dsctl.train.artifacts import tokenizer_dir
 
-    a, b = (hashlib.sha256((tokenizer_dir(x) / "tokenizer.model").read_bytes()).hexdigest()
-            for x in (checkpoint, shards))
+    a, b = (hashlib.sha256(vocabulary_file(tokenizer_dir(x)).read_bytes()).hexdigest() for x in (checkpoint, shards))
     if a != b:
         raise UserError(f"{checkpoint.label} and {shards.label} use different tokenizers; "
                         "perplexity needs shards made with the checkpoint's tokenizer")

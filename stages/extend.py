@@ -67,7 +67,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import dataclasses
 
     from dsctl.model.yarn import with_yarn
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir, trained_context
     from dsctl.train.batches import PackedTokens, load_token_split
     from dsctl.train.checkpoint import latest_checkpoint
@@ -77,7 +77,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg: ExtendConfig = ctx.config
     use_compute(cfg)  # threads for the measurements before training; the Trainer places the model
     checkpoint, shards = ctx.input("checkpoint"), ctx.input("shards")
-    tokenizer = Tokenizer.load(tokenizer_dir(checkpoint))
+    tokenizer = load_tokenizer(tokenizer_dir(checkpoint))
     base = load_model(checkpoint)
     original = cfg.original_context or trained_context(checkpoint.manifest, base.config)
     seq_len = cfg.seq_len or int(round(original * cfg.factor))

@@ -45,14 +45,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from dsctl.rl.trainer import GRPOTrainer
     from dsctl.tasks.config import eval_draw, train_draw
     from dsctl.tasks.problem_set import ProblemSet, fit_context
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.checkpoint import latest_checkpoint
 
     cfg: GrpoStageConfig = ctx.config
     source = ctx.input("checkpoint")
     tok_dir = tokenizer_dir(source)
-    tokenizer = Tokenizer.load(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     torch.manual_seed(ctx.seed)
     policy, reference = load_model(source), load_model(source)
     problem_set = ProblemSet.of(ctx.maybe_input("problems"))

@@ -52,14 +52,14 @@ class RejectionSampleConfig(TaskConfig, TrainSplitConfig, SamplingConfig, Comput
 def run(ctx: StageContext) -> dict[str, Any]:
     from dsctl.tasks.config import train_draw
     from dsctl.tasks.problem_set import ProblemSet, fit_context
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import load_model, tokenizer_dir
     from dsctl.train.loop import use_compute
 
     cfg: RejectionSampleConfig = ctx.config
     device = use_compute(cfg)
     source = ctx.input("checkpoint")
-    tokenizer = Tokenizer.load(tokenizer_dir(source))
+    tokenizer = load_tokenizer(tokenizer_dir(source))
     model = load_model(source).to(device)
     problem_set = ProblemSet.of(ctx.maybe_input("problems"))
     problems, too_long = fit_context(train_draw(cfg, ctx.seed + cfg.problem_seed_offset, problem_set), tokenizer,

@@ -41,7 +41,7 @@ class SFTConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, CompletionConfig,
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from dsctl.tokenizer import Tokenizer
+    from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.batches import PackedExamples
     from dsctl.train.checkpoint import latest_checkpoint
@@ -51,7 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg: SFTConfig = ctx.config
     base = ctx.input("checkpoint")
     tok_dir = tokenizer_dir(base)
-    tokenizer = Tokenizer.load(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     examples, counts = build_examples(ctx, tokenizer)
     train, val = split_validation(examples, cfg.val_fraction, ctx.seed)
     ctx.info(f"{len(train)} training / {len(val)} validation examples "

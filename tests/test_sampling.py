@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dsctl.sampling import batch_seed, sample, stop_token_ids
+from dsctl.sampling import batch_seed, sample, stop_rule
 from dsctl.tasks.config import task_problems
 from dsctl.tasks import split_of
 from tests.sft_support import EASY, make_tokenizer
@@ -55,8 +55,8 @@ def test_completions_cut_at_the_budget_are_marked_unfinished(setup):
 
 
 def test_stop_tokens_are_eos_and_answer_close(setup):
-    _, tokenizer = setup
-    assert stop_token_ids(tokenizer) == [tokenizer.eos_id, tokenizer.special_tokens["</answer>"]]
+    _, tokenizer = setup  # dsctl's tokenizer: </answer> is one token, no stop string needed
+    assert stop_rule(tokenizer) == {"stop_token_ids": [tokenizer.eos_id, tokenizer.special_tokens["</answer>"]]}
 
 
 def test_batch_seeds_are_distinct_per_batch_and_run():

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from dsctl.sampling import stop_token_ids
+from dsctl.sampling import completion_text, stop_rule
 from dsctl.tasks import Problem, reward
 from dsctl.tasks.grading import check_reward_errors
 
@@ -135,10 +135,9 @@ def sample_groups(model, tokenizer, problems: Sequence[Problem], *, group_size: 
     prompt_ids = [tokenizer.chat_prompt(p.prompt) for p in rows]
     started = time.perf_counter()
     result = generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                      stop_token_ids=stop_token_ids(tokenizer), seed=seed)
+                      seed=seed, **stop_rule(tokenizer))
     seconds = time.perf_counter() - started
-    drop = {tokenizer.eos_id, getattr(tokenizer, "pad_id", None)}
-    texts = [tokenizer.decode([t for t in tokens if t not in drop]) for tokens in result.tokens]
+    texts = [completion_text(tokenizer, tokens) for tokens in result.tokens]
     scores = [reward(p, text, format_weight) for p, text in zip(rows, texts)]
     check_reward_errors(scores, max_reward_errors, "grpo rollout")
     return Rollout(

@@ -12,18 +12,22 @@ import numpy as np
 
 from dsctl.errors import UserError
 from dsctl.store import Artifact
+from dsctl.tokenizer import vocabulary_file
 from dsctl.train.checkpoint import copy_training_state
 
 TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json")
+                   "special_tokens_map.json", "chat_template.jinja")
+"""A tokenizer's files, dsctl's or an imported one's, that a checkpoint keeps beside its
+weights (transformers 5 writes the chat template to chat_template.jinja)."""
 
 
 def tokenizer_dir(artifact: Artifact) -> Path:
-    """Where an artifact keeps its tokenizer: shards have `tokenizer/`, checkpoints the root."""
+    """Where an artifact keeps its tokenizer (either kind, `dsctl.tokenizer.load_tokenizer`):
+    shards have `tokenizer/`, checkpoints the root."""
     for candidate in (artifact.path / "tokenizer", artifact.path):
-        if (candidate / "tokenizer.model").is_file():
+        if vocabulary_file(candidate) is not None:
             return candidate
-    raise UserError(f"{artifact.label} ({artifact.path}) has no tokenizer (tokenizer.model)")
+    raise UserError(f"{artifact.label} ({artifact.path}) has no tokenizer (tokenizer.model or tokenizer.json)")
 
 
 def export_checkpoint(model, out: Path, tokenizer_from: Path | None, training_checkpoint: Path | None) -> None:
@@ -81,12 +85,12 @@ def check_hf_export(directory: Path, seed: int = 0) -> dict[str, float | bool | 
     with torch.no_grad():
         diff = float((ours(ids) - theirs(ids).logits).abs().max())
     tokenizer_match = None
-    if (directory / "tokenizer.model").is_file():
-        from dsctl.tokenizer import Tokenizer
+    if vocabulary_file(directory) is not None:
+        from dsctl.tokenizer import load_tokenizer
 
         sample = "Compute 12 + 35. <think>12 + 35 = 47</think><answer>47</answer> naïve café 🙂"
         hf_tok = transformers.AutoTokenizer.from_pretrained(directory)
-        tokenizer_match = hf_tok(sample, add_special_tokens=False)["input_ids"] == Tokenizer.load(directory).encode(sample)
+        tokenizer_match = hf_tok(sample, add_special_tokens=False)["input_ids"] == load_tokenizer(directory).encode(sample)
     return {"max_logit_diff": diff, "tokenizer_match": tokenizer_match}
 
 

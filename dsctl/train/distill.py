@@ -22,7 +22,8 @@ from dsctl.model import DeepSeekV3
 from dsctl.model.loss import compute_loss, scored_positions
 from dsctl.train.artifacts import tokenizer_dir
 
-TOKENIZER_IDENTITY_FILES = ("tokenizer.model", "special_tokens.json")
+TOKENIZER_IDENTITY_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json")
+"""The files whose bytes fix a tokenizer's ids, of either kind (dsctl.tokenizer)."""
 
 
 def make_distill_loss(teacher, kl_weight: float, temperature: float, doc_masking: bool = True):
