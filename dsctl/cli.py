@@ -99,8 +99,14 @@ def _stage_command(spec: StageSpec):
         inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
             False, "--force", help="Rebuild even if the artifact is cached.")),
     ]
-    option_fields: list[str] = []
+    if spec.argument:
+        params.insert(1, inspect.Parameter(
+            f"cfg_{spec.argument}", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+            default=typer.Argument(None, help=docs.get(spec.argument, ""), show_default=False)))
+    option_fields: list[str] = [spec.argument] if spec.argument else []
     for f in config_fields(spec.config):
+        if f.name == spec.argument:
+            continue
         cli_t = _cli_type(hints[f.name])
         if cli_t is None:
             continue

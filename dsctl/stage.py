@@ -108,6 +108,9 @@ class StageSpec:
     """Checks a config against this machine (e.g. that the model fits the device's
     memory) before any stage of a run starts; raises ValueError with the fix. Not part
     of plan(): `dsctl status` stays quick and valid on a machine that could not run it."""
+    argument: str = ""
+    """A config field the stage's CLI command also takes as its positional argument
+    (`dsctl import DIR` sets `path`); "" = options only."""
 
 
 class StageContext:

@@ -119,8 +119,9 @@ class ModelConfig:
         if "num_mtp_layers" in d and "num_nextn_predict_layers" not in d:
             d["num_nextn_predict_layers"] = d.pop("num_mtp_layers")
         for key, expected in _FIXED_HF_KEYS.items():
-            if d.pop(key, expected) != expected:
-                raise ValueError(f"config.json {key} must be {expected!r} for this model.")
+            value = d.pop(key, expected)
+            if value != expected:
+                raise ValueError(f"config.json has {key} = {value!r}; dsctl's model implements only {expected!r}.")
         heads = d.get("num_attention_heads")
         if d.get("num_key_value_heads") not in (None, heads):
             raise ValueError(f"config.json num_key_value_heads must equal num_attention_heads ({heads}) for MLA.")

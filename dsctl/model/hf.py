@@ -31,6 +31,14 @@ def to_hf_state_dict(model: DeepSeekV3, dtype: torch.dtype | None = None,
     `keep(our_name)` selects what to export (a pipeline rank exports the stage it owns; the
     MTP modules' copies of the embedding and head go with `mtp.{k}`); `state` replaces
     `model.state_dict()` (an expert-parallel rank's, with experts numbered globally)."""
+    return {k: _export_tensor(k, v, dtype) for k, v in hf_tensors(model, keep, state).items()}
+
+
+def hf_tensors(model: DeepSeekV3, keep: Callable[[str], bool] | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model's own tensors under their HF names, the MTP modules' copies of the shared
+    embedding and head included (no copies made: also what a meta-device model's checkpoint
+    would hold, names and shapes)."""
     n = model.config.num_hidden_layers
     wanted = keep or (lambda name: True)
     out: dict[str, torch.Tensor] = {}
@@ -49,7 +57,7 @@ def to_hf_state_dict(model: DeepSeekV3, dtype: torch.dtype | None = None,
         if not isinstance(module, AbsentPart) and wanted(f"mtp.{k}"):
             out[f"model.layers.{n + k}.embed_tokens.weight"] = model.embed_tokens.weight
             out[f"model.layers.{n + k}.shared_head.head.weight"] = model.lm_head.weight
-    return {k: _export_tensor(k, v, dtype) for k, v in out.items()}
+    return out
 
 
 def _export_tensor(key: str, t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
