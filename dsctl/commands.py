@@ -359,7 +359,8 @@ def export(
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors", *TOKENIZER_FILES):
+    weights = [p.name for p in sorted(artifact.path.glob("*.safetensors"))]  # one file, or an import's shards
+    for name in ("config.json", *weights, "model.safetensors.index.json", *TOKENIZER_FILES):
         if (artifact.path / name).is_file():
             shutil.copy2(artifact.path / name, out / name)
     print(out)

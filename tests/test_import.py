@@ -204,3 +204,50 @@ def test_dsctl_import_dir_streams_a_sharded_checkpoint_shard_by_shard(tmp_path, 
     assert len(index["weight_map"]) == artifact.metrics["tensors"]
     ids = torch.randint(0, 400, (1, 16), generator=torch.Generator().manual_seed(2))
     assert (_logits(load_model(artifact).eval(), ids) - _logits(reference, ids)).abs().max() < 1e-4
+
+
+def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, tmp_path, capsys):
+    """import -> sft -> grpo -> chat -> export, and transformers reads each export back."""
+    from rich.console import Console
+
+    from dsctl.chat import ChatSession, ChatSettings, chat_loop
+    from dsctl.cli import main
+    from dsctl.model.hf import load_hf
+    from dsctl.tokenizer import HFTokenizer, load_tokenizer
+    from dsctl.train.artifacts import check_hf_export
+    from stages import grpo, sft
+    from tests.sft_support import tiny_train_config
+
+    src, reference = hf_dir
+    work = tmp_path / "work"
+    imported = run_stage(import_hf.STAGE, {"path": str(src)}, {}, work)
+    tokenizer = load_tokenizer(imported.path)
+    assert isinstance(tokenizer, HFTokenizer)
+    # the model's own chat template frames the prompts
+    assert tokenizer.decode(tokenizer.chat_prompt("What is 2 + 3?")) == "<|user|>What is 2 + 3?<|end|><|assistant|>"
+
+    easy = {"arithmetic": {"min_digits": 1, "max_digits": 1, "ops": "+"}}
+    tuned = run_stage(sft.STAGE, {**tiny_train_config(max_steps=3, seq_len=96), "families": ["arithmetic"],
+                                  "difficulty": easy, "train_problems": 12, "eval_problems": 2, "max_new_tokens": 8},
+                      {"checkpoint": [imported]}, work)
+    rl = run_stage(grpo.STAGE, {"max_steps": 1, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8,
+                                "train_problems": 4, "eval_problems": 2, "difficulty": easy}, {"checkpoint": [tuned]}, work)
+    assert rl.metrics["steps"] == 1 and (rl.path / "tokenizer.json").is_file()
+
+    session = ChatSession(load_hf(rl.path), load_tokenizer(rl.path), ChatSettings(temperature=0.0, max_new_tokens=5),
+                          context=128)
+    assert chat_loop(session, ["What is 2 + 3?"], Console(file=open("/dev/null", "w")), interactive=False) == 1
+    assert session.history[-1]["role"] == "assistant"
+
+    for artifact, original in ((imported, reference), (rl, None)):
+        out = tmp_path / f"export-{artifact.key[:6]}"
+        main(["--workdir", str(work), "export", artifact.key, "--out", str(out)])
+        checked = check_hf_export(out)
+        assert checked["max_logit_diff"] < 1e-4 and checked["tokenizer_match"], checked
+        if original is not None:  # an unchanged import exports the model it was given
+            import transformers
+
+            theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+            ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(4))
+            assert (_logits(theirs, ids) - _logits(original, ids)).abs().max() < 1e-5
+    capsys.readouterr()

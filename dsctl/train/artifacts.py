@@ -15,10 +15,12 @@ from dsctl.store import Artifact
 from dsctl.tokenizer import vocabulary_file
 from dsctl.train.checkpoint import copy_training_state
 
-TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "chat_template.jinja")
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+"""A Hugging Face fast tokenizer's files (transformers 5 writes the chat template to
+chat_template.jinja): all an imported model's tokenizer is."""
+TOKENIZER_FILES = ("tokenizer.model", "special_tokens.json", *HF_TOKENIZER_FILES)
 """A tokenizer's files, dsctl's or an imported one's, that a checkpoint keeps beside its
-weights (transformers 5 writes the chat template to chat_template.jinja)."""
+weights."""
 
 
 def tokenizer_dir(artifact: Artifact) -> Path:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from dsctl.errors import UserError
+from dsctl.train.artifacts import HF_TOKENIZER_FILES
 
 SCALE_SUFFIX = "_scale_inv"
 IGNORED_KEYS = ("quantization_config", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache",
@@ -43,8 +44,6 @@ IGNORED_KEYS = ("quantization_config", "auto_map", "torch_dtype", "dtype", "tran
 bookkeeping, the quantization that import undoes, remote-code pointers dsctl never runs)."""
 REQUIRED_VALUES = {"moe_layer_freq": 1}
 """Keys whose other values would describe a network dsctl's model does not build."""
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                      "generation_config.json")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -144,6 +143,8 @@ def import_hf(src: Path, out: Path, dtype: str = "auto", progress: Any = None) -
                         f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
     write_hf_index(out, shards)
     write_hf_config(config, out, target)
+    # only the fast tokenizer's files: a sentencepiece tokenizer.model beside them is the
+    # model's own, not dsctl's, and would be read as dsctl's
     for name in HF_TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
