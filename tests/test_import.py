@@ -207,7 +207,8 @@ def test_dsctl_import_dir_streams_a_sharded_checkpoint_shard_by_shard(tmp_path, 
 
 
 def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, tmp_path, capsys):
-    """import -> sft -> grpo -> chat -> export, and transformers reads each export back."""
+    """import -> sft -> grpo -> rejection_sample -> distill -> eval -> chat -> export, and
+    transformers reads each export back."""
     from rich.console import Console
 
     from dsctl.chat import ChatSession, ChatSettings, chat_loop
@@ -215,7 +216,8 @@ def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, 
     from dsctl.model.hf import load_hf
     from dsctl.tokenizer import HFTokenizer, load_tokenizer
     from dsctl.train.artifacts import check_hf_export
-    from stages import grpo, sft
+    from stages import distill, grpo, rejection_sample, sft
+    from stages import eval as eval_stage
     from tests.sft_support import tiny_train_config
 
     src, reference = hf_dir
@@ -234,6 +236,18 @@ def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, 
                                 "train_problems": 4, "eval_problems": 2, "difficulty": easy}, {"checkpoint": [tuned]}, work)
     assert rl.metrics["steps"] == 1 and (rl.path / "tokenizer.json").is_file()
 
+    samples = run_stage(rejection_sample.STAGE, {"train_problems": 4, "samples_per_prompt": 2, "max_new_tokens": 8,
+                                                 "difficulty": easy}, {"checkpoint": [rl]}, work)
+    assert samples.metrics["sampled"] == 8
+    student = run_stage(distill.STAGE, {**tiny_train_config(max_steps=2, seq_len=96), "student_layers": [0, 2],
+                                        "student_overrides": {}, "train_problems": 6, "eval_problems": 2,
+                                        "max_new_tokens": 8, "difficulty": easy},
+                        {"samples": [samples], "teacher": [rl]}, work)
+    assert student.metrics["student_accuracy"] >= 0 and (student.path / "tokenizer.json").is_file()
+    report = run_stage(eval_stage.STAGE, {"eval_problems": 2, "samples": 2, "pass_ks": [1, 2], "max_new_tokens": 8,
+                                          "difficulty": easy}, {"checkpoint": [imported, rl]}, work)
+    assert len(json.loads((report.path / "report.json").read_text())["metrics"]) == 2
+
     session = ChatSession(load_hf(rl.path), load_tokenizer(rl.path), ChatSettings(temperature=0.0, max_new_tokens=5),
                           context=128)
     assert chat_loop(session, ["What is 2 + 3?"], Console(file=open("/dev/null", "w")), interactive=False) == 1
@@ -251,3 +265,24 @@ def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, 
             ids = torch.randint(0, 400, (2, 20), generator=torch.Generator().manual_seed(4))
             assert (_logits(theirs, ids) - _logits(original, ids)).abs().max() < 1e-5
     capsys.readouterr()
+
+
+def test_serve_answers_the_openai_client_from_an_import(hf_dir, tmp_path):
+    import openai
+
+    from dsctl.tokenizer import load_tokenizer
+    from tests.test_serve import MODEL, _start
+
+    src, _ = hf_dir
+    imported = run_stage(import_hf.STAGE, {"path": str(src)}, {}, tmp_path / "work")
+    proc, base = _start(imported.path, tmp_path)
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 2 + 3?"}],
+                                               temperature=0, max_tokens=6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    # the prompt went through the model's own chat template
+    assert reply.usage.prompt_tokens == len(load_tokenizer(imported.path).chat_prompt("What is 2 + 3?"))
+    assert isinstance(reply.choices[0].message.content, str) and reply.usage.completion_tokens >= 1
