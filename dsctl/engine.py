@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dsctl.model.generate import sample_next
+from dsctl.model.generate import StopRule, sample_next
 from dsctl.model.mla import LatentCache
 
 
@@ -44,9 +44,9 @@ class SamplingParams:
 
 @dataclass
 class Request:
-    """A submitted request; `on_event` gets ("token", id) per emitted token, then
-    ("done", "stop" | "length" | "cancelled"), or ("error", message) if decoding failed,
-    called from the engine's thread."""
+    """A submitted request; `on_event` gets ("token", id) per emitted token, then ("done",
+    reason) with a reason of dsctl.model.generate.FINISH_REASONS, or ("error", message) if
+    decoding failed; it is called from the engine's thread."""
 
     prompt: list[int]
     params: SamplingParams
@@ -57,6 +57,8 @@ class Request:
     finish: str | None = None
     """"stop" or "length" once the request is done."""
     generator: torch.Generator | None = None
+    rule: StopRule | None = None
+    """The request's stop rule (dsctl.model.generate.StopRule), set when it is admitted."""
     draft: int | None = None
     """The MTP draft of the token after `tokens[-1]` (greedy rows on an MTP model)."""
 
@@ -122,6 +124,8 @@ class DecodeEngine:
             request.on_event(("done", "cancelled"))
             return
         request.generator = torch.Generator().manual_seed(request.params.seed)
+        p = request.params
+        request.rule = StopRule(p.max_tokens, frozenset(p.stop_token_ids), p.stop, self.decode)
         cache = LatentCache(self.model.config, self._layers, 1, len(request.prompt))
         try:
             out = self.model(torch.tensor([request.prompt]), cache=cache, logits_to_keep=1, return_outputs=True)
@@ -232,11 +236,6 @@ class DecodeEngine:
         p = r.params
         token = int(sample_next(logits[None], p.temperature, 0, p.top_p, r.generator)[0])
         r.tokens.append(token)
-        if token in p.stop_token_ids:
-            r.finish = "stop"
-            return
-        r.on_event(("token", token))
-        if p.stop and any(s in self.decode(r.tokens) for s in p.stop):
-            r.finish = "stop"
-        elif len(r.tokens) >= p.max_tokens:
-            r.finish = "length"
+        r.finish = r.rule.finish(r.tokens)
+        if token not in p.stop_token_ids:  # a stop token ends the reply unseen
+            r.on_event(("token", token))

@@ -1,6 +1,7 @@
 """Generation: batched greedy equals step-by-step argmax, sampling is seeded, stops work,
 MTP self-speculative decoding reproduces greedy exactly."""
 
+import pytest
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, generate
@@ -47,7 +48,7 @@ def test_stop_token_and_stop_string_end_a_row_and_are_reported():
     greedy = generate(model, PROMPTS, max_new_tokens=8, temperature=0).tokens
     stop_tok = greedy[0][2]
     r = generate(model, PROMPTS, max_new_tokens=8, temperature=0, stop_token_ids=[stop_tok])
-    assert r.tokens[0] == greedy[0][: greedy[0].index(stop_tok) + 1] and r.finish_reasons[0] == "stop_token"
+    assert r.tokens[0] == greedy[0][: greedy[0].index(stop_tok) + 1] and r.finish_reasons[0] == "stop"
 
     def decode(ids):
         return " ".join(f"t{i}" for i in ids)
@@ -55,7 +56,7 @@ def test_stop_token_and_stop_string_end_a_row_and_are_reported():
     target = f"t{greedy[1][3]}"
     r = generate(model, PROMPTS, max_new_tokens=8, temperature=0, stop_strings=[target], decode=decode)
     cut = next(i for i in range(8) if target in decode(greedy[1][: i + 1]))
-    assert r.tokens[1] == greedy[1][: cut + 1] and r.finish_reasons[1] == "stop_string"
+    assert r.tokens[1] == greedy[1][: cut + 1] and r.finish_reasons[1] == "stop"
     assert r.texts[1].endswith(target)
 
 
@@ -113,3 +114,25 @@ def test_generate_rejects_unusable_arguments_with_a_reason():
         generate(model, [[1]], max_new_tokens=2, stop_strings=["x"])
     with pytest.raises(ValueError, match="temperature=0"):
         generate(model, [[1]], max_new_tokens=2, temperature=0.5, speculative=True)
+
+
+def test_the_stop_rule_reads_only_the_tail_that_can_hold_a_stop_string():
+    from dsctl.model.generate import StopRule
+
+    seen = []
+
+    def decode(ids):
+        seen.append(len(ids))
+        return "".join(chr(ord("a") + i % 26) for i in ids)
+
+    rule = StopRule(10_000, frozenset({99}), ("xyz",), decode)
+    tokens = []
+    reasons = []
+    for t in [*range(20)] * 50 + [23, 24, 25]:  # ... then "x", "y", "z"
+        tokens.append(t)
+        reasons.append(rule.finish(tokens))
+    assert reasons[-1] == "stop" and set(reasons[:-1]) == {None}
+    assert max(seen) == rule.tail == 13  # never the whole completion: the check costs the same at any length
+    assert rule.finish([5, 99]) == "stop" and StopRule(2).finish([1, 2]) == "length"
+    with pytest.raises(ValueError, match="stop_strings need a decode"):
+        StopRule(4, stop_strings=("x",))

@@ -29,7 +29,7 @@ class GenerationResult:
     tokens: list[list[int]]
     """Generated ids (prompt excluded), including the stop token / the token completing a stop string."""
     finish_reasons: list[str]
-    """"stop_token", "stop_string" or "length"."""
+    """"stop" (a stop token or stop string) or "length" (see FINISH_REASONS)."""
     texts: list[str] | None = None
     """Decoded completions (when a decoder was given), ending with the stop string that ended them."""
     acceptance_rate: float | None = None
@@ -38,34 +38,60 @@ class GenerationResult:
     """Main-model forward passes after the prefill."""
 
 
-@dataclass
-class _Stopper:
-    """Per-row output collection and stop checks."""
+FINISH_REASONS = ("stop", "length", "cancelled")
+"""Why a row ended, for every caller alike: a stop token or stop string ("stop"), the
+token budget ("length"), or a serving client that went away ("cancelled")."""
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a completion ends, checked after each new token: a stop token, a stop string
+    in its text, or `max_new_tokens`. One rule for `generate`, `stream` and the serving
+    engine. Stop strings are looked for in the decoded *tail* only — the last tokens that
+    can hold the longest one — so the check costs the same at token 10 and token 10,000."""
 
     max_new_tokens: int
-    stop_token_ids: frozenset[int]
-    stop_strings: tuple[str, ...]
-    decode: Callable[[list[int]], str] | None
+    stop_token_ids: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
+    decode: Callable[[list[int]], str] | None = None
 
     def __post_init__(self) -> None:
-        self.tokens: list[list[int]] = []
-        self.reasons: list[str | None] = []
+        if self.stop_strings and self.decode is None:
+            raise ValueError("stop_strings need a decode function or tokenizer (decode=...) to read the text.")
 
-    def start(self, batch: int) -> None:
-        self.tokens, self.reasons = [[] for _ in range(batch)], [None] * batch
+    @property
+    def tail(self) -> int:
+        """Tokens whose text can hold a stop string that the newest token completes: a
+        token is at least one byte (byte fallback), a character at most four."""
+        return 4 * max(len(s) for s in self.stop_strings) + 1 if self.stop_strings else 0
+
+    def finish(self, tokens: list[int]) -> str | None:
+        """"stop", "length" or None (go on), once `tokens[-1]` has been appended."""
+        if tokens[-1] in self.stop_token_ids:
+            return "stop"
+        if self.stop_strings:
+            text = self.decode(tokens[-self.tail:])
+            if any(s in text for s in self.stop_strings):
+                return "stop"
+        return "length" if len(tokens) >= self.max_new_tokens else None
+
+
+@dataclass
+class _Rows:
+    """Per-row output of one `generate` call under one StopRule."""
+
+    rule: StopRule
+    batch: int
+
+    def __post_init__(self) -> None:
+        self.tokens: list[list[int]] = [[] for _ in range(self.batch)]
+        self.reasons: list[str | None] = [None] * self.batch
 
     def emit(self, row: int, token: int) -> None:
         """Append a token to an unfinished row and decide whether the row is done."""
-        if self.reasons[row] is not None:
-            return
-        out = self.tokens[row]
-        out.append(token)
-        if token in self.stop_token_ids:
-            self.reasons[row] = "stop_token"
-        elif self.stop_strings and any(s in self.decode(out) for s in self.stop_strings):
-            self.reasons[row] = "stop_string"
-        elif len(out) >= self.max_new_tokens:
-            self.reasons[row] = "length"
+        if self.reasons[row] is None:
+            self.tokens[row].append(token)
+            self.reasons[row] = self.rule.finish(self.tokens[row])
 
     @property
     def done(self) -> bool:
@@ -113,16 +139,14 @@ def generate(model: DeepSeekV3, prompts: Sequence[Sequence[int]], *, max_new_tok
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     decoder = _as_decoder(decode)
-    if stop_strings and decoder is None:
-        raise ValueError("stop_strings need a decode function or tokenizer (decode=...) to read the text.")
     if speculative and (temperature > 0 or len(model.mtp) == 0):
         raise ValueError("speculative decoding needs temperature=0 and a model with MTP modules.")
-    stopper = _Stopper(max_new_tokens, frozenset(stop_token_ids), tuple(stop_strings), decoder)
+    rows = _Rows(StopRule(max_new_tokens, frozenset(stop_token_ids), tuple(stop_strings), decoder), len(prompts))
     was_training = model.training
     model.eval()  # no MoE load counting or balance loss while sampling
     try:
         run = _speculative_loop if speculative else _sampling_loop
-        result = run(model, [list(p) for p in prompts], stopper, temperature, top_k, top_p, seed)
+        result = run(model, [list(p) for p in prompts], rows, temperature, top_k, top_p, seed)
     finally:
         model.train(was_training)
     if decoder is not None:
@@ -158,16 +182,15 @@ def _sampled_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, s
         logits = model(tok[:, None], attention_mask=mask[:, : L + step + 1], cache=cache)[:, -1]
 
 
-def _sampling_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
-    stopper.start(len(prompts))
+def _sampling_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, seed) -> GenerationResult:
     steps = 0
-    for tok in _sampled_tokens(model, prompts, stopper.max_new_tokens, temperature, top_k, top_p, seed):
+    for tok in _sampled_tokens(model, prompts, rows.rule.max_new_tokens, temperature, top_k, top_p, seed):
         steps += 1
         for row, t in enumerate(tok.tolist()):
-            stopper.emit(row, t)
-        if stopper.done:
+            rows.emit(row, t)
+        if rows.done:
             break
-    return GenerationResult(tokens=stopper.tokens, finish_reasons=list(stopper.reasons), forward_passes=steps - 1)
+    return GenerationResult(tokens=rows.tokens, finish_reasons=list(rows.reasons), forward_passes=steps - 1)
 
 
 def stream(model: DeepSeekV3, prompt: Sequence[int], *, max_new_tokens: int = 64, temperature: float = 1.0,
@@ -183,30 +206,29 @@ def stream(model: DeepSeekV3, prompt: Sequence[int], *, max_new_tokens: int = 64
     model.eval()
     try:
         with torch.inference_mode():
-            steps = _sampled_tokens(model, [list(prompt)], max_new_tokens, temperature, top_k, top_p, seed)
-            for tok in steps:
-                token = int(tok[0])
-                yield token
-                if token in stop_token_ids:
+            rule, tokens = StopRule(max_new_tokens, frozenset(stop_token_ids)), []
+            for tok in _sampled_tokens(model, [list(prompt)], max_new_tokens, temperature, top_k, top_p, seed):
+                tokens.append(int(tok[0]))
+                yield tokens[-1]
+                if rule.finish(tokens):
                     return
     finally:
         model.train(was_training)
 
 
-def _speculative_loop(model, prompts, stopper, temperature, top_k, top_p, seed) -> GenerationResult:
+def _speculative_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, seed) -> GenerationResult:
     # Each verify step uses two slots: [next token, draft]; allocate for the worst case.
-    ids, mask, cache, L = _left_pad(model, prompts, 2 * stopper.max_new_tokens + 2, with_mtp=True)
-    stopper.start(len(prompts))
+    ids, mask, cache, L = _left_pad(model, prompts, 2 * rows.rule.max_new_tokens + 2, with_mtp=True)
     out = model(ids, attention_mask=mask[:, :L], cache=cache, return_outputs=True)
     cur = out.logits[:, -1].argmax(-1)  # the first generated token, not yet fed to the model
     for row, t in enumerate(cur.tolist()):
-        stopper.emit(row, t)
+        rows.emit(row, t)
     # MTP prefill: slot i pairs the main hidden state at i with the token after it.
     mtp_logits, _ = model.mtp_step(0, out.hidden_states, torch.cat((ids[:, 1:], cur[:, None]), 1),
                                    attention_mask=mask[:, :L], cache=cache, cache_start=0)
     draft = mtp_logits[:, -1].argmax(-1)
     slot, proposed, accepted, passes = L, 0, 0, 0
-    while not stopper.done:
+    while not rows.done:
         mask[:, slot:slot + 2] = 1
         out = model(torch.stack((cur, draft), 1), attention_mask=mask[:, :slot + 2], cache=cache,
                     return_outputs=True)
@@ -214,13 +236,13 @@ def _speculative_loop(model, prompts, stopper, temperature, top_k, top_p, seed) 
         y = out.logits.argmax(-1)  # (B, 2): main-model greedy after cur, after draft
         ok = y[:, 0] == draft
         mask[~ok, slot + 1] = 0  # a rejected draft's slot stays in the cache, masked out
-        active = [r is None for r in stopper.reasons]
+        active = [r is None for r in rows.reasons]
         proposed += sum(active)
         accepted += sum(a and o for a, o in zip(active, ok.tolist()))
         for row, (y0, y1, good) in enumerate(zip(y[:, 0].tolist(), y[:, 1].tolist(), ok.tolist())):
-            stopper.emit(row, y0)
+            rows.emit(row, y0)
             if good:
-                stopper.emit(row, y1)
+                rows.emit(row, y1)
         # MTP on both slots: slot+1 only matters (and is only visible) where the draft held.
         next_ids = torch.stack((y[:, 0], torch.where(ok, y[:, 1], y[:, 0])), 1)
         mtp_logits, _ = model.mtp_step(0, out.hidden_states, next_ids, attention_mask=mask[:, :slot + 2],
@@ -228,5 +250,5 @@ def _speculative_loop(model, prompts, stopper, temperature, top_k, top_p, seed) 
         draft = torch.where(ok, mtp_logits[:, 1].argmax(-1), mtp_logits[:, 0].argmax(-1))
         cur = torch.where(ok, y[:, 1], y[:, 0])
         slot += 2
-    return GenerationResult(tokens=stopper.tokens, finish_reasons=list(stopper.reasons),
+    return GenerationResult(tokens=rows.tokens, finish_reasons=list(rows.reasons),
                             acceptance_rate=accepted / max(proposed, 1), forward_passes=passes)
