@@ -36,7 +36,10 @@ def _untimed(value):
 def _file_digest(path: Path) -> str:
     if path.suffix in (".json", ".jsonl"):
         text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
         return "untimed:" + hashlib.sha256(json.dumps(_untimed(data), sort_keys=True).encode()).hexdigest()
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -55,7 +55,12 @@ from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, iter_rows  #
 from dsctl.data.dedup import DedupParams, deduplicate  # noqa: E402
 from dsctl.data.executor import open_executor  # noqa: E402
 from dsctl.data.minhash import (  # noqa: E402
-    MinHasher, band_keys, candidate_pairs, hash_batch, normalize_text, shingles_from_words,
+    MinHasher,
+    band_keys,
+    candidate_pairs,
+    hash_batch,
+    normalize_text,
+    shingles_from_words,
 )
 
 THRESHOLD, NUM_PERM, BANDS, ROWS = 0.8, 128, 16, 8
@@ -92,7 +97,8 @@ def run_dsctl(texts: list[str], **_) -> dict:
         words, counts, _ = hash_batch(texts[i : i + 512])
         keys.append(band_keys(hasher.signatures_from_shingles(*shingles_from_words(words, counts)), BANDS, ROWS))
     pairs = candidate_pairs(np.concatenate(keys))
-    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu, "candidate_pairs": int(len(pairs))}
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
+            "candidate_pairs": int(len(pairs))}
 
 
 def run_streaming_peer(texts: list[str], ids: list[str], make_hash, lsh) -> dict:
@@ -162,7 +168,11 @@ def run_datatrove(corpus: Path, workers: int, out: Path) -> dict:
     cluster and records no survivor)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
-        MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature,
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
     )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
@@ -177,7 +187,8 @@ def run_datatrove(corpus: Path, workers: int, out: Path) -> dict:
     logs, sigs, buckets, remove = (str(out / name) for name in ("logs", "sigs", "buckets", "remove"))
     start, cpu = time.perf_counter(), cpu_seconds()
     steps = [
-        ([JsonlReader(data), MinhashDedupSignature(output_folder=sigs, config=config, language=Languages.english)], tasks),
+        ([JsonlReader(data), MinhashDedupSignature(output_folder=sigs, config=config, language=Languages.english)],
+         tasks),
         ([MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)], config.num_buckets),
         ([MinhashDedupCluster(input_folder=buckets, output_folder=remove, config=config, save_cluster_id=True)], 1),
         ([JsonlReader(data), MinhashDedupFilter(input_folder=remove, load_cluster_ids=True,
@@ -270,7 +281,8 @@ def run_method(method: str, corpus: Path, limit: int, workers: int, out: Path) -
            "--workers", str(workers), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        print(f"  {method}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})")
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
+        print(f"  {method}: failed ({reason})")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -300,17 +312,20 @@ def report(args: argparse.Namespace) -> None:
         print(f"corpus: {args.docs:,} docs (planted near/exact dups) built in {time.perf_counter() - t0:.1f}s; "
               f"cpus={os.cpu_count()} workers={args.workers}")
         try:
-            import rensa  # noqa: F401
             from importlib.metadata import version
+
+            import rensa  # noqa: F401
 
             rensa_version = version("rensa")
         except ImportError:
             rensa_version = None
         from importlib.metadata import version
 
-        plan = [("dsctl", "dsctl (1 process, in memory)", 0), ("datasketch", f"datasketch {version('datasketch')} per-doc", args.datasketch_docs)]
+        plan = [("dsctl", "dsctl (1 process, in memory)", 0),
+                ("datasketch", f"datasketch {version('datasketch')} per-doc", args.datasketch_docs)]
         if rensa_version:
-            plan += [("rensa", f"rensa {rensa_version} per-doc", 0), ("rensa-bulk", f"rensa {rensa_version} bulk matrix", 0)]
+            plan += [("rensa", f"rensa {rensa_version} per-doc", 0),
+                     ("rensa-bulk", f"rensa {rensa_version} bulk matrix", 0)]
         else:
             print("rensa is not installed (pip install rensa); skipped")
         try:
@@ -323,13 +338,15 @@ def report(args: argparse.Namespace) -> None:
             res = run_method(method, corpus, limit, args.workers, Path(tmp) / f"out-{method}")
             if res:
                 results[method] = (label, res)
-        print(f"\n{'method':48s} {'docs':>8s} {'docs/s':>9s} {'docs/CPU-s':>10s} {'peak RSS MB':>11s} {'precision':>9s} {'recall':>7s}")
+        print(f"\n{'method':48s} {'docs':>8s} {'docs/s':>9s} {'docs/CPU-s':>10s} "
+              f"{'peak RSS MB':>11s} {'precision':>9s} {'recall':>7s}")
         for label, res in results.values():
             q = res.get("quality", {})
             rss = res["peak_rss_mb"]
             prec = f"{q['precision']:.4f}" if q else "-"
             rec = f"{q['recall']:.4f}" if q else "-"
-            print(f"{label:48s} {res['docs']:8,d} {res['docs_per_s']:9,.0f} {res['docs_per_cpu_s']:10,.0f} {rss:11.0f} {prec:>9s} {rec:>7s}")
+            print(f"{label:48s} {res['docs']:8,d} {res['docs_per_s']:9,.0f} {res['docs_per_cpu_s']:10,.0f} "
+                  f"{rss:11.0f} {prec:>9s} {rec:>7s}")
         print()
         for ours in ("dsctl", "pipeline"):
             for peer in ("datasketch", "rensa", "rensa-bulk", "datatrove"):

@@ -106,8 +106,9 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--run", json.dumps(spec), "--workers", str(args.workers),
                                    "--executor", args.executor], capture_output=True, text=True, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{r['docs']:9,d} {r['seconds']:7.1f} {r['docs'] / r['seconds']:7,.0f} {r['docs'] / r['cpu_seconds']:10,.0f} "
-                  f"{r['driver_mb']:9.0f} {r['worker_mb']:9.0f} {r['precision']:9.4f} {r['recall']:6.4f}", flush=True)
+            print(f"{r['docs']:9,d} {r['seconds']:7.1f} {r['docs'] / r['seconds']:7,.0f} "
+                  f"{r['docs'] / r['cpu_seconds']:10,.0f} {r['driver_mb']:9.0f} {r['worker_mb']:9.0f} "
+                  f"{r['precision']:9.4f} {r['recall']:6.4f}", flush=True)
             subprocess.run(["rm", "-rf", spec["work"]], check=True)
 
 

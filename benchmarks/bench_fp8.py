@@ -73,32 +73,33 @@ def _scaled_mm_ms(x, w, do_bench):
 
 
 def bench_gpu(repeats: int) -> list[dict]:
+    return [_bench_gpu_shape(name, m, n, k, repeats) for name, m, n, k in GPU_SHAPES]
+
+
+def _bench_gpu_shape(name: str, m: int, n: int, k: int, repeats: int) -> dict:
     from triton.testing import do_bench
 
-    rows = []
-    for name, m, n, k in GPU_SHAPES:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
-        xq, xs = ops.act_quant(x)
-        wq, ws = ops.weight_quant(w)
-        fp8_ms = do_bench(lambda: ops.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.bfloat16), rep=20 * repeats)
-        fp8_q_ms = do_bench(lambda: ops.fp8_gemm(*ops.act_quant(x), wq, ws, out_dtype=torch.bfloat16),
-                            rep=20 * repeats)
-        bf16_ms = do_bench(lambda: torch.matmul(x, w.t()), rep=20 * repeats)
-        scaled_ms = _scaled_mm_ms(x, w, do_bench)
-        triton_out = ops.fp8_gemm(xq, xs, wq, ws)
-        reference_out = ref.fp8_gemm(xq, xs, wq, ws)
-        rows.append(dict(
-            shape=name, m=m, n=n, k=k,
-            fp8_triton_tflops=_tflops(m, n, k, fp8_ms),
-            fp8_triton_with_act_quant_tflops=_tflops(m, n, k, fp8_q_ms),
-            bf16_matmul_tflops=_tflops(m, n, k, bf16_ms),
-            fp8_over_bf16=bf16_ms / fp8_ms,
-            cublas_fp8_per_tensor_tflops=None if scaled_ms is None else _tflops(m, n, k, scaled_ms),
-            triton_vs_reference_rel=((triton_out - reference_out).norm() / reference_out.norm()).item(),
-        ))
-    return rows
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    xq, xs = ops.act_quant(x)
+    wq, ws = ops.weight_quant(w)
+    fp8_ms = do_bench(lambda: ops.fp8_gemm(xq, xs, wq, ws, out_dtype=torch.bfloat16), rep=20 * repeats)
+    fp8_q_ms = do_bench(lambda: ops.fp8_gemm(*ops.act_quant(x), wq, ws, out_dtype=torch.bfloat16),
+                        rep=20 * repeats)
+    bf16_ms = do_bench(lambda: torch.matmul(x, w.t()), rep=20 * repeats)
+    scaled_ms = _scaled_mm_ms(x, w, do_bench)
+    triton_out = ops.fp8_gemm(xq, xs, wq, ws)
+    reference_out = ref.fp8_gemm(xq, xs, wq, ws)
+    return dict(
+        shape=name, m=m, n=n, k=k,
+        fp8_triton_tflops=_tflops(m, n, k, fp8_ms),
+        fp8_triton_with_act_quant_tflops=_tflops(m, n, k, fp8_q_ms),
+        bf16_matmul_tflops=_tflops(m, n, k, bf16_ms),
+        fp8_over_bf16=bf16_ms / fp8_ms,
+        cublas_fp8_per_tensor_tflops=None if scaled_ms is None else _tflops(m, n, k, scaled_ms),
+        triton_vs_reference_rel=((triton_out - reference_out).norm() / reference_out.norm()).item(),
+    )
 
 
 def _interleaved_best(fns: dict, repeats: int) -> dict:
@@ -115,34 +116,35 @@ def _interleaved_best(fns: dict, repeats: int) -> dict:
 
 
 def bench_cpu_emulation(repeats: int) -> list[dict]:
-    rows = []
-    for name, m, k, n in CPU_SHAPES:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(m, k, generator=g, requires_grad=True)
-        dy = torch.randn(m, n, generator=g)
-        w = torch.randn(n, k, generator=g) * 0.02
-        lin = nn.Linear(k, n)
-        fp8_lin = Fp8Linear.from_linear(nn.Linear(k, n))
+    return [_bench_cpu_shape(name, m, k, n, repeats) for name, m, k, n in CPU_SHAPES]
 
-        def step(module):
-            def run():
-                x.grad = module.weight.grad = module.bias.grad = None  # as zero_grad(set_to_none=True)
-                module(x).backward(dy)
-            return run
 
-        xd = x.detach()
-        best = _interleaved_best({
-            "linear": step(lin), "fp8_linear": step(fp8_lin),
-            "matmul": lambda: xd @ w.T, "fp8_gemm": lambda: ref.fp8_gemm(*ref.act_quant(xd), *ref.weight_quant(w)),
-        }, repeats)
-        rows.append(dict(
-            shape=name, m=m, n=n, k=k,
-            linear_fwd_bwd_ms=best["linear"] * 1e3, fp8_linear_fwd_bwd_ms=best["fp8_linear"] * 1e3,
-            fwd_bwd_ratio=best["fp8_linear"] / best["linear"],
-            fp32_matmul_ms=best["matmul"] * 1e3, emulated_fp8_gemm_ms=best["fp8_gemm"] * 1e3,
-            gemm_ratio=best["fp8_gemm"] / best["matmul"],
-        ))
-    return rows
+def _bench_cpu_shape(name: str, m: int, k: int, n: int, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=g, requires_grad=True)
+    dy = torch.randn(m, n, generator=g)
+    w = torch.randn(n, k, generator=g) * 0.02
+    lin = nn.Linear(k, n)
+    fp8_lin = Fp8Linear.from_linear(nn.Linear(k, n))
+
+    def step(module):
+        def run():
+            x.grad = module.weight.grad = module.bias.grad = None  # as zero_grad(set_to_none=True)
+            module(x).backward(dy)
+        return run
+
+    xd = x.detach()
+    best = _interleaved_best({
+        "linear": step(lin), "fp8_linear": step(fp8_lin),
+        "matmul": lambda: xd @ w.T, "fp8_gemm": lambda: ref.fp8_gemm(*ref.act_quant(xd), *ref.weight_quant(w)),
+    }, repeats)
+    return dict(
+        shape=name, m=m, n=n, k=k,
+        linear_fwd_bwd_ms=best["linear"] * 1e3, fp8_linear_fwd_bwd_ms=best["fp8_linear"] * 1e3,
+        fwd_bwd_ratio=best["fp8_linear"] / best["linear"],
+        fp32_matmul_ms=best["matmul"] * 1e3, emulated_fp8_gemm_ms=best["fp8_gemm"] * 1e3,
+        gemm_ratio=best["fp8_gemm"] / best["matmul"],
+    )
 
 
 def _print_table(rows: list[dict]) -> None:

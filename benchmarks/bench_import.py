@@ -88,8 +88,8 @@ def main() -> None:
         largest = max(p.stat().st_size for p in shards)
         started = time.perf_counter()
         hwm = Path(tmp) / "vmhwm"
-        subprocess.run([sys.executable, "-c", _MEASURED, str(hwm), "--workdir", str(work), "--quiet", "import", str(src)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-c", _MEASURED, str(hwm), "--workdir", str(work), "--quiet", "import",
+                        str(src)], check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - started
         peak = int(hwm.read_text())
         written = sum(p.stat().st_size for p in (work / "objects").rglob("*.safetensors"))

@@ -26,7 +26,6 @@ import torch
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss, generate
 from dsctl.model.hf import save_hf
 
-
 DEVICE = torch.device("cpu")
 """Where both models run (set from --device)."""
 
@@ -130,8 +129,9 @@ def main() -> None:
         save_hf(ours, tmp)
         theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp, dtype=torch.float32)
     ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
-    print(f"config: device={DEVICE} preset={args.preset} params={config.num_parameters()} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__} transformers={transformers.__version__} attn={theirs.config._attn_implementation}")
+    print(f"config: device={DEVICE} preset={args.preset} params={config.num_parameters()} "
+          f"threads={torch.get_num_threads()} torch={torch.__version__} transformers={transformers.__version__} "
+          f"attn={theirs.config._attn_implementation}")
 
     for seq in args.seqs:
         batch = max(1, 2048 // seq)

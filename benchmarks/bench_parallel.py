@@ -55,7 +55,8 @@ def _toml_value(value) -> str:
 def run(workdir: Path, name: str, config: dict) -> dict:
     """`dsctl run` one recipe; returns the pretrain artifact's summary and metrics rows."""
     recipe = workdir / f"{name}.toml"
-    recipe.write_text(RECIPE.format(name=name, pretrain="\n".join(f"{k} = {_toml_value(v)}" for k, v in config.items())))
+    pretrain = "\n".join(f"{k} = {_toml_value(v)}" for k, v in config.items())
+    recipe.write_text(RECIPE.format(name=name, pretrain=pretrain))
     env = {**os.environ, "DSCTL_WORKDIR": str(workdir / "store")}
     done = subprocess.run([sys.executable, "-m", "dsctl.cli", "--quiet", "run", str(recipe)], env=env,
                           capture_output=True, text=True)
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:
         workdir = Path(tmp)
         one = run(workdir, "single", dict(base, grad_accum=G))
-        one["summary"]["peak_rss_mb_per_rank"] = [round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)]
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        one["summary"]["peak_rss_mb_per_rank"] = [round(peak_rss_mb, 1)]
         one["summary"]["params_per_rank"] = [one["summary"]["params"]]
         runs["1 process"] = one
         for P in args.procs:
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"DualPipe P={P}": dict(base, nproc=P, pipeline="dualpipe", grad_accum=G),
             }
             for label, config in modes.items():
-                runs[label] = run(workdir, label.split()[0].lower().replace("×", "") + str(P), config) | {"config": config}
+                name = label.split()[0].lower().replace("×", "") + str(P)
+                runs[label] = run(workdir, name, config) | {"config": config}
 
     first_loss = runs["1 process"]["rows"]
     print(f"model {args.model}: {runs['1 process']['summary']['params'] / 1e6:.1f}M parameters; "

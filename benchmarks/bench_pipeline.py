@@ -93,7 +93,8 @@ def main() -> None:
     simulated_table(costs)
     if args.overlapped is None:
         print()
-        simulated_table(OpCosts(args.forward, args.backward, args.weight, overlapped=0.8 * (args.forward + args.backward)))
+        simulated_table(OpCosts(args.forward, args.backward, args.weight,
+                                overlapped=0.8 * (args.forward + args.backward)))
     if args.real:
         real_runs(args.width, args.batch, args.steps)
 

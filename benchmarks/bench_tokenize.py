@@ -79,7 +79,8 @@ def main() -> None:
             for row in rows:
                 writer.write(row)
         files = sorted((tmp / "corpus").glob("*.jsonl"))
-        print(f"{len(texts):,} documents, {mb:.1f} MB, vocab {tok.vocab_size}, workers={args.workers}, cpus={os.cpu_count()}")
+        print(f"{len(texts):,} documents, {mb:.1f} MB, vocab {tok.vocab_size}, workers={args.workers}, "
+              f"cpus={os.cpu_count()}")
 
         def stage_path() -> None:
             writers = {s: TokenShardWriter(tmp / "shards", s) for s in ("train", "validation")}
@@ -96,7 +97,8 @@ def main() -> None:
         results = {
             "dsctl stage path (read+encode+write)": timed(stage_path),
             "dsctl encode only (process pool)": timed(encode_only),
-            f"sentencepiece encode(list, num_threads={args.workers})": timed(lambda: sp.encode(texts, num_threads=args.workers)),
+            f"sentencepiece encode(list, num_threads={args.workers})":
+                timed(lambda: sp.encode(texts, num_threads=args.workers)),
             "sentencepiece encode(list, num_threads=1)": timed(lambda: sp.encode(texts, num_threads=1)),
         }
         reference = sp.encode(texts, num_threads=args.workers)
@@ -107,8 +109,10 @@ def main() -> None:
         sp_wall, sp_cpu = results[f"sentencepiece encode(list, num_threads={args.workers})"]
         for name in ("dsctl stage path (read+encode+write)", "dsctl encode only (process pool)"):
             wall, cpu = results[name]
-            print(f"{name} / sentencepiece {args.workers}-thread: {sp_wall / wall:.2f}x MB/s, {sp_cpu / cpu:.2f}x MB/CPU-s")
-        print(json.dumps({"mb": round(mb, 2), "tokens": stage_path.tokens, "bytes_per_token": round(mb * 1e6 / stage_path.tokens, 3)}))
+            print(f"{name} / sentencepiece {args.workers}-thread: {sp_wall / wall:.2f}x MB/s, "
+                  f"{sp_cpu / cpu:.2f}x MB/CPU-s")
+        print(json.dumps({"mb": round(mb, 2), "tokens": stage_path.tokens,
+                          "bytes_per_token": round(mb * 1e6 / stage_path.tokens, 3)}))
 
 
 if __name__ == "__main__":

@@ -107,21 +107,25 @@ def from_flops(plans: dict[str, StagePlan], args) -> list[Row]:
         elif kind in ("pretrain", "sft"):
             tokens, seconds = train(model, c.max_steps, c.batch_size * c.grad_accum, c.seq_len)
             mem = train_memory(model, c.batch_size, c.seq_len, c.precision, "cuda").total
-            rows.append(Row(name, f"{c.max_steps:,} × {c.batch_size * c.grad_accum} × {c.seq_len} = {tokens / 1e6:.1f}M tokens", seconds, mem))
+            work = f"{c.max_steps:,} × {c.batch_size * c.grad_accum} × {c.seq_len} = {tokens / 1e6:.1f}M tokens"
+            rows.append(Row(name, work, seconds, mem))
         elif kind == "extend":
             seq_len = c.seq_len or int(pretrain.config.seq_len * c.factor)
             tokens, seconds = train(model, c.max_steps, c.batch_size * c.grad_accum, seq_len)
             mem = train_memory(replace(model, max_position_embeddings=max(seq_len, model.max_position_embeddings)),
                                c.batch_size, seq_len, c.precision, "cuda").total
-            rows.append(Row(name, f"{c.max_steps:,} × {c.batch_size * c.grad_accum} × {seq_len} = {tokens / 1e6:.1f}M tokens", seconds, mem))
+            work = f"{c.max_steps:,} × {c.batch_size * c.grad_accum} × {seq_len} = {tokens / 1e6:.1f}M tokens"
+            rows.append(Row(name, work, seconds, mem))
         elif kind == "distill":
             student = replace(model, num_hidden_layers=len(c.student_layers) or model.num_hidden_layers,
                               num_nextn_predict_layers=c.student_overrides.get("num_nextn_predict_layers", 0))
             tokens, seconds = train(student, c.max_steps, c.batch_size * c.grad_accum, c.seq_len)
             seconds += tokens * train_flops_per_token(model, c.seq_len) / 3 / rate  # the teacher's forward
-            mem = train_memory(student, c.batch_size, c.seq_len, c.precision, "cuda").total + 4 * model.num_parameters()[0]
+            teacher_bytes = 4 * model.num_parameters()[0]
+            mem = train_memory(student, c.batch_size, c.seq_len, c.precision, "cuda").total + teacher_bytes
             s_total, t_total = student.num_parameters()[0], model.num_parameters()[0]
-            rows.append(Row(name, f"{tokens / 1e6:.1f}M tokens; student {s_total / 1e6:.1f}M = {s_total / t_total:.0%} of the teacher", seconds, mem))
+            work = f"{tokens / 1e6:.1f}M tokens; student {s_total / 1e6:.1f}M = {s_total / t_total:.0%} of the teacher"
+            rows.append(Row(name, work, seconds, mem))
         elif kind == "grpo":
             group_rows = c.prompts_per_step * c.group_size
             seq = PROMPT_TOKENS + c.max_new_tokens
@@ -139,7 +143,8 @@ def from_flops(plans: dict[str, StagePlan], args) -> list[Row]:
         elif kind == "eval":
             n_ckpt = len(p.upstream.get("checkpoint", []))
             per = decode(c.eval_problems * (c.samples + 1), c.max_new_tokens, c.batch_size)
-            rows.append(Row(name, f"{n_ckpt} checkpoints × {c.eval_problems:,} × (1 + {c.samples})", n_ckpt * per, None))
+            work = f"{n_ckpt} checkpoints × {c.eval_problems:,} × (1 + {c.samples})"
+            rows.append(Row(name, work, n_ckpt * per, None))
     return rows
 
 
@@ -166,7 +171,8 @@ def _minutes(seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", type=Path)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="STAGE.KEY=VALUE, as dsctl run takes")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="STAGE.KEY=VALUE, as dsctl run takes")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--mfu", type=float, default=0.15, help="share of the peak training reaches")
     parser.add_argument("--decode-ms-per-layer", type=float, default=0.25,
@@ -181,8 +187,12 @@ def main() -> None:
     rows = from_run(plans, recipe.name, args.measured) if args.measured else from_flops(plans, args)
     _, model = _model(plans)
     total, active = model.num_parameters()
-    print(f"{recipe.name}: model {total / 1e6:.1f}M parameters ({active / 1e6:.1f}M active), "
-          f"{'measured on ' + str(args.measured) if args.measured else f'{args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s, decode {args.decode_ms_per_layer} ms/layer/step'}")
+    if args.measured:
+        basis = f"measured on {args.measured}"
+    else:
+        basis = (f"{args.mfu:.0%} MFU of {args.peak_tflops:g} TFLOP/s, "
+                 f"decode {args.decode_ms_per_layer} ms/layer/step")
+    print(f"{recipe.name}: model {total / 1e6:.1f}M parameters ({active / 1e6:.1f}M active), {basis}")
     print(f"{'stage':<18} {'work':<58} {'time':>9} {'peak memory':>12}")
     for r in rows:
         mem = f"{r.memory / GIB:.0f} GiB" if r.memory else "-"

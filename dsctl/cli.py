@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dsctl import __version__
+from dsctl import __version__, commands
 from dsctl.configs import config_fields, default_of, field_docs, type_name
 from dsctl.errors import StageFailed, UserError
 from dsctl.progress import Reporter
@@ -28,7 +28,6 @@ from dsctl.recipe import parse_override
 from dsctl.runner import Runner, single_stage_plan
 from dsctl.stage import StageRegistry, StageSpec
 from dsctl.store import Artifact, Store
-from dsctl import commands
 
 app = typer.Typer(
     name="dsctl",
@@ -90,12 +89,14 @@ def _stage_command(spec: StageSpec):
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter("from_", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]], default=typer.Option(
-            None, "--from", help="Input artifact: key, key prefix, recipe:stage or directory; SLOT=REF to name the slot. Repeatable.")),
+            None, "--from",
+            help="Input artifact: key, key prefix, recipe:stage or directory; SLOT=REF to name the slot. Repeatable.")),
         inspect.Parameter("ckpt", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
             None, "--ckpt", help="Checkpoint input (shorthand for --from checkpoint=REF).")),
         inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]], default=typer.Option(
             None, "--set", help="Config override KEY=VALUE (TOML value). Repeatable.")),
-        inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(0, "--seed", help="Random seed.")),
+        inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+            0, "--seed", help="Random seed.")),
         inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
             False, "--force", help="Rebuild even if the artifact is cached.")),
     ]
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort,):
+    except typer.Abort:
         sys.exit(1)
     except Exception as exc:  # click usage errors and the like
         if _is_usage_error(exc):

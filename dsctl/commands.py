@@ -288,7 +288,8 @@ def verify(
         problems = verify_dir(artifact.path)
         if problems:
             damaged += 1
-            ctx.obj.reporter.console.print(f"[red]damaged[/] {artifact.key[:12]} {artifact.label}: " + "; ".join(problems[:5]))
+            ctx.obj.reporter.console.print(f"[red]damaged[/] {artifact.key[:12]} {artifact.label}: "
+                                           + "; ".join(problems[:5]))
         else:
             ctx.obj.reporter.info(f"[green]ok[/] {artifact.key[:12]} {artifact.manifest.get('stage', '')}")
     print(f"{len(targets)} checked, {damaged} damaged")
@@ -376,7 +377,8 @@ def export(
 
 def plot(
     ctx: typer.Context,
-    refs: list[str] = typer.Argument(..., help="Artifacts: eval reports, or training stages' checkpoints; or a seed study's folder."),
+    refs: list[str] = typer.Argument(
+        ..., help="Artifacts: eval reports, or training stages' checkpoints; or a seed study's folder."),
     out: Path = typer.Option(Path("dsctl-plot.png"), "--out", "-o", help="PNG file to write."),
 ) -> None:
     """Plot artifacts into a PNG: eval reports side by side (every metric, every
@@ -397,7 +399,8 @@ def plot(
             raise UserError("plot either one seed study or artifacts, not both in one picture")
         for path in studies:
             data = json.loads((path / study.STUDY_JSON).read_text())
-            if study.plot(data, out if len(studies) == 1 else out.with_stem(f"{out.stem}-{path.name}"), path.name) is None:
+            target = out if len(studies) == 1 else out.with_stem(f"{out.stem}-{path.name}")
+            if study.plot(data, target, path.name) is None:
                 raise UserError("plotting needs matplotlib: pip install matplotlib")
         print(out)
         return
@@ -542,7 +545,8 @@ def score(
               + ", ".join(f"{n} {reason}" for reason, n in counts.most_common()))
     error = next((r for r in records if r["reason"] == "error"), None)
     if error is not None:
-        out.print(f"[bold]first verifier error[/] (row {error['row']}):\n{error['detail']}", markup=True, highlight=False)
+        out.print(f"[bold]first verifier error[/] (row {error['row']}):\n{error['detail']}",
+                  markup=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

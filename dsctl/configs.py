@@ -78,7 +78,8 @@ def stage_defaults(**values: Any) -> Callable[[type], type]:
                 raise TypeError(f"{cls.__name__}: stage_defaults names {name!r}, which is not a field it inherits")
             annotations[name] = hints[name]
             mutable = isinstance(value, (list, dict, set))
-            setattr(cls, name, dataclasses.field(default_factory=lambda v=value: copy.deepcopy(v)) if mutable else value)
+            default = dataclasses.field(default_factory=lambda v=value: copy.deepcopy(v)) if mutable else value
+            setattr(cls, name, default)
         cls.__annotations__ = annotations
         return cls
 

@@ -52,7 +52,8 @@ def render(registry: StageRegistry) -> str:
         docs, hints = field_docs(spec.config), typing.get_type_hints(spec.config)
         for f in config_fields(spec.config):
             doc = " ".join(docs.get(f.name, "").split()).replace("|", "\\|")
-            parts.append(f"| `{f.name}` | {type_name(hints[f.name]).replace('|', 'or')} | `{_default_text(f)}` | {doc} |\n")
+            type_text = type_name(hints[f.name]).replace('|', 'or')
+            parts.append(f"| `{f.name}` | {type_text} | `{_default_text(f)}` | {doc} |\n")
     return "".join(parts)
 
 

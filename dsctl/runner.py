@@ -77,7 +77,8 @@ def plan(recipe: Recipe, registry: StageRegistry, smoke: bool = False) -> dict[s
         if spec is None:
             close = difflib.get_close_matches(entry.type, registry.names(), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"{entry.where}: unknown stage type '{entry.type}'{hint}; known: {', '.join(registry.names())}")
+            raise UserError(f"{entry.where}: unknown stage type '{entry.type}'{hint}; "
+                            f"known: {', '.join(registry.names())}")
         config = build_config(spec.config, entry.config, lambda key, n=name: key_location(recipe, n, key))
         if smoke:
             try:
@@ -93,7 +94,8 @@ def plan(recipe: Recipe, registry: StageRegistry, smoke: bool = False) -> dict[s
             inp = spec.inputs.get(slot)
             for up in names:
                 if inp is not None and not inp.accepts(plans[up].spec.output):
-                    raise UserError(f"{entry.where}: slot '{slot}' takes a {inp.kind}, but '{up}' gives a {plans[up].spec.output}")
+                    raise UserError(f"{entry.where}: slot '{slot}' takes a {inp.kind}, "
+                                    f"but '{up}' gives a {plans[up].spec.output}")
         _check_slots(spec, upstream, entry.where)
         seed = entry.seed if entry.seed is not None else recipe.seed
         p = StagePlan(name, spec, config, seed, upstream)
@@ -195,7 +197,10 @@ class Runner:
         if store.has(p.key):
             self._hit(p)
             return StageResult(p.name, p.key, "hit")
-        wait = lambda holder: self.reporter.info(f"[yellow]…[/] {p.name}: waiting for {holder}, which is building {p.key[:12]}")
+
+        def wait(holder):
+            self.reporter.info(f"[yellow]…[/] {p.name}: waiting for {holder}, which is building {p.key[:12]}")
+
         with store.lock(p.key, on_wait=wait):
             if store.has(p.key):  # another process finished it while we waited
                 self._hit(p)
@@ -266,7 +271,8 @@ class Runner:
             "seconds": round(finished - started, 3), "recipe": self.recipe_name,
         })
         self._set_ref(p)
-        self.reporter.info(f"[green]✓[/] {p.name:<18} done in {finished - started:.1f}s  [dim]{p.key[:12]}[/] {headline(metrics)}")
+        self.reporter.info(f"[green]✓[/] {p.name:<18} done in {finished - started:.1f}s  "
+                           f"[dim]{p.key[:12]}[/] {headline(metrics)}")
         return StageResult(p.name, p.key, "ran", finished - started)
 
 

@@ -2,12 +2,13 @@
 
 `dsctl run RECIPE --smoke` plans the recipe as written, then shrinks every stage's config
 with `shrink`: each field that sets a size is capped at the value in `CAPS` (one,
-`FLOORS`, is raised so the chain can finish), the model and a from-scratch student become the "tiny" preset, and the shape
-keys of their overrides are dropped. Everything else — the stages, their wiring, the
-task families and difficulty, precision, parallel layout, schedules — stays as the recipe
-says, so a smoke run exercises the code paths the real run will take on whatever device
-is there. Its artifacts go to `<workdir>/smoke/`, a store of their own, so they are never
-mistaken for (or cached as) the real ones.
+`FLOORS`, is raised so the chain can finish), the model and a from-scratch student
+become the "tiny" preset, and the shape keys of their overrides are dropped. Everything
+else — the stages, their wiring, the task families and difficulty, precision, parallel
+layout, schedules — stays as the recipe says, so a smoke run exercises the code paths
+the real run will take on whatever device is there. Its artifacts go to
+`<workdir>/smoke/`, a store of their own, so they are never mistaken for (or cached as)
+the real ones.
 
 What shrinks is defined here once, by field name: a config field name means one thing
 in every stage (dsctl/configs.py), so one table serves every recipe, and

@@ -290,7 +290,8 @@ class StageRegistry:
             root = entry.load()
             modules.append(root)
             if hasattr(root, "__path__"):  # a package: each of its modules
-                modules += [importlib.import_module(f"{root.__name__}.{m.name}") for m in pkgutil.iter_modules(root.__path__)]
+                modules += [importlib.import_module(f"{root.__name__}.{m.name}")
+                            for m in pkgutil.iter_modules(root.__path__)]
         plugins = [m.strip() for m in os.environ.get("DSCTL_PLUGINS", "").split(",") if m.strip()]
         modules += [importlib.import_module(name) for name in [*plugins, *extra_modules]]
         if not modules:

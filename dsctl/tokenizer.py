@@ -106,7 +106,8 @@ class ChatTokenizer(ABC):
 
     def chat_prompt(self, user_text: str, system: str | None = None) -> list[int]:
         """Ids to generate an assistant reply from (ends with the generation prompt)."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+        messages = (([{"role": "system", "content": system}] if system else [])
+                    + [{"role": "user", "content": user_text}])
         return self.encode_chat(messages, add_generation_prompt=True)[0]
 
 
@@ -195,7 +196,8 @@ class Tokenizer(ChatTokenizer):
                 num_threads=num_threads, minloglevel=2,
             )
         except RuntimeError as exc:
-            raise UserError(f"tokenizer training failed: {exc} (is the corpus empty or vocab_size too small?)") from None
+            raise UserError(f"tokenizer training failed: {exc} "
+                            "(is the corpus empty or vocab_size too small?)") from None
         (out / "tokenizer.model").write_bytes(model.getvalue())
         tokenizer = cls(out)
         tokenizer.save_metadata()
@@ -321,7 +323,8 @@ class HFTokenizer(ChatTokenizer):
             if message.get("role") != "assistant":
                 continue
             if i == 0:
-                raise ValueError("message 0: a conversation starts with a user or system message, not an assistant reply")
+                raise ValueError("message 0: a conversation starts with a user or system message, "
+                                 "not an assistant reply")
             start = self._prefix_end(text, messages[:i], True, f"the conversation before message {i} (assistant) "
                                      "with the generation prompt")
             end = self._prefix_end(text, messages[:i + 1], False, f"the conversation through message {i} (assistant)")

@@ -30,7 +30,15 @@ from typing import Any
 
 from dsctl.data.clean import RULE_NAMES, Cleaner
 from dsctl.data.config import DataWorkConfig
-from dsctl.data.corpus import PartFile, ReadStats, corpus_files, expand_paths, iter_rows, part_name, remove_partial_parts
+from dsctl.data.corpus import (
+    PartFile,
+    ReadStats,
+    corpus_files,
+    expand_paths,
+    iter_rows,
+    part_name,
+    remove_partial_parts,
+)
 from dsctl.data.executor import executor_for
 from dsctl.data.quality import QualityModel, read_examples, train_quality_model
 from dsctl.data.tasks import StepBars, run_tasks

@@ -34,11 +34,16 @@ from typing import Any
 from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, expand_paths, remove_partial_parts
-from dsctl.data.decontaminate import (NgramIndex, decontaminate_shard, file_eval_texts, problem_set_eval_texts,
-                                      task_eval_texts)
+from dsctl.data.decontaminate import (
+    NgramIndex,
+    decontaminate_shard,
+    file_eval_texts,
+    problem_set_eval_texts,
+    task_eval_texts,
+)
 from dsctl.data.executor import executor_for
-from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.data.shards import file_sha256
+from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.tasks import FAMILIES

@@ -32,6 +32,7 @@ from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import CompletionConfig, EvalSplitConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ExamplesConfig, LMTrainConfig
 
+
 @dataclass
 @stage_defaults(max_steps=200, lr=2e-3, warmup_steps=10, eval_batches=4, train_problems=0)
 class DistillConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, CompletionConfig, ExamplesConfig, LMTrainConfig):
@@ -66,8 +67,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from dsctl.train.batches import PackedExamples
     from dsctl.train.checkpoint import latest_checkpoint
     from dsctl.train.distill import make_distill_loss, student_from_layers, tokenizer_differences, validation_kl
-    from dsctl.train.examples import (RowStats, artifact_conversations, encode_conversations, split_validation,
-                                      task_conversations)
+    from dsctl.train.examples import (
+        RowStats,
+        artifact_conversations,
+        encode_conversations,
+        split_validation,
+        task_conversations,
+    )
     from dsctl.train.loop import LMTrainer, resolve_device
 
     cfg: DistillConfig = ctx.config

@@ -99,7 +99,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     batches = LongContextBatches(corpus, tokenizer, seq_len, cfg.batch_size, ctx.seed, cfg.passkey_fraction,
                                  grad_accum=cfg.grad_accum)
     val_docs = load_token_split(shards.path, "validation")
-    val = PackedTokens(val_docs, seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False) if val_docs else None
+    val = (PackedTokens(val_docs, seq_len, cfg.batch_size, tokenizer.eos_id, ctx.seed, shuffle=False)
+           if val_docs else None)
     trainer = LMTrainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
     summary = trainer.fit()
     after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, original, "extended")

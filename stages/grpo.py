@@ -26,8 +26,9 @@ from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
 @stage_defaults(train_problems=4000)
 class GrpoStageConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, GRPOConfig):
     """GRPO on task problems (the families', or a `problems` input's). The prompt pool
-    needs only verifiable answers, so it comes from the answer_only split, whose worked solutions appear nowhere in training, and it
-    can be far larger than sft's set (2-digit + and − have ~4,900 answer-only problems).
+    needs only verifiable answers, so it comes from the answer_only split, whose worked
+    solutions appear nowhere in training, and it can be far larger than sft's set
+    (2-digit + and − have ~4,900 answer-only problems).
     GRPO needs groups that disagree: a difficulty the sft model solves sometimes, not never."""
 
     train_split: ClassVar[str] = "answer_only"

@@ -107,7 +107,8 @@ def prepare_training(ctx: StageContext, placement=None):
 
     def finish(trainer, summary: dict[str, Any]) -> dict[str, Any]:
         eval_targets = torch.cat([val.batch(i)["input_ids"][:, 1:].flatten() for i in range(cfg.eval_batches)]).numpy()
-        summary["unigram_val_loss"] = round(unigram_loss(train_docs, eval_targets, tokenizer.vocab_size, tokenizer.eos_id), 6)
+        unigram = unigram_loss(train_docs, eval_targets, tokenizer.vocab_size, tokenizer.eos_id)
+        summary["unigram_val_loss"] = round(unigram, 6)
         summary.update(params=total, active_params=active, model=cfg.model)
         trainer.strategy.export(trainer, ctx.out, tok_dir)
         return summary

@@ -87,7 +87,8 @@ class ProblemsConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, RowInputConf
         if self.verifier not in BUILT_IN_VERIFIERS and ":" not in self.verifier:
             raise ValueError(f"verifier must be one of {', '.join(BUILT_IN_VERIFIERS)} or module:function")
         if self.answer_from and self.answer_from not in ANSWER_SOURCES:
-            raise ValueError(f"answer_from must be one of {', '.join(ANSWER_SOURCES)} (or \"\" for the verifier's default)")
+            raise ValueError(f"answer_from must be one of {', '.join(ANSWER_SOURCES)} "
+                             "(or \"\" for the verifier's default)")
         if self.answer_pattern and self.answer_pattern != "boxed":
             try:
                 re.compile(self.answer_pattern)
@@ -161,7 +162,8 @@ def _from_rows(ctx: StageContext, cfg: ProblemsConfig) -> tuple[dict[str, list],
                         f"check prompt_field={cfg.prompt_field!r}, answer_field={cfg.answer_field!r}"
                         + (f", answer_pattern={cfg.answer_pattern!r}" if cfg.answer_pattern else ""))
     if skipped.get("answer_pattern_no_match"):
-        ctx.warn(f"answer_pattern {cfg.answer_pattern!r} matched nothing in {skipped['answer_pattern_no_match']:,} rows")
+        ctx.warn(f"answer_pattern {cfg.answer_pattern!r} matched nothing "
+                 f"in {skipped['answer_pattern_no_match']:,} rows")
     meta = {"name": name, "grading": asdict(grading), "skipped": skipped, "skipped_examples": report.examples,
             "source": {"paths": cfg.paths, "dataset": cfg.dataset, "dataset_config": cfg.dataset_config,
                        "fields": asdict(fields)}}
@@ -227,7 +229,8 @@ def fingerprint(cfg: ProblemsConfig) -> dict[str, Any]:
         extra["files"] = {str(p): sha256_file(p) for p in expand_paths(cfg.paths)}
     local = Path(cfg.dataset) if cfg.dataset else None
     if local is not None and local.is_dir():
-        extra["dataset_files"] = {str(p.relative_to(local)): sha256_file(p) for p in sorted(local.rglob("*")) if p.is_file()}
+        extra["dataset_files"] = {str(p.relative_to(local)): sha256_file(p)
+                                  for p in sorted(local.rglob("*")) if p.is_file()}
     if ":" in cfg.verifier:
         from dsctl.tasks.grading import function_source
 

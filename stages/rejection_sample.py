@@ -65,7 +65,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     problems, too_long = fit_context(train_draw(cfg, ctx.seed + cfg.problem_seed_offset, problem_set), tokenizer,
                                      model.config.max_position_embeddings, cfg.max_new_tokens)
     if too_long:
-        ctx.warn(f"{too_long} prompts left out: they do not fit the model's context with max_new_tokens={cfg.max_new_tokens}")
+        ctx.warn(f"{too_long} prompts left out: they do not fit the model's context "
+                 f"with max_new_tokens={cfg.max_new_tokens}")
     partial = ctx.scratch / "samples.partial.jsonl"
     state = ctx.load_state()
     chunk = max(1, cfg.prompts_per_chunk)
@@ -107,7 +108,8 @@ def sample_chunk(model, tokenizer, problems, cfg: RejectionSampleConfig, seed: i
                          batch_size=k * len(problems), first_batch=first_batch)
     rows: list[dict] = []
     counts: dict[str, dict[str, int]] = {}
-    judged = [filter_completions(p, outs, cfg.require_format, cfg.max_per_prompt) for p, outs in zip(problems, completions)]
+    judged = [filter_completions(p, outs, cfg.require_format, cfg.max_per_prompt)
+              for p, outs in zip(problems, completions)]
     check_reward_errors([score for kept in judged for _, _, score in kept], cfg.max_reward_errors, "rejection_sample")
     for p, outs, kept in zip(problems, completions, judged):
         fam = counts.setdefault(p.family, {"sampled": 0, "accepted": 0, **{r: 0 for r in REJECT_REASONS}})

@@ -82,7 +82,13 @@ def build_examples(ctx: StageContext, tokenizer) -> tuple[list, dict[str, int]]:
     from dsctl.data.corpus import expand_paths
     from dsctl.tasks.config import train_draw
     from dsctl.tasks.problem_set import ProblemSet
-    from dsctl.train.examples import RowStats, artifact_conversations, encode_conversations, read_conversations, task_conversations
+    from dsctl.train.examples import (
+        RowStats,
+        artifact_conversations,
+        encode_conversations,
+        read_conversations,
+        task_conversations,
+    )
 
     cfg: SFTConfig = ctx.config
     problem_set = ProblemSet.of(ctx.maybe_input("problems"))

@@ -78,8 +78,9 @@ class SourceConfig(TaskConfig, ShardOutputConfig, RowInputConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # families and difficulty
-        counts = ("task_problems_per_family", "task_doc_min_words", "max_prose_docs", "passkey_docs", "passkey_max_words", "ledger_docs",
-                  "exact_dups", "near_dups", "boilerplate", "junk", "short", "non_english")
+        counts = ("task_problems_per_family", "task_doc_min_words", "max_prose_docs", "passkey_docs",
+                  "passkey_max_words", "ledger_docs", "exact_dups", "near_dups", "boilerplate", "junk", "short",
+                  "non_english")
         negative = [name for name in counts if getattr(self, name) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must be >= 0 (0 leaves that ingredient out)")
@@ -94,7 +95,8 @@ class SourceConfig(TaskConfig, ShardOutputConfig, RowInputConfig):
             task_problems_per_family=self.task_problems_per_family, task_doc_min_words=self.task_doc_min_words,
             task_families=tuple(self.families),
             max_prose_docs=self.max_prose_docs, passkey_docs=self.passkey_docs,
-            passkey_max_words=self.passkey_max_words, ledger_docs=self.ledger_docs, exact_dups=self.exact_dups, near_dups=self.near_dups,
+            passkey_max_words=self.passkey_max_words, ledger_docs=self.ledger_docs,
+            exact_dups=self.exact_dups, near_dups=self.near_dups,
             boilerplate=self.boilerplate, junk=self.junk, short=self.short, non_english=self.non_english,
         )
 
@@ -184,7 +186,8 @@ def fingerprint(cfg: SourceConfig) -> dict:
     local = Path(cfg.dataset) if cfg.dataset else None
     if local is not None and local.exists():
         files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
-        extra["dataset_files"] = {str(p.relative_to(local) if local.is_dir() else p.name): sha256_file(p) for p in files}
+        extra["dataset_files"] = {str(p.relative_to(local) if local.is_dir() else p.name): sha256_file(p)
+                                  for p in files}
     return extra
 
 

@@ -27,7 +27,14 @@ from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
 from dsctl.data.executor import executor_for
-from dsctl.data.shards import EncodeStats, TokenShardWriter, encode_shard, is_validation, merge_encode_stats, write_index
+from dsctl.data.shards import (
+    EncodeStats,
+    TokenShardWriter,
+    encode_shard,
+    is_validation,
+    merge_encode_stats,
+    write_index,
+)
 from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
@@ -55,7 +62,8 @@ class TokenizeConfig(DataWorkConfig):
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.vocab_size < 300:
-            raise ValueError(f"vocab_size must be at least 300 (256 byte pieces + reserved tokens), got {self.vocab_size}")
+            raise ValueError("vocab_size must be at least 300 (256 byte pieces + reserved tokens), "
+                             f"got {self.vocab_size}")
 
 
 def reused_tokenizer_dir(artifact: Artifact) -> Path:
@@ -76,7 +84,8 @@ def run(ctx: StageContext) -> dict:
     ctx.save_state({**state, "tokenizer_done": True})
     stats, read, seconds = _encode(ctx, files)
     total = stats.tokens["train"] + stats.tokens["validation"]
-    ctx.info(f"{total:,} tokens ({stats.tokens['validation']:,} held out), {stats.bytes / max(total, 1):.2f} bytes/token")
+    ctx.info(f"{total:,} tokens ({stats.tokens['validation']:,} held out), "
+             f"{stats.bytes / max(total, 1):.2f} bytes/token")
     return {
         "train_tokens": stats.tokens["train"],
         "validation_tokens": stats.tokens["validation"],

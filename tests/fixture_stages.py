@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from dsctl.data.corpus import ShardWriter, corpus_files, iter_rows, ReadStats
+from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, iter_rows
 from dsctl.stage import Input, StageContext, StageSpec
 
 

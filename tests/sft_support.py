@@ -52,14 +52,14 @@ def memorized_checkpoint(out: Path, tok_dir: Path, problems, steps: int = 60, se
     a model that solves known prompts, for tests of acceptance and accuracy."""
     from dsctl.model import DeepSeekV3, ModelConfig
     from dsctl.progress import Reporter
-    from dsctl.train.examples import chat, encode_conversations
     from dsctl.stage import StageContext, StageSpec
     from dsctl.tasks import reasoning_target
     from dsctl.tokenizer import Tokenizer
+    from dsctl.train.artifacts import export_checkpoint
     from dsctl.train.batches import PackedExamples
     from dsctl.train.config import LMTrainConfig
+    from dsctl.train.examples import chat, encode_conversations
     from dsctl.train.loop import LMTrainer
-    from dsctl.train.artifacts import export_checkpoint
 
     tokenizer = Tokenizer.load(tok_dir)
     examples, _ = encode_conversations(tokenizer, [chat(p.prompt, reasoning_target(p)) for p in problems], 128)

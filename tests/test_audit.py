@@ -33,7 +33,8 @@ def test_dedup_stage_near_and_exact_duplicate_quality(tmp_path):
                {"id": "n2", "kind": "near_dup", "of": "b", "jaccard": 0.85},
                {"id": "e1", "kind": "exact_dup", "of": "c"}]
     root = _corpus(tmp_path / "dedup", kept=["a", "b", "c", "n2", "d"],
-                   rejected=[("n1", "near_duplicate", "a"), ("e1", "exact_duplicate", "c"), ("x", "near_duplicate", "d")],
+                   rejected=[("n1", "near_duplicate", "a"), ("e1", "exact_duplicate", "c"),
+                             ("x", "near_duplicate", "d")],
                    planted=planted)
     result = audit_corpus(root, {"config": {"threshold": 0.8}})
     assert result["near_dup_recall"] == pytest.approx(0.5)        # n2 was missed

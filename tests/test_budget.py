@@ -50,7 +50,8 @@ def _pretrain_recipe(**pretrain):
 
 
 @pytest.mark.parametrize("pretrain,message", [
-    ({"model": "100m", "batch_size": 4096, "seq_len": 4096}, r"model '100m' at batch_size 4096 × seq_len 4096 needs about .* GiB .* lower batch_size"),
+    ({"model": "100m", "batch_size": 4096, "seq_len": 4096},
+     r"model '100m' at batch_size 4096 × seq_len 4096 needs about .* GiB .* lower batch_size"),
     ({"model": "small", "seq_len": 4096}, r"seq_len 4096 is past model 'small''s context of 1024"),
 ])
 def test_a_pretrain_that_cannot_run_here_is_refused_before_any_stage_runs(tmp_path, pretrain, message):

@@ -50,7 +50,8 @@ def test_each_rule_rejects_its_kind_of_document_and_nothing_is_lost(tmp_path):
                      "write 3 and carry 1. The tens: 4 + 2 + 1 = 7, write 7. The hundreds: 3 + 0 = 3, write 3. "
                      "So 347 + 26 = 373.</think><answer>373</answer>",
     }
-    src = write_jsonl(tmp_path / "in" / "data" / "part-00000.jsonl", [{"id": k, "text": v, "extra": 1} for k, v in rows.items()])
+    src = write_jsonl(tmp_path / "in" / "data" / "part-00000.jsonl",
+                      [{"id": k, "text": v, "extra": 1} for k, v in rows.items()])
     out = run_stage(clean.STAGE, {}, {"corpus": [src]}, tmp_path / "w")
     kept = {r["id"]: r for r in read(out, "data")}
     reasons = {r["id"]: r["reason"] for r in read(out, "rejected")}
@@ -102,7 +103,8 @@ def test_quality_classifier_is_trained_deterministically_and_filters(tmp_path):
     bad = [" ".join(rng.choices(spam, k=30)) + " the of and to with." for _ in range(60)]
     write_jsonl(tmp_path / "good" / "g.jsonl", [{"text": t} for t in good])
     (tmp_path / "bad.txt").write_text("\n".join(bad))
-    test_rows = [{"id": "prose", "text": PROSE}, {"id": "spam", "text": " ".join(rng.choices(spam, k=40)) + " the of and to the with."}]
+    test_rows = [{"id": "prose", "text": PROSE},
+                 {"id": "spam", "text": " ".join(rng.choices(spam, k=40)) + " the of and to the with."}]
     src = write_jsonl(tmp_path / "in" / "x.jsonl", test_rows)
     config = {"quality_good": [str(tmp_path / "good")], "quality_bad": [str(tmp_path / "bad.txt")],
               "disabled_rules": ["language", "mean_word_length", "line_punctuation"]}

@@ -3,12 +3,10 @@
 import json
 import random
 import signal
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
-
-import pytest
 
 RECIPE = """
 [recipe]
@@ -52,7 +50,7 @@ def test_sigkill_at_random_moments_then_run_completes_identically(tmp_path, cli_
     rng = random.Random(1234)
     killed = tmp_path / "killed"
     env = {**cli_env, "DSCTL_WORKDIR": str(killed)}
-    for attempt in range(3):
+    for _ in range(3):
         proc = subprocess.Popen([*dsctl_cmd, "run", str(recipe)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         staging = killed / "staging"
@@ -115,7 +113,8 @@ def test_verify_finds_flipped_byte_and_gc_removes_unreferenced(tmp_path, cli_env
     dry = _dsctl(dsctl_cmd, cli_env, "gc", "--dry-run").stdout
     assert "would remove 1 object(s)" in dry and len(list((work / "objects").iterdir())) == 3
     assert "removed 1 object(s)" in _dsctl(dsctl_cmd, cli_env, "gc").stdout
-    nums = next(p for p in (work / "objects").iterdir() if json.loads((p / "manifest.json").read_text())["stage"] == "t_numbers")
+    nums = next(p for p in (work / "objects").iterdir()
+                if json.loads((p / "manifest.json").read_text())["stage"] == "t_numbers")
     shard = nums / "data" / "part-00000.jsonl"
     raw = bytearray(shard.read_bytes())
     raw[5] ^= 0x20

@@ -93,7 +93,8 @@ def corpus_dir(tmp_path):
 
     rng = random.Random(1)
     leaked = split_problems("arithmetic", "test", 3, seed=0)
-    rows = [{"id": f"clean{i}", "text": f"An ordinary document number {i} about nothing in particular."} for i in range(20)]
+    rows = [{"id": f"clean{i}", "text": f"An ordinary document number {i} about nothing in particular."}
+            for i in range(20)]
     rows += [{"id": f"leak{i}", "text": problem_document(p, rng)} for i, p in enumerate(leaked)]
     rows.append({"id": "fileleak", "text": f"Copied from the benchmark: {text(0, 25)}"})
     (tmp_path / "src" / "data").mkdir(parents=True)
@@ -134,8 +135,8 @@ def test_stage_names_an_unknown_task_family(corpus_dir):
 
 
 def test_stage_protects_eval_problems_at_the_eval_stage_difficulty():
-    from dsctl.tasks.config import held_out_problems
     from dsctl.tasks import problem_document
+    from dsctl.tasks.config import held_out_problems
     from stages.decontaminate import DecontaminateConfig, eval_index
 
     # What stages/eval.py evaluates by default: its problems at the families' default difficulty.

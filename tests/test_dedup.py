@@ -17,11 +17,11 @@ from dsctl.data.executor import LocalExecutor
 from dsctl.data.minhash import (
     MinHasher,
     candidate_pairs,
+    exact_digests,
     jaccard,
     normalize_text,
     optimal_bands,
     shingle_hashes,
-    exact_digests,
     shingle_set,
     word_hashes,
 )

@@ -107,7 +107,7 @@ def test_ray_and_local_processes_give_byte_identical_artifacts_in_all_four_data_
                 upstream = artifact.path
     finally:
         ray.shutdown()
-    for (name, local_files, local_metrics), (_, ray_files, ray_metrics) in zip(outputs["local"], outputs["ray"]):
+    for (name, local_files, _), (_, ray_files, _) in zip(outputs["local"], outputs["ray"]):
         assert ray_files == local_files and local_files, name
     names = [name for name, _, _ in outputs["local"]]
     metrics = {name: m for name, _, m in outputs["local"]}

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from dsctl.errors import UserError
+from dsctl.tasks import reasoning_target
 from dsctl.tasks.config import task_problems
+from dsctl.testing import run_stage
 from dsctl.train import distill as distill_lib
 from dsctl.train.distill import logit_distillation_kl
-from dsctl.tasks import reasoning_target
-from dsctl.testing import run_stage
 from stages import distill
 from tests.sft_support import EASY, fail_once_at_step, make_checkpoint, make_tokenizer, tiny_train_config
 
@@ -140,7 +140,8 @@ def test_student_from_all_teacher_layers_is_the_teacher_and_from_fewer_is_a_copy
     assert torch.equal(same(ids), teacher(ids))
     student = distill_lib.student_from_layers(teacher, [0, 2], {"num_nextn_predict_layers": 0})
     assert student.config.num_hidden_layers == 2 and len(student.mtp) == 0
-    assert torch.equal(student.layers[1].self_attn.kv_a_proj_with_mqa.weight, teacher.layers[2].self_attn.kv_a_proj_with_mqa.weight)
+    assert torch.equal(student.layers[1].self_attn.kv_a_proj_with_mqa.weight,
+                       teacher.layers[2].self_attn.kv_a_proj_with_mqa.weight)
     assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
     assert student.num_parameters()[0] < teacher.num_parameters()[0]
     for bad in ([2, 0], [1, 2], [0, 3]):  # out of order, dense layer 0 missing, no such layer

@@ -37,7 +37,8 @@ def test_loader_reads_index_and_text_answers():
 
 def test_loader_errors_name_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"], "answer": 0}\n')
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n'
+                   '{"question": "q", "choices": ["a"], "answer": 0}\n')
     with pytest.raises(UserError, match=r"bad.jsonl:2: 'choices'"):
         load_choice_questions(bad)
     bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": "c"}\n')

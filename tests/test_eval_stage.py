@@ -17,8 +17,8 @@ FIXTURE_MC = Path(__file__).parent / "fixtures" / "mc_tiny.jsonl"
 
 
 def tiny_tokenizer(directory: Path):
-    from dsctl.tasks.passkey import FILLER, NEEDLE, QUESTION
     from dsctl.tasks import problem_document, split_problems
+    from dsctl.tasks.passkey import FILLER, NEEDLE, QUESTION
     from dsctl.tokenizer import Tokenizer
 
     rng = random.Random(0)
@@ -44,8 +44,8 @@ def tiny_shards(directory: Path, tokenizer) -> Path:
     import shutil
 
     from dsctl.data.shards import TokenShardWriter, write_index
-    from dsctl.tasks.passkey import FILLER
     from dsctl.tasks import problem_document, split_problems
+    from dsctl.tasks.passkey import FILLER
 
     rng = random.Random(1)
     docs = [FILLER * 2] + [problem_document(p, rng) for p in split_problems("arithmetic", "worked", 30, 1)]

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from dsctl.model.loss import IGNORE_INDEX
-from dsctl.model.yarn import with_yarn, yarn_rope_scaling
-from dsctl.train.artifacts import trained_context
-from dsctl.train.long_context import LongContextBatches
-from dsctl.tasks.passkey import FILLER, NEEDLE, QUESTION
 from dsctl.model import DeepSeekV3, ModelConfig
 from dsctl.model.hf import load_hf, save_hf
+from dsctl.model.loss import IGNORE_INDEX
+from dsctl.model.yarn import with_yarn, yarn_rope_scaling
+from dsctl.tasks.passkey import FILLER, NEEDLE, QUESTION
+from dsctl.train.artifacts import trained_context
+from dsctl.train.long_context import LongContextBatches
 
 
 class ByteTokenizer:

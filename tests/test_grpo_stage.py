@@ -3,16 +3,15 @@ the real store, and resumes bit-identically after an interruption; the DAPO opti
 the completions log, on one step of a hand-made rollout."""
 
 import json
-
 import random
 
 import pytest
 import torch
 
-from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
-from dsctl.progress import Reporter
 from dsctl.configs import build_config
 from dsctl.errors import UserError
+from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
+from dsctl.progress import Reporter
 from dsctl.rl.config import GRPOConfig
 from dsctl.rl.rollout import Rollout
 from dsctl.rl.trainer import GRPOTrainer
@@ -96,7 +95,8 @@ class Killed(Exception):
 def test_interrupted_and_resumed_run_gives_bit_identical_weights(sft_checkpoint, tmp_path):
     ckpt, tokenizer, problems = sft_checkpoint
     cfg = _cfg(log_completions_every=1)  # step 3's rows are written, then lost with the step
-    full = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "full"), seed=0)
+    full = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "full"),
+                       seed=0)
     full.fit()
     records = [json.loads(line) for line in full.io.metrics_path.read_text().splitlines()]
     assert any("policy_loss" in r for r in records), "no step had a reward signal: the test would prove nothing"
@@ -126,7 +126,8 @@ def test_grpo_raises_training_reward_on_easy_sums(sft_checkpoint, tmp_path):
     ckpt, tokenizer, problems = sft_checkpoint
     cfg = _cfg(max_steps=12, prompts_per_step=4, group_size=6, lr=2e-3, update_epochs=1, ref_refresh_every=0,
                checkpoint_every=100)
-    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "learn"), seed=0)
+    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "learn"),
+                          seed=0)
     trainer.fit()
     records = [json.loads(line) for line in trainer.io.metrics_path.read_text().splitlines()]
     first = sum(r["reward_mean"] for r in records[:4]) / 4
@@ -185,7 +186,8 @@ def test_precision_fp8_runs_the_policy_through_fp8_linear_layers(sft_checkpoint,
 
     ckpt, tokenizer, problems = sft_checkpoint
     cfg = _cfg(max_steps=1, precision="fp8", update_epochs=1)
-    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "fp8"), seed=0)
+    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, "fp8"),
+                          seed=0)
     assert any(isinstance(m, Fp8Linear) for m in trainer.model.modules())
     assert not any(isinstance(m, Fp8Linear) for m in trainer.reference.modules())  # frozen, never trained
     assert trainer.fit()["precision"] == "fp8"
@@ -198,8 +200,9 @@ def _rollout(tokenizer, problem, cut_text: str, cut_len: int) -> Rollout:
     ids = [tokenizer.encode(t) + [tokenizer.eos_id] for t in texts]
     ids[2] = (tokenizer.encode(cut_text) * cut_len)[:cut_len]  # no stop token: max_new_tokens cut it
     values = dict(problems=[problem] * 4, prompt_ids=[tokenizer.chat_prompt(problem.prompt)] * 4, completion_ids=ids,
-                  texts=texts, rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), correct=torch.tensor([1.0, 0.0, 0.0, 1.0]),
-                  formatted=torch.tensor([1.0, 1.0, 0.0, 1.0]), truncated=torch.tensor([0.0, 0.0, 1.0, 0.0]), seconds=0.01)
+                  texts=texts, rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]),
+                  correct=torch.tensor([1.0, 0.0, 0.0, 1.0]), formatted=torch.tensor([1.0, 1.0, 0.0, 1.0]),
+                  truncated=torch.tensor([0.0, 0.0, 1.0, 0.0]), seconds=0.01)
     reasons = ["correct", "wrong", "no_answer", "correct"]
     if "reasons" in Rollout.__dataclass_fields__:
         values["reasons"] = reasons
@@ -214,7 +217,8 @@ def _one_step(sft_checkpoint, tmp_path, monkeypatch, name: str, ro: Rollout, **o
     monkeypatch.setattr("dsctl.rl.trainer.sample_groups", lambda *args, **kwargs: ro)
     cfg = _cfg(**{"max_steps": 1, "prompts_per_step": 1, "group_size": 4, "kl_coef": 0.0, "update_epochs": 1,
                   "ref_refresh_every": 0, **overrides})
-    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, name), seed=0)
+    trainer = GRPOTrainer(load_model_at(ckpt), load_model_at(ckpt), tokenizer, problems, cfg, _ctx(tmp_path, name),
+                          seed=0)
     return trainer, trainer.train_step(0)
 
 
@@ -224,7 +228,8 @@ def test_masked_truncated_completions_leave_the_update_unchanged(sft_checkpoint,
     for mask in (True, False):
         for cut in ("<think>sum", "<answer>9"):  # what the cut completion says
             ro = _rollout(tokenizer, problems[0], cut, cut_len=12)
-            trainer, metrics = _one_step(sft_checkpoint, tmp_path, monkeypatch, f"{mask}-{cut[1]}", ro, mask_truncated=mask)
+            trainer, metrics = _one_step(sft_checkpoint, tmp_path, monkeypatch, f"{mask}-{cut[1]}", ro,
+                                         mask_truncated=mask)
             assert metrics["truncated_rate"] == 0.25  # still counted in the rollout metrics
             assert metrics.get("masked_truncated", 0) == (1 if mask else 0)
             weights[mask, cut] = trainer.model.state_dict()

@@ -177,7 +177,8 @@ def test_a_checkpoint_keeps_and_exports_an_imported_tokenizer(tmp_path, deepseek
     (source / "chat_template.jinja").write_text(DEEPSEEK_TEMPLATE)
     tok = HFTokenizer(source)
     torch.manual_seed(0)
-    export_checkpoint(DeepSeekV3(ModelConfig.preset("tiny", vocab_size=tok.vocab_size)), tmp_path / "ckpt", source, None)
+    export_checkpoint(DeepSeekV3(ModelConfig.preset("tiny", vocab_size=tok.vocab_size)), tmp_path / "ckpt", source,
+                      None)
     directory = tokenizer_dir(Artifact(tmp_path / "ckpt", "key", "checkpoint", {}))
     assert directory == tmp_path / "ckpt" and (directory / "chat_template.jinja").is_file()
     assert load_tokenizer(directory).chat_prompt("hi") == tok.chat_prompt("hi")

@@ -89,7 +89,8 @@ def test_an_import_gives_the_logits_transformers_gives(hf_dir, tmp_path):
     assert run_stage(import_hf.STAGE, {"path": str(src)}, {}, tmp_path / "work").key == artifact.key
     edited = tmp_path / "edited"
     shutil.copytree(src, edited)
-    (edited / "tokenizer_config.json").write_text((src / "tokenizer_config.json").read_text().replace("<|pad|>", "<|end|>"))
+    config_text = (src / "tokenizer_config.json").read_text()
+    (edited / "tokenizer_config.json").write_text(config_text.replace("<|pad|>", "<|end|>"))
     assert run_stage(import_hf.STAGE, {"path": str(edited)}, {}, tmp_path / "work").key != artifact.key
 
 
@@ -233,7 +234,8 @@ def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, 
                                   "difficulty": easy, "train_problems": 12, "eval_problems": 2, "max_new_tokens": 8},
                       {"checkpoint": [imported]}, work)
     rl = run_stage(grpo.STAGE, {"max_steps": 1, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8,
-                                "train_problems": 4, "eval_problems": 2, "difficulty": easy}, {"checkpoint": [tuned]}, work)
+                                "train_problems": 4, "eval_problems": 2, "difficulty": easy},
+                   {"checkpoint": [tuned]}, work)
     assert rl.metrics["steps"] == 1 and (rl.path / "tokenizer.json").is_file()
 
     samples = run_stage(rejection_sample.STAGE, {"train_problems": 4, "samples_per_prompt": 2, "max_new_tokens": 8,

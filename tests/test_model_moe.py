@@ -93,7 +93,7 @@ def test_router_load_stats_reports_per_expert_load():
 
 
 def test_balance_loss_is_minimal_for_uniform_routing_and_larger_when_skewed():
-    E, K, T = 4, 2, 8
+    E, T = 4, 8  # experts, tokens; each token picks 2 experts
     uniform = torch.full((1, T, E), 0.5)
     ids = torch.tensor([[0, 1], [2, 3]] * (T // 2))[None]
     skewed_ids = torch.tensor([[0, 1]] * T)[None]

@@ -28,7 +28,8 @@ def test_mtp_depth1_reads_token_t_plus_1_and_predicts_t_plus_2():
         out = model(ids, return_outputs=True, mtp=True)
         # Independent recomputation over the first T-1 positions, no filler token involved.
         mtp = model.mtp[0]
-        x = mtp.eh_proj(torch.cat((mtp.enorm(model.embed_tokens(ids[:, 1:])), mtp.hnorm(out.hidden_states[:, :-1])), -1))
+        x = mtp.eh_proj(torch.cat((mtp.enorm(model.embed_tokens(ids[:, 1:])), mtp.hnorm(out.hidden_states[:, :-1])),
+                                  -1))
         ctx = model.attention_context(ids[:, :-1], None, None, None, 0)
         h, _ = super(type(mtp), mtp).forward(x, ctx.rope, ctx.mask)
         ref = model.lm_head(mtp.shared_head.norm(h))

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
 from dsctl.parallel.data_parallel import all_reduce_grads, wrap_data_parallel
 from dsctl.parallel.dist import DistInfo, log_rank0
-from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
 from dsctl.parallel.expert_parallel import ExpertParallelMoE, apply_expert_parallel
 from dsctl.parallel.launch import spawn_workers
 

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
-from dsctl.parallel.model_stages import (split_deepseek_v3, split_layers, stage_kwargs, stage_of_parameter,
-                                         stage_parts, tied_parameter_names)
+from dsctl.parallel.model_stages import (
+    split_deepseek_v3,
+    split_layers,
+    stage_kwargs,
+    stage_of_parameter,
+    stage_parts,
+    tied_parameter_names,
+)
 
 
 def tiny_config(layers: int = 4, mtp: int = 1) -> ModelConfig:

@@ -50,8 +50,8 @@ threads = 1
 
 
 def _run(cmd, env, workdir):
-    return subprocess.run([*cmd, "run", str(workdir.parent / "tinypre.toml")], env={**env, "DSCTL_WORKDIR": str(workdir)},
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([*cmd, "run", str(workdir.parent / "tinypre.toml")],
+                          env={**env, "DSCTL_WORKDIR": str(workdir)}, capture_output=True, text=True, timeout=600)
 
 
 def _artifact(workdir: Path, stage: str) -> Path:
@@ -82,7 +82,8 @@ def test_pretrain_beats_unigram_and_sigkill_resume_is_bit_identical(tokenized, d
     assert metrics["val_loss"] < metrics["unigram_val_loss"] - 0.3, metrics
 
     rng = random.Random(7)
-    proc = subprocess.Popen([*dsctl_cmd, "run", str(tokenized / "tinypre.toml")], env={**env, "DSCTL_WORKDIR": str(killed)},
+    proc = subprocess.Popen([*dsctl_cmd, "run", str(tokenized / "tinypre.toml")],
+                            env={**env, "DSCTL_WORKDIR": str(killed)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not list((killed / "staging").glob("*/scratch/checkpoints/LATEST")) and time.time() < deadline:
@@ -99,5 +100,6 @@ def test_pretrain_beats_unigram_and_sigkill_resume_is_bit_identical(tokenized, d
         return hashlib.sha256((_artifact(workdir, "pretrain") / "model.safetensors").read_bytes()).hexdigest()
 
     assert digest(killed) == digest(reference)
-    steps = [json.loads(line)["step"] for line in (_artifact(killed, "pretrain") / "metrics.jsonl").read_text().splitlines()]
+    metrics_lines = (_artifact(killed, "pretrain") / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in metrics_lines]
     assert steps == list(range(1, 81))

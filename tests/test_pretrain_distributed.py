@@ -128,8 +128,10 @@ def test_parallel_config_problems_name_the_fields_and_the_fix():
     assert problems(nproc=2, pipeline="1f1b", mtp_depth=1, doc_masking=True, precision="fp8") == []
     assert problems(nproc=4, expert_parallel=2) == []
     assert problems(nproc=4, expert_parallel=3) == [
-        "nproc=4 must be a multiple of expert_parallel=3 (every group of 3 ranks holds all experts once): set nproc to 3",
-        "the model's 8 routed experts cannot be split evenly over expert_parallel=3 ranks: pick a degree that divides 8"]
+        "nproc=4 must be a multiple of expert_parallel=3 (every group of 3 ranks holds all experts once): "
+        "set nproc to 3",
+        "the model's 8 routed experts cannot be split evenly over expert_parallel=3 ranks: "
+        "pick a degree that divides 8"]
     assert "set pipeline = \"none\"" in problems(nproc=2, expert_parallel=2, pipeline="1f1b")[0]
     assert "set model_overrides = {num_hidden_layers = 4}" in problems(nproc=4, pipeline="1f1b")[0]
 
@@ -182,7 +184,8 @@ def test_four_pipeline_ranks_hold_a_quarter_of_the_layers_each(tokenized, store)
     torch.manual_seed(0)
     model = DeepSeekV3(ModelConfig.preset("tiny", vocab_size=400, num_nextn_predict_layers=1,
                                           **V3_RUN["model_overrides"]))
-    sizes = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("embed_tokens", "lm_head", "norm")}
+    sizes = {name: sum(p.numel() for p in getattr(model, name).parameters())
+             for name in ("embed_tokens", "lm_head", "norm")}
     layer = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
     mtp = sum(p.numel() for p in model.mtp.parameters())
     # 1F1B: one layer each; the embedding on rank 0; head, norm, MTP and a tied embedding copy on rank 3

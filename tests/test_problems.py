@@ -127,7 +127,8 @@ def test_problems_from_gsm8k_style_files_keep_named_splits_and_count_bad_rows(tm
     train += [{"answer": "#### 3"}, {"question": "No marker", "answer": "just prose"}, "{not json",
               {"question": "Bad ref", "answer": "#### lots"}, train[0]]
     _write_jsonl(data / "train.jsonl", train)
-    _write_jsonl(data / "test.jsonl", [{"question": f"What is {i} times 2?", "answer": f"#### {2 * i}"} for i in range(30)]
+    _write_jsonl(data / "test.jsonl",
+                 [{"question": f"What is {i} times 2?", "answer": f"#### {2 * i}"} for i in range(30)]
                  + [{"question": train[1]["question"], "answer": "#### 7"}])
     config = {"paths": [str(data)], "answer_pattern": "#### (.+)", "solution_field": "answer", "verifier": "number"}
     artifact = run_stage(problems_stage.STAGE, config, {}, tmp_path / "work")
@@ -164,8 +165,8 @@ def test_an_unsplit_file_is_divided_by_hash_and_identical_prompts_stay_together(
 
 
 def test_a_math_style_set_takes_its_reference_from_the_last_boxed_answer(tmp_path):
-    rows = [{"problem": f"Solve {i}x = {i}/2.", "solution": f"Divide by {i}: $x = \\boxed{{\\frac{{1}}{{2}}}}$.", "level": 1}
-            for i in range(2, 200)] + [{"problem": "No box", "solution": "x is one half"}]
+    rows = [{"problem": f"Solve {i}x = {i}/2.", "solution": f"Divide by {i}: $x = \\boxed{{\\frac{{1}}{{2}}}}$.",
+             "level": 1} for i in range(2, 200)] + [{"problem": "No box", "solution": "x is one half"}]
     _write_jsonl(tmp_path / "math.jsonl", rows)
     config = {"paths": [str(tmp_path / "math.jsonl")], "prompt_field": "problem", "answer_field": "solution",
               "solution_field": "solution", "answer_pattern": "boxed", "verifier": "math"}
@@ -247,7 +248,8 @@ def test_dsctl_score_prints_each_reward_and_why(tmp_path, capsys):
 def test_decontaminate_protects_a_problem_sets_dev_and_test_prompts(tmp_path):
     from stages import decontaminate
 
-    held = "A farmer plants 17 rows of 23 cabbages and sells a third of them at the market on Sunday. How many are left?"
+    held = ("A farmer plants 17 rows of 23 cabbages and sells a third of them at the market on Sunday. "
+            "How many are left?")
     (tmp_path / "set").mkdir()
     _write_jsonl(tmp_path / "set" / "test.jsonl", [{"question": held, "answer": "261"}])
     ps_art = run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "set")]}, {}, tmp_path / "work")
@@ -286,13 +288,16 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
 
     common = {"max_steps": 2, "group_size": 4, "prompts_per_step": 4, "max_new_tokens": 12, "lr": 1e-3,
               "train_problems": n_train, "eval_problems": n_eval}
-    built_in = run_stage(grpo.STAGE, {**common, "families": families, "difficulty": difficulty}, {"checkpoint": [ckpt]}, work)
+    built_in = run_stage(grpo.STAGE, {**common, "families": families, "difficulty": difficulty},
+                         {"checkpoint": [ckpt]}, work)
     from_set = run_stage(grpo.STAGE, common, {"checkpoint": [ckpt], "problems": [ps]}, work)
     assert built_in.key != from_set.key
-    steps = [[json.loads(line) for line in (a.path / "metrics.jsonl").read_text().splitlines()] for a in (built_in, from_set)]
+    steps = [[json.loads(line) for line in (a.path / "metrics.jsonl").read_text().splitlines()]
+             for a in (built_in, from_set)]
     assert any("policy_loss" in r for r in steps[0]), "no reward signal: the comparison would prove little"
     for a, b in zip(*steps):
-        for key in ("reward_mean", "accuracy", "format_rate", "completion_len", "groups_with_signal", "policy_loss", "loss"):
+        for key in ("reward_mean", "accuracy", "format_rate", "completion_len", "groups_with_signal", "policy_loss",
+                    "loss"):
             assert a.get(key) == b.get(key), key
     for key in ("before_accuracy", "after_accuracy", "before_format_rate", "after_format_rate", "train_reward_last"):
         assert built_in.metrics[key] == from_set.metrics[key], key
@@ -301,7 +306,8 @@ def test_arithmetic_exported_as_gsm8k_gives_grpo_and_eval_the_same_metrics(sft_c
 
     settings = {"eval_problems": n_eval, "samples": 8, "pass_ks": [1, 8], "max_new_tokens": 12, "threads": 1,
                 "temperature": 1.0}
-    reports = [json.loads((run_stage(eval_stage.STAGE, {**settings, **extra}, inputs, work).path / "report.json").read_text())
+    reports = [json.loads((run_stage(eval_stage.STAGE, {**settings, **extra}, inputs, work).path
+                           / "report.json").read_text())
                for extra, inputs in (({"families": families, "difficulty": difficulty}, {"checkpoint": [built_in]}),
                                      ({}, {"checkpoint": [built_in], "problems": [ps]}))]
     assert reports[0]["metrics"] == reports[1]["metrics"]
@@ -316,11 +322,13 @@ def test_grpo_stops_with_the_first_traceback_when_a_reward_function_keeps_failin
 
     (tmp_path / "flaky_rewards.py").write_text("def score(row, completion):\n    return 1 / 0\n")
     monkeypatch.chdir(tmp_path)
-    _write_jsonl(tmp_path / "sums.jsonl", [{"question": f"{i}+{j}=", "answer": str(i + j)} for i in range(10) for j in range(10)])
-    ps = run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "sums.jsonl")], "verifier": "flaky_rewards:score"}, {},
-                   tmp_path / "work")
+    _write_jsonl(tmp_path / "sums.jsonl",
+                 [{"question": f"{i}+{j}=", "answer": str(i + j)} for i in range(10) for j in range(10)])
+    ps = run_stage(problems_stage.STAGE, {"paths": [str(tmp_path / "sums.jsonl")], "verifier": "flaky_rewards:score"},
+                   {}, tmp_path / "work")
     ckpt, _, _ = sft_checkpoint
     config = {"max_steps": 1, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8, "train_problems": 4,
               "eval_problems": 2}
-    with pytest.raises(UserError, match=r"(?s)grpo rollout: 4 of 4 rewards could not be computed .*4 ZeroDivisionError.*1 / 0"):
+    with pytest.raises(UserError, match=r"(?s)grpo rollout: 4 of 4 rewards could not be computed "
+                                        r".*4 ZeroDivisionError.*1 / 0"):
         run_stage(grpo.STAGE, config, {"checkpoint": [ckpt], "problems": [ps]}, tmp_path / "work")

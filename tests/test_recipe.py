@@ -18,8 +18,10 @@ def _load(tmp_path, text, overrides=()):
 
 @pytest.mark.parametrize("text, message", [
     ("[stages.a\nuses = 1\n", r"r.toml: invalid TOML: .*line 1"),
-    ('[stages.a]\nuses = "t_numbrs"\n', r"r.toml:1 \[stages.a\]: unknown stage type 't_numbrs' \(did you mean 't_numbers'\?\)"),
-    ('[stages.a]\nuses = "t_numbers"\n\ncoutn = 3\n', r"r.toml:4 \[stages.a\]: unknown key 'coutn' \(did you mean 'count'\?\)"),
+    ('[stages.a]\nuses = "t_numbrs"\n',
+     r"r.toml:1 \[stages.a\]: unknown stage type 't_numbrs' \(did you mean 't_numbers'\?\)"),
+    ('[stages.a]\nuses = "t_numbers"\n\ncoutn = 3\n',
+     r"r.toml:4 \[stages.a\]: unknown key 'coutn' \(did you mean 'count'\?\)"),
     ('[stages.a]\nuses = "t_numbers"\ncount = "many"\n', r"r.toml:3 \[stages.a\]: 'count' must be int, got 'many'"),
     ('[stages.a]\nuses = "t_upper"\nfrom = "nope"\n', r"r.toml:3 \[stages.a\]: upstream stage 'nope' is not defined"),
     ('[stages.a]\nuses = "t_upper"\nfrom = "b"\n[stages.b]\nuses = "t_upper"\nfrom = "a"\n', r"cycle: a -> b -> a"),

@@ -5,8 +5,8 @@ import pytest
 from dsctl.errors import StageFailed
 from dsctl.eval.task_accuracy import greedy_accuracy
 from dsctl.sampling import Completion
-from dsctl.tasks.config import task_problems
 from dsctl.tasks import reasoning_target, reward
+from dsctl.tasks.config import task_problems
 from dsctl.testing import run_stage
 from stages import rejection_sample as rs
 from tests.sft_support import EASY, make_tokenizer, memorized_checkpoint
@@ -35,7 +35,8 @@ def test_filter_keeps_verified_formatted_distinct_completions_up_to_the_cap():
     other_good = "<think>I computed it another way.</think><answer>" + p.answer + "</answer>"
     wrong = "<think>guess</think><answer>" + str(int(p.answer) + 1) + "</answer>"
     unformatted = "The answer is <answer>" + p.answer + "</answer>"
-    outs = [_c(good), _c(good), _c(wrong), _c(unformatted), _c(good[:-9], finished=False), _c(other_good), _c(other_good + " ")]
+    outs = [_c(good), _c(good), _c(wrong), _c(unformatted), _c(good[:-9], finished=False), _c(other_good),
+            _c(other_good + " ")]
     verdicts = [v for v, _, _ in rs.filter_completions(p, outs, require_format=True, max_per_prompt=0)]
     assert verdicts == ["accepted", "duplicate", "wrong", "format", "too_long", "accepted", "duplicate"]
     capped = [v for v, _, _ in rs.filter_completions(p, outs, require_format=True, max_per_prompt=1)]
@@ -60,9 +61,9 @@ def test_acceptance_stats_count_prompts_rates_and_lengths():
 
 
 def test_greedy_accuracy_scores_a_model_that_knows_the_answers(memorized):
+    from dsctl.store import Artifact
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model
-    from dsctl.store import Artifact
 
     ckpt, problems = memorized
     model = load_model(Artifact(ckpt, "k", "checkpoint", {}))
@@ -85,7 +86,8 @@ def test_stage_writes_only_verified_samples_with_consistent_stats(tmp_path, memo
     assert stats["accepted"] + sum(stats[f"rejected_{r}"] for r in rs.REJECT_REASONS) == 16
     for r in rows:
         score = reward(by_id[r["problem_id"]], r["completion"])
-        assert score["correct"] == 1 and score["format"] == 1 and r["correct"] and r["prompt"] == by_id[r["problem_id"]].prompt
+        assert score["correct"] == 1 and score["format"] == 1
+        assert r["correct"] and r["prompt"] == by_id[r["problem_id"]].prompt
     pairs = [(r["problem_id"], r["completion"]) for r in rows]
     assert len(set(pairs)) == len(pairs)  # no exact duplicates
     assert set(stats["families"]) == set(FAMILIES)
@@ -109,4 +111,5 @@ def test_resumed_run_gives_identical_samples(tmp_path, memorized, monkeypatch):
     resumed = run_stage(rs.STAGE, CONFIG, {"checkpoint": [ckpt]}, tmp_path / "b")
     assert calls == [0, 1, 1]  # the resumed attempt starts at the chunk that crashed
     assert (resumed.path / "samples.jsonl").read_text() == (straight.path / "samples.jsonl").read_text()
-    assert json.loads((resumed.path / "stats.json").read_text()) == json.loads((straight.path / "stats.json").read_text())
+    assert (json.loads((resumed.path / "stats.json").read_text())
+            == json.loads((straight.path / "stats.json").read_text()))

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from dsctl.sampling import batch_seed, sample, stop_rule
-from dsctl.tasks.config import task_problems
 from dsctl.tasks import split_of
+from dsctl.tasks.config import task_problems
 from tests.sft_support import EASY, make_tokenizer
 
 

@@ -58,7 +58,8 @@ def test_seeds_runs_a_recipe_at_two_seeds_and_writes_one_study(tmp_path, dsctl_c
     assert study["seeds"] == [0, 1] and (out / "study.md").is_file() and (out / "study.png").is_file()
     assert {(r["from"], r["to"]) for r in study["comparisons"]} >= {("sft", "grpo"), ("rft", "grpo")}
     # the data chain ran once: both seeds' tokenize refs point at one artifact
-    refs = [json.loads((work / "smoke" / "refs" / f"mini_r1@seed{s}" / "tokenize.json").read_text())["key"] for s in (0, 1)]
+    refs = [json.loads((work / "smoke" / "refs" / f"mini_r1@seed{s}" / "tokenize.json").read_text())["key"]
+            for s in (0, 1)]
     assert refs[0] == refs[1]
     drawn = subprocess.run([*dsctl_cmd, "-w", str(work), "plot", str(out), "--out", str(tmp_path / "s.png")],
                            capture_output=True, text=True, timeout=120)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dsctl.errors import UserError
-from dsctl.train.examples import RowStats, encode_conversations, read_conversations, task_conversations
 from dsctl.tasks.config import task_problems
 from dsctl.testing import run_stage
 from dsctl.train.batches import PackedExamples
+from dsctl.train.examples import RowStats, encode_conversations, read_conversations, task_conversations
 from stages import sft
 from tests.sft_support import EASY, FAMILIES, fail_once_at_step, make_checkpoint, make_tokenizer, tiny_train_config
 

@@ -22,7 +22,8 @@ ESTIMATE = Path(__file__).resolve().parents[1] / "benchmarks" / "estimate_recipe
 
 def test_every_field_the_smoke_table_names_is_a_stage_config_field():
     fields = {f.name for name in REGISTRY.names() for f in config_fields(REGISTRY.get(name).config)}
-    stale = (set(CAPS) | set(FLOORS) | set(REPLACE) | {"model_overrides", "student_overrides", "student_layers"}) - fields
+    named = set(CAPS) | set(FLOORS) | set(REPLACE) | {"model_overrides", "student_overrides", "student_layers"}
+    stale = named - fields
     assert not stale, f"the smoke table names fields no stage has: {sorted(stale)}"
 
 

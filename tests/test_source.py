@@ -98,7 +98,8 @@ def test_user_files_are_read_and_bad_lines_counted(tmp_path):
     (data / "empty.jsonl").write_bytes(b"")
     pq.write_table(pa.table({"body": ["from parquet"], "score": [0.5]}), data / "b.parquet")
     (data / "c.jsonl.gz").write_bytes(b"\x1f\x8b not really gzip")  # damaged: counted, named, not fatal
-    artifact = run_stage(source.STAGE, {"world": "none", "paths": [str(data / "*")], "text_field": "body"}, {}, tmp_path / "w")
+    artifact = run_stage(source.STAGE, {"world": "none", "paths": [str(data / "*")], "text_field": "body"}, {},
+                         tmp_path / "w")
     rows = read_rows(artifact)
     assert [r["text"] for r in rows] == ["first doc", "no id here", "from parquet"]
     assert rows[0]["id"] == "7" and rows[0]["lang"] == "en"
@@ -125,7 +126,8 @@ def test_negative_world_sizes_are_a_user_error(tmp_path):
 
 
 def test_task_difficulty_reaches_the_world_and_is_validated(tmp_path):
-    config = {**SMALL_WORLD, "families": ["arithmetic"], "difficulty": {"arithmetic": {"min_digits": 5, "max_digits": 5, "ops": "+"}}}
+    config = {**SMALL_WORLD, "families": ["arithmetic"],
+              "difficulty": {"arithmetic": {"min_digits": 5, "max_digits": 5, "ops": "+"}}}
     artifact = run_stage(source.STAGE, config, {}, tmp_path / "w")
     tasks = [r["text"] for r in read_rows(artifact) if r["source"] == "tasks/arithmetic"]
     assert tasks and all(len(t.split("What is ")[1].split(" + ")[0]) == 5 for t in tasks)
@@ -150,7 +152,8 @@ def test_local_datasets_load_from_disk_and_from_data_files(tmp_path):
 
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"content": ["alpha doc", "beta doc"], "id": ["x", "y"]}).save_to_disk(str(saved))
-    artifact = run_stage(source.STAGE, {"world": "none", "dataset": str(saved), "text_field": "content"}, {}, tmp_path / "w")
+    artifact = run_stage(source.STAGE, {"world": "none", "dataset": str(saved), "text_field": "content"}, {},
+                         tmp_path / "w")
     assert [(r["id"], r["text"]) for r in read_rows(artifact)] == [("x", "alpha doc"), ("y", "beta doc")]
 
     folder = tmp_path / "jsonfolder"

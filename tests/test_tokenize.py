@@ -47,7 +47,8 @@ def test_shards_open_with_datasets_and_match_the_index(shards):
     from datasets import Dataset
 
     index = read_index(shards.path)
-    assert index["tokenizer"] == "tokenizer" and index["vocab_size"] == Tokenizer.load(shards.path / "tokenizer").vocab_size
+    assert index["tokenizer"] == "tokenizer"
+    assert index["vocab_size"] == Tokenizer.load(shards.path / "tokenizer").vocab_size
     for split, files in index["splits"].items():
         tokens = 0
         for entry in files:
@@ -89,13 +90,15 @@ def test_validation_assignment_depends_on_id_not_position():
 def test_output_is_identical_for_any_worker_count(corpus, shards, tmp_path):
     root, _ = corpus
     two = run_stage(tokenize.STAGE, {**CONFIG, "workers": 2}, {"corpus": [root]}, tmp_path / "w2")
-    for name in ["index.json", "tokenizer/tokenizer.model"] + [e["file"] for e in read_index(shards.path)["splits"]["train"]]:
+    train_files = [e["file"] for e in read_index(shards.path)["splits"]["train"]]
+    for name in ["index.json", "tokenizer/tokenizer.model"] + train_files:
         assert (two.path / name).read_bytes() == (shards.path / name).read_bytes(), name
 
 
 def test_reuses_the_tokenizer_of_an_input_artifact(corpus, shards, tmp_path):
     root, _ = corpus
-    again = run_stage(tokenize.STAGE, {**CONFIG, "vocab_size": 1000}, {"corpus": [root], "tokenizer": [shards]}, tmp_path / "w")
+    again = run_stage(tokenize.STAGE, {**CONFIG, "vocab_size": 1000}, {"corpus": [root], "tokenizer": [shards]},
+                      tmp_path / "w")
     assert again.metrics["tokenizer_reused"] is True
     model = "tokenizer/tokenizer.model"
     assert (again.path / model).read_bytes() == (shards.path / model).read_bytes()
@@ -151,7 +154,8 @@ def test_killed_encode_resumes_from_its_finished_shards_with_identical_output(co
     with pytest.raises((StageFailed, KeyboardInterrupt)):
         run_stage(tokenize.STAGE, CONFIG, {"corpus": [root]}, tmp_path / "work")
     calls["n"] = 0
-    monkeypatch.setattr(shards_module, "_encode_batch", lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1])
+    monkeypatch.setattr(shards_module, "_encode_batch",
+                        lambda job: (calls.__setitem__("n", calls["n"] + 1), real(job))[1])
     resumed = run_stage(tokenize.STAGE, CONFIG, {"corpus": [root]}, tmp_path / "work")
     assert calls["n"] == 7, "the resumed attempt encodes only the unfinished shard"
     assert len(read_index(clean.path)["splits"]["train"]) == 2  # one file per input shard

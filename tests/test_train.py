@@ -100,14 +100,17 @@ def test_resume_is_bit_identical(tmp_path):
     class Killed(Exception):
         pass
 
-    def dies_at_step_10(model, batch, calls=[0]):
+    calls = [0]
+
+    def dies_at_step_10(model, batch):
         calls[0] += 1
         if calls[0] == 10:  # mid-run, after the step-8 checkpoint
             raise Killed
         return compute_loss(model, batch["input_ids"], batch["labels"], doc_ids=batch["doc_ids"])
 
     with pytest.raises(Killed):
-        LMTrainer(_model(), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx, loss_fn=dies_at_step_10).fit()
+        LMTrainer(_model(), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx,
+                  loss_fn=dies_at_step_10).fit()
     # a new process would start from fresh, differently initialized weights: resume must restore all
     resumed = LMTrainer(_model(seed=99), PackedTokens(docs, 32, 4, 0, seed=0), _cfg(max_steps=12), ctx)
     resumed.fit()
@@ -135,8 +138,9 @@ def test_nan_loss_is_skipped_and_repeated_bad_steps_roll_back(tmp_path):
                       loss_fn=loss_fn)
     summary = trainer.fit()
     assert summary["skipped_steps"] == 4 and summary["rollbacks"] == 1
-    events = [json.loads(l) for l in ctx.metrics_path.read_text().splitlines() if "event" in l]
-    assert [(e["step"], e["event"]) for e in events] == [(6, "skipped"), (10, "skipped"), (11, "skipped"), (12, "rollback")]
+    events = [json.loads(line) for line in ctx.metrics_path.read_text().splitlines() if "event" in line]
+    assert [(e["step"], e["event"]) for e in events] == [(6, "skipped"), (10, "skipped"), (11, "skipped"),
+                                                         (12, "rollback")]
     assert all(math.isfinite(p.detach().sum()) for p in trainer.model.parameters())
 
 
@@ -175,7 +179,8 @@ def test_training_core_runs_on_any_run_io_and_resumes_from_its_scratch(tmp_path)
     assert len(io.metrics_path.read_text().splitlines()) == 4
     again = LMTrainer(_model(seed=5), PackedTokens(_docs(), 32, 4, 0, seed=0), _cfg(max_steps=4), io)
     assert again.fit()["steps"] == 4 and any("resumed from step-0000004" in m for m in io.messages)
-    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(trainer.model.state_dict().values(), again.model.state_dict().values()))
 
 
 def test_fp8_run_reports_its_fp8_coverage_and_leaves_routing_unsteered(tmp_path):

@@ -134,7 +134,8 @@ class NgramIndex:
             # Expand each hit window into its (window, index entry) candidates.
             per_hit = hi[hit] - lo[hit]
             w = np.repeat(hit, per_hit)
-            entry = np.repeat(lo[hit], per_hit) + (np.arange(per_hit.sum()) - np.repeat(np.cumsum(per_hit) - per_hit, per_hit))
+            within = np.arange(per_hit.sum()) - np.repeat(np.cumsum(per_hit) - per_hit, per_hit)  # 0.. per hit
+            entry = np.repeat(lo[hit], per_hit) + within
             length = self.full_len[entry]
             ok = np.minimum(length, self.n) == width
             long = ok & (length > self.n)  # keyed by a prefix: verify the whole sequence
@@ -143,7 +144,8 @@ class NgramIndex:
                 stop = start + length[long]
                 inside = stop <= doc_end[doc[w[long]]]
                 full = np.zeros(int(long.sum()), dtype=bool)
-                full[inside] = segment_hashes(tokens, start[inside], stop[inside], salt=1) == self.full_hash[entry[long]][inside]
+                full[inside] = (segment_hashes(tokens, start[inside], stop[inside], salt=1)
+                                == self.full_hash[entry[long]][inside])
                 ok[np.flatnonzero(long)] = full
             w, entry = w[ok], entry[ok]
             order = np.lexsort((self.owner[entry], first[w]))  # earliest position, then eval order

@@ -42,7 +42,14 @@ import numpy as np
 from dsctl.data.corpus import PartFile, ReadStats, is_jsonl, iter_row_lines, iter_rows, part_name, remove_partial_parts
 from dsctl.data.executor import Executor, LocalExecutor
 from dsctl.data.minhash import (
-    MinHasher, band_keys, bucket_pairs, hash_batch, jaccard, optimal_bands, shingles_from_words, unique_pairs,
+    MinHasher,
+    band_keys,
+    bucket_pairs,
+    hash_batch,
+    jaccard,
+    optimal_bands,
+    shingles_from_words,
+    unique_pairs,
     unique_per_doc,
 )
 from dsctl.data.shards import batched
@@ -328,7 +335,8 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
     work.mkdir(parents=True, exist_ok=True)
     shards = [(i, str(p)) for i, p in enumerate(files)]
     run_tasks(executor, work, "signatures", _signature_task,
-              [(i, p, str(work), text_field, batch_size, params.num_perm, seed, bands, rows) for i, p in shards], progress)
+              [(i, p, str(work), text_field, batch_size, params.num_perm, seed, bands, rows) for i, p in shards],
+              progress)
     infos = [json.loads((work / "signatures" / f"shard-{i:05d}" / "info.json").read_text()) for i, _ in shards]
     counts = [info["rows"] for info in infos]
     offsets = np.concatenate(([0], np.cumsum(counts)))[:-1].astype(np.int64).tolist()

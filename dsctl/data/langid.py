@@ -33,7 +33,8 @@ def default_model_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "resources" / MODEL_FILE
     if not path.is_file():
-        raise UserError(f"{path} is missing; reinstall '{MODEL_PACKAGE}' (`pip install --no-deps --force-reinstall {MODEL_PACKAGE}`)")
+        raise UserError(f"{path} is missing; reinstall '{MODEL_PACKAGE}' "
+                        f"(`pip install --no-deps --force-reinstall {MODEL_PACKAGE}`)")
     return path
 
 

@@ -177,7 +177,8 @@ def text_digests(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
     ends = np.cumsum(counts)
     starts = ends - counts
     return np.stack(
-        [segment_hashes(words, starts, ends, salt=1), segment_hashes(words ^ np.uint64(0x5851F42D4C957F2D), starts, ends, salt=2)],
+        [segment_hashes(words, starts, ends, salt=1),
+         segment_hashes(words ^ np.uint64(0x5851F42D4C957F2D), starts, ends, salt=2)],
         axis=1,
     )
 
@@ -316,7 +317,8 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _band_weights(num_perm: int) -> np.ndarray:
-    return np.random.default_rng(12345).integers(0, 1 << 63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    draws = np.random.default_rng(12345).integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
+    return draws * np.uint64(2) + np.uint64(1)
 
 
 def bucket_pairs(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:

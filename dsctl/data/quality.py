@@ -53,7 +53,8 @@ class QualityModel:
 def train_quality_model(good: list[str], bad: list[str], work_dir: Path, seed: int, epochs: int = 10) -> QualityModel:
     if not good or not bad:
         raise UserError(
-            f"the quality classifier needs both good and bad examples; got {len(good)} good and {len(bad)} bad documents"
+            "the quality classifier needs both good and bad examples; "
+            f"got {len(good)} good and {len(bad)} bad documents"
         )
     import fasttext
 

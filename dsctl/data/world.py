@@ -116,7 +116,8 @@ def _prose_rows(rng: random.Random, sizes: WorldSizes) -> list[dict]:
     if len(documents) > sizes.max_prose_docs:
         keep = sorted(rng.sample(range(len(documents)), sizes.max_prose_docs))
         documents = [documents[i] for i in keep]
-    return [{"id": f"prose:{i}", "text": text, "source": f"docstrings/{name}"} for i, (name, text) in enumerate(documents)]
+    return [{"id": f"prose:{i}", "text": text, "source": f"docstrings/{name}"}
+            for i, (name, text) in enumerate(documents)]
 
 
 def _retrieval_rows(rng: random.Random, sizes: WorldSizes, prose: list[dict]) -> list[dict]:

@@ -35,7 +35,9 @@ _BOILERPLATE_LINES = (
     "Advertisement",
     "Related posts",
 )
-_COMPANIES = ("Example Media", "Northwind Press", "Acme Publishing", "Globex News", "Initech Online", "Umbrella Digital")
+_COMPANIES = (
+    "Example Media", "Northwind Press", "Acme Publishing", "Globex News", "Initech Online", "Umbrella Digital",
+)
 
 
 def boilerplate(rng: random.Random) -> str:
@@ -59,7 +61,8 @@ def junk(rng: random.Random) -> str:
         elif style == 1:
             words.append("".join(rng.choice("qwxzjkvbpdfghlmn0123456789#$") for _ in range(rng.randint(2, 9))))
         else:
-            words.append(rng.choice(("###", ">>>", "...", "0x" + format(rng.getrandbits(16), "04x"), str(rng.randint(0, 99999)))))
+            words.append(rng.choice(
+                ("###", ">>>", "...", "0x" + format(rng.getrandbits(16), "04x"), str(rng.randint(0, 99999)))))
     lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
     return "\n".join(lines)
 
@@ -80,38 +83,49 @@ _GRAMMARS: dict[str, tuple[tuple[str, ...], ...]] = {
     "fr": (
         ("Le chat", "Ma grand-mère", "Le professeur", "Notre voisin", "La petite fille", "Le maire de la ville"),
         ("mange", "regarde", "achète", "prépare", "cherche", "raconte"),
-        ("une pomme rouge", "le journal du matin", "un gâteau au chocolat", "une longue histoire", "les fleurs du jardin"),
-        ("dans la cuisine.", "avant le dîner.", "avec ses amis.", "tous les dimanches.", "près de la rivière.", "sans dire un mot."),
+        ("une pomme rouge", "le journal du matin", "un gâteau au chocolat",
+         "une longue histoire", "les fleurs du jardin"),
+        ("dans la cuisine.", "avant le dîner.", "avec ses amis.",
+         "tous les dimanches.", "près de la rivière.", "sans dire un mot."),
     ),
     "de": (
         ("Der Hund", "Meine Schwester", "Der alte Lehrer", "Unser Nachbar", "Das kleine Kind", "Die Bürgermeisterin"),
         ("liest", "kauft", "sucht", "kocht", "malt", "erzählt"),
-        ("ein spannendes Buch", "die Zeitung von heute", "einen warmen Kuchen", "eine lange Geschichte", "die Blumen im Garten"),
-        ("in der Küche.", "nach der Arbeit.", "mit seinen Freunden.", "jeden Sonntag.", "am Ufer des Flusses.", "ohne ein Wort zu sagen."),
+        ("ein spannendes Buch", "die Zeitung von heute", "einen warmen Kuchen",
+         "eine lange Geschichte", "die Blumen im Garten"),
+        ("in der Küche.", "nach der Arbeit.", "mit seinen Freunden.",
+         "jeden Sonntag.", "am Ufer des Flusses.", "ohne ein Wort zu sagen."),
     ),
     "es": (
         ("El perro", "Mi hermana", "El viejo maestro", "Nuestro vecino", "La niña pequeña", "La alcaldesa"),
         ("come", "compra", "busca", "prepara", "pinta", "cuenta"),
-        ("una manzana roja", "el periódico de hoy", "un pastel de chocolate", "una historia muy larga", "las flores del jardín"),
-        ("en la cocina.", "después del trabajo.", "con sus amigos.", "todos los domingos.", "cerca del río.", "sin decir nada."),
+        ("una manzana roja", "el periódico de hoy", "un pastel de chocolate",
+         "una historia muy larga", "las flores del jardín"),
+        ("en la cocina.", "después del trabajo.", "con sus amigos.",
+         "todos los domingos.", "cerca del río.", "sin decir nada."),
     ),
     "it": (
         ("Il gatto", "Mia nonna", "Il vecchio maestro", "Il nostro vicino", "La bambina", "Il sindaco della città"),
         ("mangia", "guarda", "compra", "prepara", "cerca", "racconta"),
-        ("una mela rossa", "il giornale del mattino", "una torta al cioccolato", "una lunga storia", "i fiori del giardino"),
-        ("in cucina.", "prima di cena.", "con i suoi amici.", "ogni domenica.", "vicino al fiume.", "senza dire una parola."),
+        ("una mela rossa", "il giornale del mattino", "una torta al cioccolato",
+         "una lunga storia", "i fiori del giardino"),
+        ("in cucina.", "prima di cena.", "con i suoi amici.",
+         "ogni domenica.", "vicino al fiume.", "senza dire una parola."),
     ),
     "pt": (
         ("O cachorro", "Minha avó", "O velho professor", "O nosso vizinho", "A menina", "O prefeito da cidade"),
         ("come", "olha", "compra", "prepara", "procura", "conta"),
-        ("uma maçã vermelha", "o jornal da manhã", "um bolo de chocolate", "uma história muito longa", "as flores do jardim"),
-        ("na cozinha.", "antes do jantar.", "com os seus amigos.", "todos os domingos.", "perto do rio.", "sem dizer uma palavra."),
+        ("uma maçã vermelha", "o jornal da manhã", "um bolo de chocolate",
+         "uma história muito longa", "as flores do jardim"),
+        ("na cozinha.", "antes do jantar.", "com os seus amigos.",
+         "todos os domingos.", "perto do rio.", "sem dizer uma palavra."),
     ),
     "nl": (
         ("De hond", "Mijn zus", "De oude leraar", "Onze buurman", "Het kleine meisje", "De burgemeester"),
         ("leest", "koopt", "zoekt", "kookt", "schildert", "vertelt"),
         ("een spannend boek", "de krant van vandaag", "een warme taart", "een lang verhaal", "de bloemen in de tuin"),
-        ("in de keuken.", "na het werk.", "met zijn vrienden.", "elke zondag.", "bij de rivier.", "zonder iets te zeggen."),
+        ("in de keuken.", "na het werk.", "met zijn vrienden.",
+         "elke zondag.", "bij de rivier.", "zonder iets te zeggen."),
     ),
 }
 LANGUAGES = tuple(sorted(_GRAMMARS))

@@ -159,9 +159,10 @@ def harvest(min_words: int = 40) -> list[tuple[str, str]]:
     """The harvest itself, in this process: (source name, document text) pairs.
 
     Paragraphs are packed in reading order into documents of at least `min_words` words
-    (a single long paragraph may make a longer one), never across sources; a paragraph repeated verbatim elsewhere in the stdlib
-    (inherited or copied docstrings) is kept only the first time, so the only exact and
-    near duplicates in the world are the planted ones.
+    (a single long paragraph may make a longer one), never across sources; a paragraph
+    repeated verbatim elsewhere in the stdlib (inherited or copied docstrings) is kept
+    only the first time, so the only exact and near duplicates in the world are the
+    planted ones.
     """
     seen: set[str] = set()
     documents: list[tuple[str, str]] = []

@@ -69,7 +69,8 @@ def paired_difference(before: Sequence[float], after: Sequence[float]) -> tuple[
     real gain from problem-sampling noise (a gain under ~2 SE is not established).
     """
     if len(before) != len(after) or not before:
-        raise ValueError(f"paired_difference needs two equally long, non-empty lists; got {len(before)} and {len(after)}")
+        raise ValueError("paired_difference needs two equally long, non-empty lists; "
+                         f"got {len(before)} and {len(after)}")
     diffs = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
     se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
     return float(diffs.mean()), se

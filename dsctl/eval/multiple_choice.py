@@ -99,7 +99,7 @@ def loglikelihoods(model: Any, requests: list[tuple[list[int], list[int]]], max_
             ids[r, :len(row_ids)] = torch.tensor(row_ids)
         with torch.no_grad():
             logprobs = model(ids.to(next(model.parameters()).device)).float().log_softmax(-1).cpu()
-        for r, (context, continuation) in enumerate(requests[lo:lo + batch_size]):
+        for r, (_, continuation) in enumerate(requests[lo:lo + batch_size]):
             n_in, n_cont = len(rows[r][0]), rows[r][1]
             # Position t predicts token t+1; the continuation is the last n_cont targets.
             positions = torch.arange(n_in - n_cont, n_in)

@@ -40,7 +40,8 @@ def combine(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
         rows = [reports[s]["comparisons"][i] for s in seeds]
         comparisons.append({
             "from": row["from"], "to": row["to"], "metric": row["metric"], "problems": row["problems"],
-            "per_seed": [{"seed": s, "difference": r["difference"], "stderr": r["stderr"]} for s, r in zip(seeds, rows)],
+            "per_seed": [{"seed": s, "difference": r["difference"], "stderr": r["stderr"]}
+                         for s, r in zip(seeds, rows)],
             **_spread([r["difference"] for r in rows]),
         })
     return {"seeds": seeds, "metrics": metrics, "comparisons": comparisons}

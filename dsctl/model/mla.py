@@ -87,7 +87,8 @@ class MultiHeadLatentAttention(nn.Module):
         super().__init__()
         self.config = config
         c, d = config, config.hidden_size
-        self.n_heads, self.dn, self.dr, self.dv = c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        self.n_heads, self.dn, self.dr, self.dv = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim,
+                                                   c.v_head_dim)
         self.kv_lora_rank = c.kv_lora_rank
         if c.q_lora_rank is None:
             self.q_proj = nn.Linear(d, self.n_heads * c.qk_head_dim, bias=False)

@@ -132,7 +132,8 @@ class MoE(nn.Module):
         """
         if torch.is_grad_enabled() or not hasattr(F, "grouped_mm"):
             return False
-        if x.device.type == "cuda" and not (x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)):
+        if x.device.type == "cuda" and not (x.dtype == torch.bfloat16
+                                            and torch.cuda.get_device_capability(x.device) >= (8, 0)):
             return False
         if x.device.type not in ("cpu", "cuda"):
             return False

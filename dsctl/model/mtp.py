@@ -40,7 +40,8 @@ class MTPModule(DecoderLayer):
         self.eh_proj = nn.Linear(2 * d, d, bias=False)
         self.shared_head = SharedHead(config)
 
-    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h_prev: torch.Tensor, emb_next: torch.Tensor, *args,
+                **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """h_prev, emb_next (B, T, d) -> (h^k (B, T, d), balance loss); the rest as DecoderLayer."""
         x = self.eh_proj(torch.cat((self.enorm(emb_next), self.hnorm(h_prev)), dim=-1))
         return super().forward(x, *args, **kwargs)

@@ -24,20 +24,20 @@ def onef1b_schedule(num_ranks: int, num_microbatches: int) -> PipelineSchedule:
     if num_ranks < 1 or num_microbatches < 1:
         raise ValueError(f"1F1B needs at least one rank and one micro-batch, got P={num_ranks}, M={num_microbatches}")
     schedule = PipelineSchedule("1F1B", num_ranks, num_ranks, num_microbatches, num_directions=1)
+
+    def fwd(rank: int, mb: int) -> Slot:
+        return (Op(OpKind.F, 0, rank, mb),)
+
+    def bwd(rank: int, mb: int) -> Slot:
+        return (Op(OpKind.B, 0, rank, mb),)
+
     for rank in range(num_ranks):
         warmup = min(num_ranks - rank - 1, num_microbatches)
         slots: list[Slot] = []
-
-        def fwd(mb: int) -> Slot:
-            return (Op(OpKind.F, 0, rank, mb),)
-
-        def bwd(mb: int) -> Slot:
-            return (Op(OpKind.B, 0, rank, mb),)
-
-        slots += [fwd(mb) for mb in range(warmup)]
+        slots += [fwd(rank, mb) for mb in range(warmup)]
         for i in range(num_microbatches - warmup):
-            slots += [fwd(warmup + i), bwd(i)]
-        slots += [bwd(mb) for mb in range(num_microbatches - warmup, num_microbatches)]
+            slots += [fwd(rank, warmup + i), bwd(rank, i)]
+        slots += [bwd(rank, mb) for mb in range(num_microbatches - warmup, num_microbatches)]
         schedule.rank_slots.append(slots)
     schedule.validate()
     return schedule

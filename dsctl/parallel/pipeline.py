@@ -45,16 +45,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule
 from dsctl.model.weight_grad import WeightGradFn, collect_weight_grads
+from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule
 
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32]
 _HEADER_LEN = 8  # dtype code, ndim, up to 6 dims

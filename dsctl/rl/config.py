@@ -16,7 +16,6 @@ from dsctl.configs import stage_defaults
 from dsctl.tasks.config import SamplingConfig
 from dsctl.train.config import TrainConfig
 
-
 LossAggregation = Literal["token", "sequence"]
 """dsctl.rl.objective.LOSS_AGGREGATIONS, spelled here too: this module must load without torch."""
 

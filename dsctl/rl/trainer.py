@@ -24,7 +24,15 @@ from torch import nn
 
 from dsctl.rl.config import GRPOConfig
 from dsctl.rl.objective import group_advantages, grpo_loss, overlong_penalty
-from dsctl.rl.rollout import Rollout, ScoringBatch, build_batch, completion_logprobs, sample_groups, step_problems, step_seed
+from dsctl.rl.rollout import (
+    Rollout,
+    ScoringBatch,
+    build_batch,
+    completion_logprobs,
+    sample_groups,
+    step_problems,
+    step_seed,
+)
 from dsctl.tasks import Problem
 from dsctl.train.loop import RunIO, Trainer
 
@@ -65,8 +73,10 @@ class GRPOTrainer(Trainer):
         groups = rewards.view(-1, cfg.group_size)
         has_signal = groups.max(-1).values > groups.min(-1).values
         solved = ro.correct.view(-1, cfg.group_size).max(-1).values > 0
-        keep = has_signal.repeat_interleave(cfg.group_size) if cfg.skip_uniform_groups else torch.ones_like(advantages, dtype=torch.bool)
-        metrics = {"step": step + 1, **rollout_metrics(ro), "groups_with_signal": round(float(has_signal.float().mean()), 4),
+        keep = (has_signal.repeat_interleave(cfg.group_size) if cfg.skip_uniform_groups
+                else torch.ones_like(advantages, dtype=torch.bool))
+        metrics = {"step": step + 1, **rollout_metrics(ro),
+                   "groups_with_signal": round(float(has_signal.float().mean()), 4),
                    "groups_solved": round(float(solved.float().mean()), 4), "lr": self.optimizer.param_groups[0]["lr"]}
         if cfg.overlong_buffer:
             metrics["overlong_penalty"] = round(float(penalty.mean()), 4)
@@ -102,7 +112,8 @@ class GRPOTrainer(Trainer):
         ref_logp: list[torch.Tensor | None] = [None] * len(spans)
         if cfg.kl_coef > 0:
             with torch.no_grad(), self.autocast():
-                ref_logp = [completion_logprobs(self.reference, batch.rows(lo, hi), cfg.temperature)[0] for lo, hi in spans]
+                ref_logp = [completion_logprobs(self.reference, batch.rows(lo, hi), cfg.temperature)[0]
+                            for lo, hi in spans]
         old_logp: list[torch.Tensor] = []
         out: dict[str, Any] = {}
         model.train()
@@ -116,14 +127,15 @@ class GRPOTrainer(Trainer):
                 # (detached) log-probs are the old policy's: no extra scoring pass needed.
                 if epoch == 0:
                     old_logp.append(logp.detach())
-                parts = grpo_loss(logp, old_logp[i], ref_logp[i], advantages[lo:hi], micro.completion_mask.to(self.device),
-                                  cfg.clip_eps, cfg.kl_coef, n_tokens=n_tokens, clip_eps_high=cfg.clip_eps_high,
+                parts = grpo_loss(logp, old_logp[i], ref_logp[i], advantages[lo:hi],
+                                  micro.completion_mask.to(self.device), cfg.clip_eps, cfg.kl_coef,
+                                  n_tokens=n_tokens, clip_eps_high=cfg.clip_eps_high,
                                   aggregation=cfg.loss_aggregation, n_sequences=len(advantages))
                 balance = balance * (hi - lo) / len(advantages)
                 (parts.loss + balance).backward()
-                for key, value in (("loss", float(parts.loss.detach())), ("policy_loss", parts.policy_loss), ("kl", parts.kl),
-                                   ("clip_fraction", parts.clip_fraction), ("ratio_mean", parts.ratio_mean),
-                                   ("balance_loss", float(balance.detach()))):
+                for key, value in (("loss", float(parts.loss.detach())), ("policy_loss", parts.policy_loss),
+                                   ("kl", parts.kl), ("clip_fraction", parts.clip_fraction),
+                                   ("ratio_mean", parts.ratio_mean), ("balance_loss", float(balance.detach()))):
                     totals[key] += value
             out = {k: round(v, 6) for k, v in totals.items()}
             out.update(self.update(step, totals["loss"]), update_tokens=int(n_tokens))

@@ -108,7 +108,8 @@ def _mul_steps(x: str, y: str) -> tuple[list[str], str]:
     return steps, total
 
 
-def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 2, ops: str = "+-", max_mul_digits: int = 1) -> Problem:
+def generate(rng: random.Random, min_digits: int = 2, max_digits: int = 2, ops: str = "+-",
+             max_mul_digits: int = 1) -> Problem:
     op = rng.choice(ops)
     a = _number(rng, min_digits, max_digits)
     if op == "*":

@@ -129,7 +129,8 @@ def _knobs(family: TaskFamily, difficulty: dict | None) -> dict[str, Any]:
     knobs = {**family.difficulty, **(difficulty or {})}
     unknown = set(knobs) - set(family.difficulty)
     if unknown:
-        raise ValueError(f"{family.name}: unknown difficulty knob(s) {sorted(unknown)}; known: {sorted(family.difficulty)}")
+        raise ValueError(f"{family.name}: unknown difficulty knob(s) {sorted(unknown)}; "
+                         f"known: {sorted(family.difficulty)}")
     return knobs
 
 
@@ -162,7 +163,8 @@ def sample_split(family: TaskFamily, split: Split, n: int, seed: int, difficulty
 
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_FORMAT = re.compile(r"\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>).)*?</answer>\s*", re.DOTALL)
+_FORMAT = re.compile(r"\s*<think>(?:(?!<think>|</think>).)*</think>"
+                     r"\s*<answer>(?:(?!<answer>).)*?</answer>\s*", re.DOTALL)
 
 
 def parse_answer(text: str) -> str | None:

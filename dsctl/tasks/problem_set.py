@@ -98,11 +98,10 @@ def _find_reference(text: str, pattern: re.Pattern | None) -> tuple[str, int] | 
         start = text.rfind("\\boxed{")
         boxed = last_boxed(text)
         return None if boxed is None else (boxed, start)
-    match = None
-    for match in pattern.finditer(text):
-        pass
-    if match is None:
+    matches = list(pattern.finditer(text))
+    if not matches:
         return None
+    match = matches[-1]
     return (match.group(1) if pattern.groups else match.group(0)), match.start()
 
 
@@ -192,8 +191,8 @@ def write_problem_set(out: Path, problems: dict[str, list[Problem]], meta: dict[
     for split in SPLITS:
         with open(out / f"{split}.jsonl", "w", encoding="utf-8") as fh:
             for p in problems.get(split, []):
-                record = {"id": p.id, "family": p.family, "prompt": p.prompt, "answer": p.answer, "solution": p.solution,
-                          "data": p.data}
+                record = {"id": p.id, "family": p.family, "prompt": p.prompt, "answer": p.answer,
+                          "solution": p.solution, "data": p.data}
                 fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     counts = {split: len(problems.get(split, [])) for split in SPLITS}
     (out / META_FILE).write_text(json.dumps({**meta, "counts": counts}, indent=2, sort_keys=True))

@@ -92,7 +92,8 @@ def check_hf_export(directory: Path, seed: int = 0) -> dict[str, float | bool | 
 
         sample = "Compute 12 + 35. <think>12 + 35 = 47</think><answer>47</answer> naïve café 🙂"
         hf_tok = transformers.AutoTokenizer.from_pretrained(directory)
-        tokenizer_match = hf_tok(sample, add_special_tokens=False)["input_ids"] == load_tokenizer(directory).encode(sample)
+        tokenizer_match = (hf_tok(sample, add_special_tokens=False)["input_ids"]
+                           == load_tokenizer(directory).encode(sample))
     return {"max_logit_diff": diff, "tokenizer_match": tokenizer_match}
 
 

@@ -50,7 +50,8 @@ def tokenizer_differences(teacher_art, student_art, teacher) -> list[str]:
         return []
     a, b = tokenizer_dir(teacher_art), tokenizer_dir(student_art)
     differ = [n for n in TOKENIZER_IDENTITY_FILES
-              if (a / n).is_file() != (b / n).is_file() or ((a / n).is_file() and (a / n).read_bytes() != (b / n).read_bytes())]
+              if (a / n).is_file() != (b / n).is_file()
+              or ((a / n).is_file() and (a / n).read_bytes() != (b / n).read_bytes())]
     student_vocab = json.loads((student_art.path / "config.json").read_text()).get("vocab_size")
     if student_vocab != teacher.config.vocab_size:
         differ.append(f"vocab_size {student_vocab} vs {teacher.config.vocab_size}")

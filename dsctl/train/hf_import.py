@@ -76,14 +76,17 @@ def read_config(src: Path) -> tuple[Any, dict[str, Any], list[str]]:
         raise UserError(f"{src}: no config.json — `dsctl import` takes a Hugging Face model directory")
     hf = json.loads(path.read_text())
     if hf.get("model_type") != "deepseek_v3":
-        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; dsctl imports the deepseek_v3 architecture only")
+        raise UserError(f"{path}: model_type is {hf.get('model_type')!r}; "
+                        "dsctl imports the deepseek_v3 architecture only")
     for key, expected in REQUIRED_VALUES.items():
         if key in hf and hf[key] != expected:
-            raise UserError(f"{path}: {key} = {hf[key]!r} is not implemented (dsctl's model builds {key} = {expected!r})")
+            raise UserError(f"{path}: {key} = {hf[key]!r} is not implemented "
+                            f"(dsctl's model builds {key} = {expected!r})")
     quant = hf.get("quantization_config") or {}
     if quant:
         block = quant.get("weight_block_size")
-        if quant.get("quant_method") != "fp8" or quant.get("fmt", "e4m3") != "e4m3" or (block and list(block) != [128, 128]):
+        if (quant.get("quant_method") != "fp8" or quant.get("fmt", "e4m3") != "e4m3"
+                or (block and list(block) != [128, 128])):
             raise UserError(f"{path}: quantization_config {quant} is not implemented: dsctl dequantizes DeepSeek's "
                             "FP8 (quant_method 'fp8', fmt 'e4m3', weight_block_size [128, 128]) only")
     ignored = sorted(k for k in hf if k in IGNORED_KEYS)
@@ -128,7 +131,8 @@ def import_hf(src: Path, out: Path, dtype: str = "auto", progress: Any = None) -
                 if key.endswith(SCALE_SUFFIX):
                     continue  # read with its weight
                 for name, t in _converted(f, key, config, report).items():
-                    tensors[name] = t.to(target) if t.is_floating_point() and not name.endswith("e_score_correction_bias") else t
+                    cast = t.is_floating_point() and not name.endswith("e_score_correction_bias")
+                    tensors[name] = t.to(target) if cast else t
         _check_against(tensors, expected, seen, path)
         name = f"model-{i + 1:05d}-of-{len(inputs):05d}.safetensors"
         save_file(tensors, str(out / name), metadata={"format": "pt"})
@@ -186,7 +190,8 @@ def _converted(f: Any, key: str, config: Any, report: ImportReport) -> dict[str,
             raise UserError(f"{key} is FP8 but its block scales ({scale_key}) are not in the same file")
         scales = f.get_tensor(scale_key).float()
         # a fused expert tensor (E, N, K) carries one (N/128, K/128) scale grid per expert
-        t = torch.stack([weight_dequant(w, s) for w, s in zip(t, scales)]) if t.dim() == 3 else weight_dequant(t, scales)
+        t = (torch.stack([weight_dequant(w, s) for w, s in zip(t, scales)]) if t.dim() == 3
+             else weight_dequant(t, scales))
         report.dequantized += 1
     m = _LAYER.match(key)
     if m is None or m.group(2) not in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):

@@ -156,7 +156,8 @@ class Trainer:
                  spike_factor: float = 0.0):
         self.cfg, self.io, self.spike_factor = cfg, io, spike_factor
         self.device = use_compute(cfg)
-        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if self.device.type == "cuda" else "fp32")
+        self.precision = (cfg.precision if cfg.precision != "auto"
+                          else ("bf16" if self.device.type == "cuda" else "fp32"))
         if self.precision == "fp8":
             from dsctl.fp8 import convert_to_fp8
 
@@ -247,7 +248,8 @@ class Trainer:
         if not math.isfinite(grad_norm):
             return f"gradient norm is {grad_norm}"
         recent = self.state["recent_losses"]
-        if self.spike_factor and len(recent) >= SPIKE_WINDOW // 2 and loss > self.spike_factor * (sum(recent) / len(recent)):
+        if (self.spike_factor and len(recent) >= SPIKE_WINDOW // 2
+                and loss > self.spike_factor * (sum(recent) / len(recent))):
             return f"loss spike: {loss:.4g} > {self.spike_factor} × recent mean {sum(recent) / len(recent):.4g}"
         return ""
 
