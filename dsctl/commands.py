@@ -453,7 +453,7 @@ def chat(
 
     from rich.console import Console
 
-    from dsctl.chat import ChatSession, ChatSettings, chat_loop, terminal_lines
+    from dsctl.serve.chat import ChatSession, ChatSettings, chat_loop, terminal_lines
 
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise UserError("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
@@ -493,7 +493,7 @@ def serve(
         import uvicorn
     except ImportError:
         raise UserError("dsctl serve needs FastAPI and uvicorn: pip install 'dsctl[serve]'") from None
-    from dsctl.server import create_app
+    from dsctl.serve.app import create_app
 
     _, model, tokenizer, context = _talking_model(ctx.obj.store, ref)
     app = create_app(model, tokenizer, model_name or ref, context, max_tokens, max_batch, speculative)

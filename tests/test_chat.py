@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dsctl.chat import ChatSession, ChatSettings, TraceRenderer, chat_loop
 from dsctl.model.generate import generate, stream
 from dsctl.model.hf import load_hf
+from dsctl.serve.chat import ChatSession, ChatSettings, TraceRenderer, chat_loop
 from dsctl.tokenizer import Tokenizer
 from tests.sft_support import make_checkpoint, make_tokenizer
 

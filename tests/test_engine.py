@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from dsctl.engine import DecodeEngine, SamplingParams
 from dsctl.model import DeepSeekV3, ModelConfig, generate
+from dsctl.serve.engine import DecodeEngine, SamplingParams
 
 
 @pytest.fixture(scope="module")

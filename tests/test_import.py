@@ -212,9 +212,9 @@ def test_an_import_post_trains_chats_and_exports_with_its_own_tokenizer(hf_dir, 
     transformers reads each export back."""
     from rich.console import Console
 
-    from dsctl.chat import ChatSession, ChatSettings, chat_loop
     from dsctl.cli import main
     from dsctl.model.hf import load_hf
+    from dsctl.serve.chat import ChatSession, ChatSettings, chat_loop
     from dsctl.tokenizer import HFTokenizer, load_tokenizer
     from dsctl.train.artifacts import check_hf_export
     from stages import distill, grpo, rejection_sample, sft
