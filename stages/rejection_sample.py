@@ -23,8 +23,6 @@ from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import SamplingConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ComputeConfig
 
-REJECT_REASONS = ("wrong", "format", "too_long", "duplicate", "over_cap")
-
 
 @dataclass
 @stage_defaults(
@@ -50,6 +48,7 @@ class RejectionSampleConfig(TaskConfig, TrainSplitConfig, SamplingConfig, Comput
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    from dsctl.rl.rejection import RejectionSettings, acceptance_stats, flat_families, merge_counts, sample_chunk
     from dsctl.tasks.config import train_draw
     from dsctl.tasks.problem_set import ProblemSet, fit_context
     from dsctl.tokenizer import load_tokenizer
@@ -67,6 +66,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if too_long:
         ctx.warn(f"{too_long} prompts left out: they do not fit the model's context "
                  f"with max_new_tokens={cfg.max_new_tokens}")
+    settings = RejectionSettings(cfg.samples_per_prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                 cfg.require_format, cfg.max_per_prompt, cfg.max_reward_errors)
     partial = ctx.scratch / "samples.partial.jsonl"
     state = ctx.load_state()
     chunk = max(1, cfg.prompts_per_chunk)
@@ -77,12 +78,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _truncate_lines(partial, state["rows"])  # rows of a chunk whose save never landed
     with ctx.progress(n_chunks, "sample", unit="chunk", completed=done) as bar:
         for c in range(done, n_chunks):
-            rows, counts = sample_chunk(model, tokenizer, problems[c * chunk:(c + 1) * chunk], cfg, ctx.seed,
+            rows, counts = sample_chunk(model, tokenizer, problems[c * chunk:(c + 1) * chunk], settings, ctx.seed,
                                         first_batch=c, source=source.label or source.key)
             with open(partial, "a") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)
             state = {"chunks_done": c + 1, "rows": state["rows"] + len(rows),
-                     "counts": _merge(state["counts"], counts)}
+                     "counts": merge_counts(state["counts"], counts)}
             ctx.save_state(state)
             bar.advance(1, accepted=state["rows"])
     rows = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
@@ -91,106 +92,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     ctx.info(f"accepted {stats['accepted']} of {stats['sampled']} samples "
              f"({stats['acceptance_rate']:.1%}); {stats['prompts_with_accepted']}/{len(problems)} prompts covered")
-    return ({k: v for k, v in stats.items() if not isinstance(v, dict)} | _flat_families(stats["families"])
+    return ({k: v for k, v in stats.items() if not isinstance(v, dict)} | flat_families(stats["families"])
             | {"prompts_too_long": too_long})
-
-
-def sample_chunk(model, tokenizer, problems, cfg: RejectionSampleConfig, seed: int, first_batch: int,
-                 source: str) -> tuple[list[dict], dict[str, dict[str, int]]]:
-    """Sample k completions for each problem and filter them; (accepted rows, counts by
-    family and reason). One generate call per chunk, seeded by the chunk's number."""
-    from dsctl.sampling import sample
-    from dsctl.tasks.grading import check_reward_errors
-
-    k = cfg.samples_per_prompt
-    completions = sample(model, tokenizer, [p.prompt for p in problems], n=k, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                         batch_size=k * len(problems), first_batch=first_batch)
-    rows: list[dict] = []
-    counts: dict[str, dict[str, int]] = {}
-    judged = [filter_completions(p, outs, cfg.require_format, cfg.max_per_prompt)
-              for p, outs in zip(problems, completions)]
-    check_reward_errors([score for kept in judged for _, _, score in kept], cfg.max_reward_errors, "rejection_sample")
-    for p, outs, kept in zip(problems, completions, judged):
-        fam = counts.setdefault(p.family, {"sampled": 0, "accepted": 0, **{r: 0 for r in REJECT_REASONS}})
-        fam["sampled"] += len(outs)
-        for j, (verdict, completion, score) in enumerate(kept):
-            fam[verdict] += 1
-            if verdict == "accepted":
-                rows.append({"id": f"{p.id}-s{j}", "family": p.family, "problem_id": p.id,
-                             "prompt": p.prompt, "completion": completion.text, "reward": score["total"],
-                             "correct": bool(score["correct"]), "format": bool(score["format"]),
-                             "tokens": completion.n_tokens, "source": source})
-    return rows, counts
-
-
-def filter_completions(problem, completions, require_format: bool, max_per_prompt: int):
-    """[(verdict, completion, reward)] for each completion of one problem, in order.
-
-    verdict is "accepted" or the first reason it failed: "too_long" (cut at the token
-    budget before closing), "wrong" (answer does not verify), "format" (not exactly one
-    think block + one answer, when required), "duplicate" (same text as an accepted one),
-    "over_cap" (beyond max_per_prompt accepted)."""
-    from dsctl.tasks import reward
-
-    seen: set[str] = set()
-    out = []
-    for c in completions:
-        score = reward(problem, c.text)
-        if not c.finished:
-            verdict = "too_long"
-        elif not score["correct"]:
-            verdict = "wrong"
-        elif require_format and not score["format"]:
-            verdict = "format"
-        elif c.text.strip() in seen:
-            verdict = "duplicate"
-        elif max_per_prompt and len(seen) >= max_per_prompt:
-            verdict = "over_cap"
-        else:
-            verdict = "accepted"
-            seen.add(c.text.strip())
-        out.append((verdict, c, score))
-    return out
-
-
-def acceptance_stats(problems, rows: list[dict], counts: dict[str, dict[str, int]], k: int) -> dict[str, Any]:
-    """Overall and per-family acceptance: prompts with ≥1 accepted sample, acceptance
-    rate (accepted / sampled), mean accepted length in tokens, and rejections by reason."""
-    families: dict[str, dict[str, Any]] = {}
-    for fam in sorted({p.family for p in problems}):
-        c = counts.get(fam, {})
-        fam_rows = [r for r in rows if r["family"] == fam]
-        families[fam] = {
-            "prompts": sum(p.family == fam for p in problems),
-            "prompts_with_accepted": len({r["problem_id"] for r in fam_rows}),
-            "acceptance_rate": round(c.get("accepted", 0) / max(c.get("sampled", 0), 1), 4),
-            "mean_tokens": round(sum(r["tokens"] for r in fam_rows) / max(len(fam_rows), 1), 1),
-            **{r: c.get(r, 0) for r in ("sampled", "accepted", *REJECT_REASONS)},
-        }
-    sampled = sum(f["sampled"] for f in families.values())
-    return {
-        "accepted": len(rows), "acceptance_rate": round(len(rows) / max(sampled, 1), 4),
-        "prompts_with_accepted": len({r["problem_id"] for r in rows}), "prompts": len(problems),
-        "sampled": sampled, "samples_per_prompt": k,
-        "mean_tokens": round(sum(r["tokens"] for r in rows) / max(len(rows), 1), 1),
-        **{f"rejected_{r}": sum(f[r] for f in families.values()) for r in REJECT_REASONS},
-        "families": families,
-    }
-
-
-def _flat_families(families: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {f"{fam}_{key}": value for fam, stats in families.items()
-            for key, value in stats.items() if key in ("acceptance_rate", "prompts_with_accepted")}
-
-
-def _merge(a: dict[str, dict[str, int]], b: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    out = {fam: dict(c) for fam, c in a.items()}
-    for fam, c in b.items():
-        target = out.setdefault(fam, {})
-        for key, value in c.items():
-            target[key] = target.get(key, 0) + value
-    return out
 
 
 def _truncate_lines(path, keep: int) -> None:

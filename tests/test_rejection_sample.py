@@ -4,6 +4,7 @@ import pytest
 
 from dsctl.errors import StageFailed
 from dsctl.eval.task_accuracy import greedy_accuracy
+from dsctl.rl import rejection
 from dsctl.sampling import Completion
 from dsctl.tasks import reasoning_target, reward
 from dsctl.tasks.config import task_problems
@@ -37,11 +38,11 @@ def test_filter_keeps_verified_formatted_distinct_completions_up_to_the_cap():
     unformatted = "The answer is <answer>" + p.answer + "</answer>"
     outs = [_c(good), _c(good), _c(wrong), _c(unformatted), _c(good[:-9], finished=False), _c(other_good),
             _c(other_good + " ")]
-    verdicts = [v for v, _, _ in rs.filter_completions(p, outs, require_format=True, max_per_prompt=0)]
+    verdicts = [v for v, _, _ in rejection.filter_completions(p, outs, require_format=True, max_per_prompt=0)]
     assert verdicts == ["accepted", "duplicate", "wrong", "format", "too_long", "accepted", "duplicate"]
-    capped = [v for v, _, _ in rs.filter_completions(p, outs, require_format=True, max_per_prompt=1)]
+    capped = [v for v, _, _ in rejection.filter_completions(p, outs, require_format=True, max_per_prompt=1)]
     assert capped == ["accepted", "duplicate", "wrong", "format", "too_long", "over_cap", "over_cap"]
-    lenient = [v for v, _, _ in rs.filter_completions(p, outs, require_format=False, max_per_prompt=0)]
+    lenient = [v for v, _, _ in rejection.filter_completions(p, outs, require_format=False, max_per_prompt=0)]
     assert lenient[3] == "accepted"
 
 
@@ -52,7 +53,7 @@ def test_acceptance_stats_count_prompts_rates_and_lengths():
             {"family": "equations", "problem_id": problems[1].id, "tokens": 30}]
     counts = {"arithmetic": {"sampled": 8, "accepted": 2, "wrong": 6},
               "equations": {"sampled": 8, "accepted": 1, "too_long": 7}}
-    stats = rs.acceptance_stats(problems, rows, counts, k=4)
+    stats = rejection.acceptance_stats(problems, rows, counts, k=4)
     assert stats["accepted"] == 3 and stats["sampled"] == 16 and stats["acceptance_rate"] == round(3 / 16, 4)
     assert stats["prompts_with_accepted"] == 2 and stats["rejected_wrong"] == 6 and stats["rejected_too_long"] == 7
     arith = stats["families"]["arithmetic"]
@@ -83,7 +84,7 @@ def test_stage_writes_only_verified_samples_with_consistent_stats(tmp_path, memo
     by_id = {p.id: p for p in problems}
     assert rows and len(rows) == stats["accepted"] == artifact.metrics["accepted"]
     assert stats["sampled"] == 16
-    assert stats["accepted"] + sum(stats[f"rejected_{r}"] for r in rs.REJECT_REASONS) == 16
+    assert stats["accepted"] + sum(stats[f"rejected_{r}"] for r in rejection.REJECT_REASONS) == 16
     for r in rows:
         score = reward(by_id[r["problem_id"]], r["completion"])
         assert score["correct"] == 1 and score["format"] == 1
@@ -96,7 +97,7 @@ def test_stage_writes_only_verified_samples_with_consistent_stats(tmp_path, memo
 def test_resumed_run_gives_identical_samples(tmp_path, memorized, monkeypatch):
     ckpt, _ = memorized
     straight = run_stage(rs.STAGE, CONFIG, {"checkpoint": [ckpt]}, tmp_path / "a")
-    real_chunk, calls, crash = rs.sample_chunk, [], [True]
+    real_chunk, calls, crash = rejection.sample_chunk, [], [True]
 
     def chunk_that_may_crash(*args, **kwargs):
         calls.append(kwargs["first_batch"])
@@ -104,7 +105,7 @@ def test_resumed_run_gives_identical_samples(tmp_path, memorized, monkeypatch):
             raise RuntimeError("simulated crash")
         return real_chunk(*args, **kwargs)
 
-    monkeypatch.setattr(rs, "sample_chunk", chunk_that_may_crash)
+    monkeypatch.setattr(rejection, "sample_chunk", chunk_that_may_crash)
     with pytest.raises(StageFailed):
         run_stage(rs.STAGE, CONFIG, {"checkpoint": [ckpt]}, tmp_path / "b")
     crash[0] = False
