@@ -13,10 +13,12 @@ stage summary and `passkey.json` in the checkpoint.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from dsctl.configs import stage_defaults
+from dsctl.files import write_text_atomic
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.tasks.config import PasskeyConfig
 from dsctl.train.config import LMTrainConfig
@@ -121,9 +123,9 @@ def report(ctx: StageContext, table: dict[str, Any], short_loss: dict[str, Any],
         for n, result in row.items():
             ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"],
                     val_loss=result.get("val_loss"), val_loss_past_original=result.get("val_loss_past_original"))
-    _write_json(ctx.out / "passkey.json", {"original_context": original, "factor": cfg.factor,
-                                           "trials": cfg.passkey_trials, "accuracy": table,
-                                           "doc_masked_val_loss_at_original_context": short_loss})
+    passkey = {"original_context": original, "factor": cfg.factor, "trials": cfg.passkey_trials, "accuracy": table,
+               "doc_masked_val_loss_at_original_context": short_loss}
+    write_text_atomic(ctx.out / "passkey.json", json.dumps(passkey, indent=2) + "\n")
     longest_first = sorted(zip(cfg.passkey_multiples, lengths), reverse=True)  # headline: extended at s×
     headline = {f"passkey_{model}_{_mult(m)}x": table[model][str(n)]["accuracy"]
                 for model in ("extended", "base", "yarn") for m, n in longest_first}
@@ -180,12 +182,6 @@ def short_context_loss(ctx: StageContext, model: Any, tokenizer: Any, shards_dir
 
 def _mult(m: float) -> str:
     return f"{m:g}".replace(".", "_")
-
-
-def _write_json(path, data) -> None:
-    import json
-
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 STAGE = StageSpec(

@@ -20,6 +20,7 @@ pattern that matches nothing is an error.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from dsctl.data.config import RowInputConfig, ShardOutputConfig
 from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows, jsonable, load_dataset
 from dsctl.data.world import WorldSizes, build_world
 from dsctl.errors import UserError
+from dsctl.files import write_text_atomic
 from dsctl.stage import StageContext, StageSpec
 from dsctl.store import sha256_file
 from dsctl.tasks.config import TaskConfig, check_split_sizes
@@ -111,7 +113,8 @@ def run(ctx: StageContext) -> dict:
             world = build_world(ctx.seed, cfg.sizes(), cfg.difficulty)
             for row in world.rows:
                 out.write(row)
-            _write_jsonl(ctx.out / "planted.jsonl", world.planted)
+            write_text_atomic(ctx.out / "planted.jsonl", "".join(
+                json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n" for row in world.planted))
             metrics["world_seconds"] = round(time.perf_counter() - started, 2)
             metrics.update({f"world_{k}": v for k, v in world.stats.items()})
         if cfg.paths:
@@ -165,14 +168,6 @@ def _dataset_rows(cfg: SourceConfig, stats: ReadStats, cache_dir: Path) -> Itera
             continue
         stats.rows += 1
         yield _normalize_row(row, cfg, f"{name}:{i}")
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    import json
-
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 def fingerprint(cfg: SourceConfig) -> dict:

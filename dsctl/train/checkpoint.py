@@ -32,6 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from dsctl.errors import UserError
+from dsctl.files import write_text_atomic
 
 KEEP = 2
 
@@ -85,8 +86,7 @@ def save_checkpoint(root: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if lead:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        (root / "LATEST.tmp").write_text(name)
-        os.replace(root / "LATEST.tmp", root / "LATEST")
+        write_text_atomic(root / "LATEST", name)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     sync()

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from dsctl.errors import UserError
+from dsctl.files import write_bytes_atomic
 from dsctl.stage import StageContext
 from dsctl.train.parallel_config import check_parallel_config
 
@@ -95,9 +96,7 @@ def write_job(ctx: StageContext, prepare: Prepare) -> Path:
     job = {"stage": ctx.spec, "prepare": prepare, "config": ctx.config, "seed": ctx.seed, "inputs": ctx.inputs,
            "out": ctx.out, "scratch": ctx.scratch, "label": ctx.label, "key": ctx.key, "quiet": ctx.reporter.quiet}
     path = ctx.scratch / JOB_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(pickle.dumps(job))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, pickle.dumps(job))
     return path
 
 
