@@ -68,6 +68,7 @@ class ExtendConfig(PasskeyConfig, LMTrainConfig):
 def run(ctx: StageContext) -> dict[str, Any]:
     import dataclasses
 
+    from dsctl.eval.context_length import LengthEval, short_context_loss
     from dsctl.model.yarn import with_yarn
     from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir, trained_context
@@ -85,15 +86,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seq_len = cfg.seq_len or int(round(original * cfg.factor))
     ctx.info(f"YaRN s={cfg.factor:g}: context {original} -> {int(round(original * cfg.factor))}; training at {seq_len}")
     yarn = dict(beta_fast=cfg.beta_fast, beta_slow=cfg.beta_slow, mscale=cfg.mscale)
-    lengths = [int(round(m * original)) for m in cfg.passkey_multiples]
+    spec = LengthEval(original, tuple(int(round(m * original)) for m in cfg.passkey_multiples), cfg.passkey_trials,
+                      cfg.passkey_batch_size, cfg.batch_size, cfg.length_eval_batches, ctx.seed)
 
     before = ctx.load_state().get("passkey_before")
     if before is None:  # measured once; a resumed attempt reuses it
-        before = {"base": context_row(ctx, base, tokenizer, shards.path, lengths, original, "base"),
-                  "yarn": context_row(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, shards.path,
-                                      lengths, original, "yarn")}
+        before = {"base": measure(ctx, base, tokenizer, shards.path, spec, "base"),
+                  "yarn": measure(ctx, with_yarn(base, cfg.factor, original, **yarn), tokenizer, shards.path, spec,
+                                  "yarn")}
         ctx.save_state({"passkey_before": before,
-                        "short_loss_base": short_context_loss(ctx, base, tokenizer, shards.path, original)})
+                        "short_loss_base": short_context_loss(base, tokenizer, shards.path, spec)})
 
     train_cfg = dataclasses.replace(cfg, seq_len=seq_len)
     corpus = PackedTokens(load_token_split(shards.path, "train"), seq_len, cfg.batch_size, tokenizer.eos_id,
@@ -105,83 +107,39 @@ def run(ctx: StageContext) -> dict[str, Any]:
            if val_docs else None)
     trainer = LMTrainer(with_yarn(base, cfg.factor, original, **yarn), batches, train_cfg, ctx, val_batches=val)
     summary = trainer.fit()
-    after = context_row(ctx, trainer.model, tokenizer, shards.path, lengths, original, "extended")
+    after = measure(ctx, trainer.model, tokenizer, shards.path, spec, "extended")
     short_loss = {"base": ctx.load_state().get("short_loss_base"),
-                  "extended": short_context_loss(ctx, trainer.model, tokenizer, shards.path, original)}
+                  "extended": short_context_loss(trainer.model, tokenizer, shards.path, spec)}
 
     table = {**before, "extended": after}
     export_checkpoint(trainer.model, ctx.out, tokenizer_dir(checkpoint), latest_checkpoint(trainer.ckpt_dir))
-    return {**report(ctx, table, short_loss, original, lengths), **summary, "original_context": original,
+    return {**report(ctx, table, short_loss, spec), **summary, "original_context": original,
             "context": int(round(original * cfg.factor)), "train_seq_len": seq_len}
 
 
-def report(ctx: StageContext, table: dict[str, Any], short_loss: dict[str, Any], original: int,
-           lengths: list[int]) -> dict[str, Any]:
+def report(ctx: StageContext, table: dict[str, Any], short_loss: dict[str, Any], spec: Any) -> dict[str, Any]:
     """Log the passkey/length table, write passkey.json, and return its headline numbers."""
+    from dsctl.eval.context_length import headline
+
     cfg: ExtendConfig = ctx.config
     for name, row in table.items():  # logged now: the Trainer starts metrics.jsonl afresh
         for n, result in row.items():
             ctx.log(event="passkey", model=name, length=int(n), accuracy=result["accuracy"],
                     val_loss=result.get("val_loss"), val_loss_past_original=result.get("val_loss_past_original"))
-    passkey = {"original_context": original, "factor": cfg.factor, "trials": cfg.passkey_trials, "accuracy": table,
-               "doc_masked_val_loss_at_original_context": short_loss}
+    passkey = {"original_context": spec.original, "factor": cfg.factor, "trials": cfg.passkey_trials,
+               "accuracy": table, "doc_masked_val_loss_at_original_context": short_loss}
     write_text_atomic(ctx.out / "passkey.json", json.dumps(passkey, indent=2) + "\n")
-    longest_first = sorted(zip(cfg.passkey_multiples, lengths), reverse=True)  # headline: extended at s×
-    headline = {f"passkey_{model}_{_mult(m)}x": table[model][str(n)]["accuracy"]
-                for model in ("extended", "base", "yarn") for m, n in longest_first}
-    if cfg.length_eval_batches:
-        headline.update({f"val_loss_{model}_{_mult(m)}x": table[model][str(n)]["val_loss"]
-                         for model in ("extended", "base", "yarn") for m, n in longest_first})
-        headline.update({f"val_loss_past_original_{model}_{_mult(m)}x": table[model][str(n)]["val_loss_past_original"]
-                         for model in ("extended", "base", "yarn") for m, n in longest_first if n > original})
-        headline.update({f"val_loss_doc_masked_{model}": loss for model, loss in short_loss.items()})
-    return headline
+    return headline(table, short_loss, spec, cfg.passkey_multiples)
 
 
-def context_row(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, lengths: list[int],
-                original: int, name: str) -> dict[str, Any]:
-    """Passkey accuracy (and long-window validation loss) of one model at each length; past
-    the original context also the loss on positions >= original alone, where the base is
-    off its training range (the whole-window mean dilutes it with the first `original`)."""
-    from dsctl.eval.passkey import passkey_accuracy
-    from dsctl.eval.perplexity import validation_perplexity
+def measure(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, spec: Any, name: str) -> dict[str, Any]:
+    """One model's row of the length table, with a progress bar and a log line."""
+    from dsctl.eval.context_length import describe, length_row
 
-    cfg: ExtendConfig = ctx.config
-    row: dict[str, Any] = {}
-    with ctx.progress(len(lengths), f"passkey {name}", unit="length") as bar:
-        for n in lengths:
-            row[str(n)] = passkey_accuracy(model, tokenizer, n, cfg.passkey_trials, seed=ctx.seed,
-                                           batch_size=cfg.passkey_batch_size)
-            if cfg.length_eval_batches:
-                loss = validation_perplexity(model, shards_dir, tokenizer.eos_id, n, cfg.batch_size,
-                                             cfg.length_eval_batches, doc_masking=False)
-                row[str(n)]["val_loss"] = loss["val_loss"]
-                if n > original:
-                    row[str(n)]["val_loss_past_original"] = validation_perplexity(
-                        model, shards_dir, tokenizer.eos_id, n, cfg.batch_size, cfg.length_eval_batches,
-                        doc_masking=False, from_position=original)["val_loss"]
-            bar.advance(1)
-    ctx.info(f"{name}: " + ", ".join(f"@{n} passkey {r['accuracy']:.2f} loss {r.get('val_loss', float('nan')):.3f}"
-                                     + (f" (past {original}: {r['val_loss_past_original']:.3f})"
-                                        if "val_loss_past_original" in r else "")
-                                     for n, r in row.items()))
+    with ctx.progress(len(spec.lengths), f"passkey {name}", unit="length") as bar:
+        row = length_row(model, tokenizer, shards_dir, spec, advance=lambda: bar.advance(1))
+    ctx.info(describe(name, row, spec.original))
     return row
-
-
-def short_context_loss(ctx: StageContext, model: Any, tokenizer: Any, shards_dir: Any, original: int) -> float | None:
-    """Validation loss at the original context with attention inside each document, as
-    pretraining measured it: what the extension may cost on short text."""
-    from dsctl.eval.perplexity import validation_perplexity
-
-    cfg: ExtendConfig = ctx.config
-    if not cfg.length_eval_batches:
-        return None
-    return validation_perplexity(model, shards_dir, tokenizer.eos_id, original, cfg.batch_size,
-                                 cfg.length_eval_batches)["val_loss"]
-
-
-def _mult(m: float) -> str:
-    return f"{m:g}".replace(".", "_")
 
 
 STAGE = StageSpec(
