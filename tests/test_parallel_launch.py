@@ -57,7 +57,8 @@ def test_spawn_workers_terminates_a_job_that_outlives_its_timeout():
 def _torchrun_demo(schedule: str, nproc: int, steps: int) -> list[float]:
     # torchrun from the same venv, standalone rendezvous on localhost (the README command)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", "-m", "dsctl.parallel.demo",
+    demo = Path(__file__).resolve().parents[1] / "examples" / "pipeline_demo.py"
+    cmd = [str(torchrun), "--standalone", f"--nproc-per-node={nproc}", str(demo),
            "--schedule", schedule, "--steps", str(steps), "--batch-size", "8", "--seq-len", "8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)

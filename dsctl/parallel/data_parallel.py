@@ -1,66 +1,20 @@
-"""Data parallelism applied to a single-device model: DDP, FSDP2, or a plain gradient mean.
+"""Data parallelism applied to a single-device model: a gradient mean over ranks.
 
-Every rank holds the model (DDP) or a shard of it (FSDP2 ``fully_shard``), runs its own
-slice of the batch, and gradients are averaged across ranks, so one step over ``R``
-ranks x ``b`` rows equals one single-process step over the concatenated ``R x b`` rows
-when the loss is a mean over rows. Both wrappers work on CPU with gloo in torch 2.13
-(FSDP2 turns parameters into DTensors; use ``p.full_tensor()`` to read a whole one).
-
-``all_reduce_grads`` is the hand-rolled form for models that a wrapper cannot own,
-e.g. the two DualPipe chunks of a pipeline rank replicated over a data-parallel group.
+Every rank holds the model, runs its own slice of the batch, and gradients are averaged
+across ranks after backward, so one step over ``R`` ranks x ``b`` rows equals one
+single-process step over the concatenated ``R x b`` rows when the loss is a mean over
+rows. One flat all-reduce works for any module, the two DualPipe chunks of a pipeline
+rank replicated over a data-parallel group included, which is why the training
+strategies use it rather than a DDP or FSDP wrapper that must own the whole model.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterable
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-
-
-class DataParallelMode(str, enum.Enum):
-    """How to replicate a model over data-parallel ranks."""
-
-    DDP = "ddp"
-    """Full replica per rank, gradients all-reduced in buckets during backward."""
-    FSDP = "fsdp"
-    """FSDP2 ``fully_shard``: parameters, gradients and optimizer state sharded over ranks."""
-
-
-def wrap_data_parallel(
-    model: nn.Module,
-    mode: DataParallelMode | str = DataParallelMode.DDP,
-    group: Optional[dist.ProcessGroup] = None,
-    shard_units: Optional[Iterable[nn.Module]] = None,
-) -> nn.Module:
-    """Wrap ``model`` for data parallelism over ``group`` (default: the whole world).
-
-    For FSDP, each module in ``shard_units`` becomes its own all-gather unit (default:
-    the children of ``model.layers`` when present, as torchtitan shards per block), then
-    the root. Build the optimizer *after* wrapping: FSDP replaces the parameters.
-    """
-    if not dist.is_initialized():
-        raise RuntimeError("data parallel needs torch.distributed; call dsctl.parallel.dist.init_distributed() "
-                           "under torchrun first")
-    mode = DataParallelMode(mode)
-    device = next(model.parameters()).device
-    if mode is DataParallelMode.DDP:
-        ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, process_group=group)
-    from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = DeviceMesh.from_group(group if group is not None else dist.group.WORLD, device.type)
-    if shard_units is None:
-        layers = getattr(model, "layers", None)
-        shard_units = list(layers) if isinstance(layers, nn.ModuleList) else []
-    for unit in shard_units:
-        fully_shard(unit, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
 
 
 def all_reduce_grads(module: nn.Module, group: Optional[dist.ProcessGroup] = None) -> None:

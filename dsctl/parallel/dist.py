@@ -1,4 +1,4 @@
-"""torch.distributed setup from ``torchrun``'s environment, teardown, rank-0 logging.
+"""torch.distributed setup from ``torchrun``'s environment, and teardown.
 
 ``torchrun`` (or :func:`dsctl.parallel.launch.spawn_workers` in tests) sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Without them the
@@ -8,7 +8,6 @@ works under ``python`` and under ``torchrun``.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,21 +98,6 @@ def get_rank() -> int:
 
 def is_rank0() -> bool:
     return get_rank() == 0
-
-
-def log_rank0(message: str, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
-    """Log ``message`` once per job (from rank 0 only), tagged with the world size."""
-    if not is_rank0():
-        return
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    (logger or logging.getLogger("dsctl")).log(level, "[rank 0/%d] %s", world, message)
-
-
-class Rank0Filter(logging.Filter):
-    """Logging filter that drops records on every rank but 0: ``handler.addFilter(Rank0Filter())``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return is_rank0()
 
 
 @dataclass(frozen=True)

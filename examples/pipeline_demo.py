@@ -1,11 +1,13 @@
 """Train a DeepSeekV3 preset with DualPipe or 1F1B pipeline parallelism under torchrun.
 
-    torchrun --standalone --nproc-per-node 4 -m dsctl.parallel.demo --schedule dualpipe
-    torchrun --standalone --nproc-per-node 2 -m dsctl.parallel.demo --schedule 1f1b --steps 20
+    torchrun --standalone --nproc-per-node 4 examples/pipeline_demo.py --schedule dualpipe
+    torchrun --standalone --nproc-per-node 2 examples/pipeline_demo.py --schedule 1f1b --steps 20
 
-Every rank builds the same model (same seed), keeps its pipeline stage(s), and takes
-AdamW steps on a fixed batch of random tokens (so the loss must fall: a smoke test of
-the whole distributed path). The rank holding the loss prints one JSON line per step.
+An example of the parallel building blocks on their own; dsctl's training stages run the
+same schedules through `pretrain --set pipeline=...`. Every rank builds the same model
+(same seed), keeps its pipeline stage(s), and takes AdamW steps on a fixed batch of random
+tokens (so the loss must fall: a smoke test of the whole distributed path). The rank
+holding the loss prints one JSON line per step.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def run(cfg: DemoConfig) -> list[float]:
         world = info.world_size
         if world < 2:
             raise RuntimeError("the pipeline demo needs at least 2 processes: "
-                               "torchrun --standalone --nproc-per-node 2 -m dsctl.parallel.demo")
+                               "torchrun --standalone --nproc-per-node 2 examples/pipeline_demo.py")
         torch.manual_seed(cfg.seed)
         layers = max(world, ModelConfig.preset(cfg.preset).num_hidden_layers)
         # No MTP: its embedding copy on the last stage needs the tied-gradient sum that
