@@ -474,7 +474,8 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     model_name: str = typer.Option("", "--model-name", help="The name clients ask for (default: the ref)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Requests decoded together at most."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Reply length when a request gives none."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens",
+                                       help="Longest reply, in tokens, when a request gives no max_tokens."),
     speculative: bool = typer.Option(True, "--speculative/--no-speculative",
                                      help="Greedy requests decode with MTP drafts (checkpoints with MTP)."),
 ) -> None:
@@ -496,7 +497,7 @@ def serve(
     from dsctl.serve.app import create_app
 
     _, model, tokenizer, context = _talking_model(ctx.obj.store, ref)
-    app = create_app(model, tokenizer, model_name or ref, context, max_tokens, max_batch, speculative)
+    app = create_app(model, tokenizer, model_name or ref, context, max_new_tokens, max_batch, speculative)
     print(f"serving {model_name or ref} on http://{host}:{port}/v1 (context {context})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
 

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "dsctl"
 FRAMEWORK = {"stage", "store", "runner", "recipe", "configs", "files", "smoke", "cli", "commands", "testing",
-             "reference"}
+             "recipe_reference"}
 BRIDGE = {"train/artifacts.py", "train/launch.py", "train/worker.py"}
 """The training modules that touch the framework: artifacts read store artifacts, and the
 multi-process bridge rebuilds a StageContext on each rank."""

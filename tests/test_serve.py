@@ -29,7 +29,7 @@ def _start(checkpoint: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "DSCTL_WORKDIR": str(tmp / "work"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "dsctl.cli", "serve", str(checkpoint), "--port", str(port),
-                             "--model-name", MODEL, "--max-tokens", "16"], env=env,
+                             "--model-name", MODEL, "--max-new-tokens", "16"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -10,7 +10,8 @@ from torch import nn
 
 from .config import ModelConfig
 from .mla import LatentCache, MultiHeadLatentAttention
-from .moe import MLP, MoE
+from .mlp import MLP
+from .moe import MoE
 from .norm import RMSNorm
 
 
