@@ -56,24 +56,13 @@ class DistillConfig(TaskConfig, TrainSplitConfig, EvalSplitConfig, CompletionCon
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
-    from dsctl.eval.task_accuracy import greedy_accuracy
-    from dsctl.model import DeepSeekV3, ModelConfig
-    from dsctl.tasks.config import eval_draw, train_draw
     from dsctl.tasks.problem_set import ProblemSet
     from dsctl.tokenizer import load_tokenizer
     from dsctl.train.artifacts import export_checkpoint, load_model, tokenizer_dir
     from dsctl.train.batches import PackedExamples
     from dsctl.train.checkpoint import latest_checkpoint
-    from dsctl.train.distill import make_distill_loss, student_from_layers, tokenizer_differences, validation_kl
-    from dsctl.train.examples import (
-        RowStats,
-        artifact_conversations,
-        encode_conversations,
-        split_validation,
-        task_conversations,
-    )
+    from dsctl.train.distill import make_distill_loss, tokenizer_differences, validation_kl
+    from dsctl.train.examples import split_validation
     from dsctl.train.loop import LMTrainer, resolve_device
 
     cfg: DistillConfig = ctx.config
@@ -86,11 +75,37 @@ def run(ctx: StageContext) -> dict[str, Any]:
         _refuse_or_warn(ctx, teacher_art, student_art, differences)
     use_kl = cfg.kl_weight > 0 and not differences
 
-    # what the student learns from: the teacher's samples, and optionally worked solutions
+    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
+    examples, counts = _examples(ctx, tokenizer, problem_set)
+    train, val = split_validation(examples, cfg.val_fraction, ctx.seed)
+    ctx.info(f"{len(train)} training / {len(val)} validation examples; KL term {'on' if use_kl else 'off'}")
+    student = _student(ctx, teacher, student_art)
+    teacher.to(resolve_device(cfg.device)).eval().requires_grad_(False)
+    loss_fn = make_distill_loss(teacher if use_kl else None, cfg.kl_weight, cfg.kl_temperature, cfg.doc_masking)
+    batches = PackedExamples(train, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, grad_accum=cfg.grad_accum)
+    val_batches = PackedExamples(val, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, shuffle=False)
+    trainer = LMTrainer(student, batches, cfg, ctx, val_batches=val_batches, loss_fn=loss_fn)
+    fit = trainer.fit()
+    summary = _compare(ctx, trainer.model, teacher, tokenizer, problem_set) if cfg.eval_problems else {}
+    if not differences:  # the KL is only defined over one vocabulary
+        summary["val_kl_teacher_student"] = round(validation_kl(trainer.model, teacher, val_batches, cfg.eval_batches,
+                                                                trainer.device, cfg.doc_masking), 5)
+    summary.update(fit)
+    summary.update(kl_used=use_kl, train_examples=len(train), val_examples=len(val), **counts,
+                   student_params=trainer.model.num_parameters()[0], teacher_params=teacher.num_parameters()[0])
+    export_checkpoint(trainer.model.cpu(), ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
+    return summary
+
+
+def _examples(ctx: StageContext, tokenizer: Any, problem_set: Any) -> tuple[list, dict[str, Any]]:
+    """What the student learns from: the teacher's samples, and optionally worked solutions."""
+    from dsctl.tasks.config import train_draw
+    from dsctl.train.examples import RowStats, artifact_conversations, encode_conversations, task_conversations
+
+    cfg: DistillConfig = ctx.config
     stats = RowStats()
     convs = artifact_conversations(ctx.input("samples").path, stats)
     counts = {"sample_examples": len(convs), "malformed_rows": stats.malformed}
-    problem_set = ProblemSet.of(ctx.maybe_input("problems"))
     if cfg.train_problems:
         convs += task_conversations(train_draw(cfg, ctx.seed, problem_set))
     counts["task_examples"] = len(convs) - counts["sample_examples"]
@@ -99,46 +114,49 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not examples:
         raise UserError(f"distill: {ctx.input('samples').label} has no usable samples "
                         "(was anything accepted by rejection_sample?)")
-    train, val = split_validation(examples, cfg.val_fraction, ctx.seed)
-    ctx.info(f"{len(train)} training / {len(val)} validation examples; KL term {'on' if use_kl else 'off'}")
+    return examples, counts
 
+
+def _student(ctx: StageContext, teacher: Any, student_art: Any) -> Any:
+    """The student: a given checkpoint, the teacher's `student_layers`, or a fresh preset."""
+    import torch
+
+    from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.train.artifacts import load_model
+    from dsctl.train.distill import student_from_layers
+
+    cfg: DistillConfig = ctx.config
     if student_art is not None:
-        student = load_model(student_art)
+        return load_model(student_art)
+    torch.manual_seed(ctx.seed)
+    if cfg.student_layers:
+        student = student_from_layers(teacher, cfg.student_layers, cfg.student_overrides)
+        what = f"student from teacher layers {cfg.student_layers}"
     else:
-        torch.manual_seed(ctx.seed)
-        if cfg.student_layers:
-            student = student_from_layers(teacher, cfg.student_layers, cfg.student_overrides)
-            what = f"student from teacher layers {cfg.student_layers}"
-        else:
-            # the teacher's vocabulary, which an imported model pads past its tokenizer's
-            student = DeepSeekV3(ModelConfig.preset(cfg.student, **{"vocab_size": teacher.config.vocab_size,
-                                                                     **cfg.student_overrides}))
-            what = f"fresh student {cfg.student} {cfg.student_overrides}"
-        ctx.info(f"{what}: {student.num_parameters()[0] / 1e6:.2f}M parameters "
-                 f"(teacher {teacher.num_parameters()[0] / 1e6:.2f}M)")
-    teacher.to(resolve_device(cfg.device)).eval().requires_grad_(False)
-    loss_fn = make_distill_loss(teacher if use_kl else None, cfg.kl_weight, cfg.kl_temperature, cfg.doc_masking)
-    batches = PackedExamples(train, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, grad_accum=cfg.grad_accum)
-    val_batches = PackedExamples(val, cfg.seq_len, cfg.batch_size, tokenizer.pad_id, ctx.seed, shuffle=False)
-    trainer = LMTrainer(student, batches, cfg, ctx, val_batches=val_batches, loss_fn=loss_fn)
-    fit = trainer.fit()
+        # the teacher's vocabulary, which an imported model pads past its tokenizer's
+        student = DeepSeekV3(ModelConfig.preset(cfg.student, **{"vocab_size": teacher.config.vocab_size,
+                                                                 **cfg.student_overrides}))
+        what = f"fresh student {cfg.student} {cfg.student_overrides}"
+    ctx.info(f"{what}: {student.num_parameters()[0] / 1e6:.2f}M parameters "
+             f"(teacher {teacher.num_parameters()[0] / 1e6:.2f}M)")
+    return student
+
+
+def _compare(ctx: StageContext, student: Any, teacher: Any, tokenizer: Any, problem_set: Any) -> dict[str, Any]:
+    """Greedy accuracy and decode speed of student and teacher on the same held-out problems."""
+    from dsctl.eval.task_accuracy import greedy_accuracy
+    from dsctl.tasks.config import eval_draw
+
+    cfg: DistillConfig = ctx.config
+    problems = eval_draw(cfg, problem_set)
     summary: dict[str, Any] = {}
-    if cfg.eval_problems:  # greedy accuracy and decode speed of student and teacher on the same problems
-        problems = eval_draw(cfg, problem_set)
-        for name, model in (("student", trainer.model), ("teacher", teacher)):
-            result = greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
-            summary.update({f"{name}_accuracy": round(result.accuracy, 4),
-                            f"{name}_tokens_per_s": round(result.tokens_per_s, 1),
-                            f"{name}_format_rate": round(result.format_rate, 4),
-                            **{f"{name}_accuracy_{f}": round(a, 4) for f, a in sorted(result.per_family.items())}})
-        summary["eval_problems"] = len(problems)
-    if not differences:  # the KL is only defined over one vocabulary
-        summary["val_kl_teacher_student"] = round(validation_kl(trainer.model, teacher, val_batches, cfg.eval_batches,
-                                                                trainer.device, cfg.doc_masking), 5)
-    summary.update(fit)
-    summary.update(kl_used=use_kl, train_examples=len(train), val_examples=len(val), **counts,
-                   student_params=trainer.model.num_parameters()[0], teacher_params=teacher.num_parameters()[0])
-    export_checkpoint(trainer.model.cpu(), ctx.out, tok_dir, latest_checkpoint(trainer.ckpt_dir))
+    for name, model in (("student", student), ("teacher", teacher)):
+        result = greedy_accuracy(model, tokenizer, problems, max_new_tokens=cfg.max_new_tokens)
+        summary.update({f"{name}_accuracy": round(result.accuracy, 4),
+                        f"{name}_tokens_per_s": round(result.tokens_per_s, 1),
+                        f"{name}_format_rate": round(result.format_rate, 4),
+                        **{f"{name}_accuracy_{f}": round(a, 4) for f, a in sorted(result.per_family.items())}})
+    summary["eval_problems"] = len(problems)
     return summary
 
 
