@@ -14,7 +14,6 @@ import torch.distributed as dist
 from torch import nn
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
-from dsctl.model.weight_grad import DeferrableLinear
 from dsctl.parallel.data_parallel import all_reduce_grads
 from dsctl.parallel.dist import pipeline_data_groups
 from dsctl.parallel.dualpipe import DualPipe, dualpipe_schedule
@@ -22,6 +21,7 @@ from dsctl.parallel.launch import spawn_workers
 from dsctl.parallel.model_stages import split_deepseek_v3, stage_kwargs
 from dsctl.parallel.onef1b import OneF1B
 from dsctl.parallel.schedule import OpKind
+from dsctl.parallel.weight_grad import DeferrableLinear
 
 WIDTH, VOCAB, SEQ = 8, 11, 3
 

@@ -17,7 +17,7 @@ multi-process bridge rebuilds a StageContext on each rank."""
 ALLOWED = {
     "errors": set(), "progress": set(), "files": set(),
     "model": set(),
-    "fp8": {"model"},
+    "fp8": {"model", "parallel"},  # parallel/weight_grad.py: the deferrable weight GEMM
     "tasks": {"errors"},
     "tokenizer": {"errors"},
     "parallel": {"model"},

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dsctl.fp8 import Fp8Linear, convert_to_fp8
-from dsctl.model.weight_grad import DeferrableLinear, collect_weight_grads, make_weight_grads_deferrable
+from dsctl.parallel.weight_grad import DeferrableLinear, collect_weight_grads, make_weight_grads_deferrable
 
 aten = torch.ops.aten
 # Linear layers reach the dispatcher as mm/addmm (linear and matmul decompose before a

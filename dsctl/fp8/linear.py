@@ -36,7 +36,7 @@ from torch import nn
 
 from dsctl.fp8 import ops
 from dsctl.fp8.reference import BLOCK
-from dsctl.model.weight_grad import DeferrableLinear, weight_grads
+from dsctl.parallel.weight_grad import DeferrableLinear, weight_grads
 
 DEFAULT_SKIP = ("lm_head", "head", "gate", "router", "*embed*", "*norm*")
 """Linear modules that stay in high precision, matched (fnmatch) against a module's
@@ -110,7 +110,7 @@ class Fp8Linear(nn.Linear):
     parameters, same state-dict keys as ``nn.Linear``; only the arithmetic differs.
     Inputs of any leading shape (..., in_features) are accepted. Under autocast the
     output takes the autocast dtype, otherwise the input's dtype. Inside a pipeline's
-    split backward (``dsctl.model.weight_grad.collect_weight_grads``) the wgrad GEMM
+    split backward (``dsctl.parallel.weight_grad.collect_weight_grads``) the wgrad GEMM
     and the bias gradient wait for the ``W`` op, with the same numerics.
     """
 

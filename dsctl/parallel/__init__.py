@@ -10,6 +10,6 @@ schedules (DualPipe, 1F1B) with a cost simulator, data and expert parallel helpe
     data_parallel.py    gradient averaging; expert_parallel.py: all-to-all expert dispatch
 
 Model code never imports this package; these modules wrap modules built for one device
-(a split backward's deferred weight GEMMs live in dsctl/model/weight_grad.py).
+(a split backward's deferred weight GEMMs live in dsctl/parallel/weight_grad.py).
 Import from the module that defines a name; this package imports nothing.
 """

@@ -69,9 +69,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.model.weight_grad import make_weight_grads_deferrable
 from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor, global_rank
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
+from dsctl.parallel.weight_grad import make_weight_grads_deferrable
 
 
 class _RankPlan:

@@ -22,7 +22,7 @@ over the world, so it cannot happen inside one pipeline). Checked on gloo only: 
 multi-GPU machine was available.
 
 Split backward: a ``b`` op is one ordinary autograd pass run inside
-:func:`~dsctl.model.weight_grad.collect_weight_grads`. Layers that honour it
+:func:`~dsctl.parallel.weight_grad.collect_weight_grads`. Layers that honour it
 (``DeferrableLinear``, ``Fp8Linear``) compute only their input gradients (dgrad) there
 and queue their weight-gradient GEMMs; every other parameter (norms, embeddings, router
 gates) gets its gradient at once. The stage's input gradient is sent on, and the
@@ -53,8 +53,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.model.weight_grad import WeightGradFn, collect_weight_grads
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule
+from dsctl.parallel.weight_grad import WeightGradFn, collect_weight_grads
 
 _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32]
 _HEADER_LEN = 8  # dtype code, ndim, up to 6 dims
