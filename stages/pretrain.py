@@ -79,6 +79,7 @@ def prepare_training(ctx: StageContext, placement=None):
     import torch
 
     from dsctl.model import DeepSeekV3
+    from dsctl.parallel.model_stages import build_model
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import tokenizer_dir, unigram_loss
     from dsctl.train.batches import PackedTokens, load_token_split
@@ -92,7 +93,7 @@ def prepare_training(ctx: StageContext, placement=None):
     placement = placement or Placement()
     data_world = placement.data_world
     torch.manual_seed(ctx.seed)
-    model = DeepSeekV3(config, parts=placement.model_parts(config))
+    model = build_model(config, placement.model_parts(config))
     with torch.device("meta"):  # the whole model's sizes, whatever this rank holds
         total, active = DeepSeekV3(config).num_parameters()
     ctx.info(f"model {cfg.model}: {total / 1e6:.2f}M parameters ({active / 1e6:.2f}M active per token)")

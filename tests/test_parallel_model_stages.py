@@ -8,6 +8,7 @@ import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
 from dsctl.parallel.model_stages import (
+    build_model,
     split_deepseek_v3,
     split_layers,
     stage_kwargs,
@@ -25,7 +26,7 @@ def tiny_config(layers: int = 4, mtp: int = 1) -> ModelConfig:
 
 def tiny_model(layers: int = 4, mtp: int = 1, parts=None) -> DeepSeekV3:
     torch.manual_seed(0)
-    return DeepSeekV3(tiny_config(layers, mtp), parts=parts)
+    return build_model(tiny_config(layers, mtp), parts)
 
 
 def batch(seed: int = 1):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
-from .model import AbsentPart, DeepSeekV3
+from .model import DeepSeekV3
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
@@ -54,7 +54,8 @@ def hf_tensors(model: DeepSeekV3, keep: Callable[[str], bool] | None = None,
             key = f"model.{name}"
         out[key] = tensor
     for k, module in enumerate(model.mtp):
-        if not isinstance(module, AbsentPart) and wanted(f"mtp.{k}"):
+        built = next(module.parameters(), None) is not None  # not a pipeline rank's stand-in
+        if built and wanted(f"mtp.{k}"):
             out[f"model.layers.{n + k}.embed_tokens.weight"] = model.embed_tokens.weight
             out[f"model.layers.{n + k}.shared_head.head.weight"] = model.lm_head.weight
     return out

@@ -7,7 +7,7 @@ nn.Linear, and the pipeline-relevant parts are plain attributes (`embed_tokens`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,9 @@ from .moe import MoE, Router
 from .mtp import MTPModule, shift_left
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
+
+PartBuilder = Callable[[str, Callable[[], nn.Module]], nn.Module]
+"""(part name, build) -> the module that stands for the part (see DeepSeekV3.__init__)."""
 
 
 @dataclass
@@ -51,27 +54,13 @@ class AttentionContext:
 class DeepSeekV3(nn.Module):
     """The decoder. `model(input_ids) -> logits (B, T, vocab)`; see `forward` for options."""
 
-    def __init__(self, config: ModelConfig, *, parts: Collection[str] | None = None):
-        """Build every part, or only `parts` (names from `model_parts(config)`): the others
-        are empty placeholders, so a pipeline rank holds just its stages under the same
-        parameter names. A part left out is still constructed and initialised on the side,
-        one part at a time, and dropped: torch's generator then makes exactly the draws a
-        whole build makes, so a rank's stage equals the same stage of the whole model (and
-        a whole build is what it always was) while memory never holds more than this
-        rank's parts plus one other."""
+    def __init__(self, config: ModelConfig, *, build_part: PartBuilder | None = None):
+        """Build the model. `build_part(name, build)` returns what stands for each top-level
+        part (names from `model_parts(config)`, in that order; default: `build()`): how a
+        pipeline rank builds only its stages (dsctl.parallel.model_stages.build_model)."""
         super().__init__()
         self.config = config
-        built = set(model_parts(config)) if parts is None else set(parts)
-        unknown = built - set(model_parts(config))
-        if unknown:
-            raise ValueError(f"unknown model parts {sorted(unknown)}; parts are {model_parts(config)}")
-
-        def part(name: str, build: Callable[[], nn.Module]) -> nn.Module:
-            module = build()  # its default initialisation draws happen either way
-            if name in built:
-                return module
-            return AbsentPart(name, [m.weight.shape for m in module.modules() if _drawn_at_init(m)])
-
+        part = build_part or (lambda name, build: build())
         n = config.num_hidden_layers
         self.embed_tokens = part("embed_tokens", lambda: nn.Embedding(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(part(f"layers.{i}", lambda i=i: DecoderLayer(config, i)) for i in range(n))
@@ -85,13 +74,15 @@ class DeepSeekV3(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if _drawn_at_init(module):
+        if drawn_at_init(module):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        if isinstance(module, AbsentPart):  # the draws its weights would have taken, in order
-            for shape in module.drawn_shapes:
-                torch.empty(shape).normal_(mean=0.0, std=std)
+        # A stand-in for a part built elsewhere makes the draws the part would have made, so
+        # every later part draws what it would in a whole build.
+        replay = getattr(module, "replay_init_draws", None)
+        if replay is not None:
+            replay(std)
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
@@ -281,23 +272,7 @@ def model_parts(config: ModelConfig) -> list[str]:
             + [f"mtp.{k}" for k in range(config.num_nextn_predict_layers)])
 
 
-def _drawn_at_init(module: nn.Module) -> bool:
+def drawn_at_init(module: nn.Module) -> bool:
     """Whether `_init_weights` draws this module's weight from the generator. Every such
     module is a leaf, so a part's draws follow `modules()` order."""
     return isinstance(module, (nn.Linear, nn.Embedding, Router))
-
-
-class AbsentPart(nn.Module):
-    """Where a partially built model lacks a part: no parameters, and a clear error if used."""
-
-    def __init__(self, name: str, drawn_shapes: list[torch.Size]):
-        super().__init__()
-        self.part = name
-        self.drawn_shapes = drawn_shapes
-        """Shapes of the weights the part's initialisation draws, in order."""
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError(f"model part {self.part!r} was not built on this process (DeepSeekV3(parts=...))")
-
-    def extra_repr(self) -> str:
-        return f"absent {self.part!r}"

@@ -4,7 +4,7 @@ Stage 0 embeds token ids, the last stage ends with the final RMSNorm, the LM hea
 MTP modules and the loss, and the decoder layers are spread over the stages as evenly as
 possible (earlier stages get the extra layer, since the last also runs the head). Stages
 share their modules with the model (no copy). A pipeline rank builds only the parts its
-stages use (``stage_parts`` → ``DeepSeekV3(config, parts=...)``); the parts it leaves out
+stages use (``stage_parts`` → ``build_model(config, parts)``); the parts it leaves out
 still make their random draws, so a rank's stage equals the same stage of the whole model.
 
 What a stage needs besides the boundary hidden state (token ids for the MTP embeddings,
@@ -29,14 +29,14 @@ step can log the LM, MTP and balance losses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import torch
 from torch import nn
 
 from dsctl.model import DeepSeekV3, ModelConfig
 from dsctl.model.loss import loss_from_hidden
-from dsctl.model.model import attention_context, mtp_hidden_states
+from dsctl.model.model import attention_context, drawn_at_init, model_parts, mtp_hidden_states
 
 
 class _AddAuxGrad(torch.autograd.Function):
@@ -131,7 +131,7 @@ def split_deepseek_v3(model: DeepSeekV3, num_stages: int,
 
 
 def stage_parts(config: ModelConfig, num_stages: int, indices: Iterable[int]) -> set[str]:
-    """The model parts (``dsctl.model.model_parts``) stages ``indices`` run."""
+    """The model parts (``dsctl.model.model.model_parts``) stages ``indices`` run."""
     bounds = split_layers(config.num_hidden_layers, num_stages)
     parts: set[str] = set()
     for s in indices:
@@ -173,3 +173,47 @@ def stage_kwargs(input_ids: torch.Tensor, labels: torch.Tensor | None, doc_ids: 
 
     return [{"input_ids": ids, "labels": lab, "doc_ids": doc}
             for ids, lab, doc in zip(split(input_ids), split(labels), split(doc_ids))]
+
+
+def build_model(config: ModelConfig, parts: Collection[str] | None = None) -> DeepSeekV3:
+    """The whole model, or only `parts` (names from `model_parts(config)`): the others are
+    `AbsentPart`s, so a pipeline rank holds just its stages under the same parameter names.
+    A part left out is still constructed and initialised on the side, one part at a time,
+    and dropped: torch's generator then makes exactly the draws a whole build makes, so a
+    rank's stage equals the same stage of the whole model while memory never holds more
+    than this rank's parts plus one other."""
+    if parts is None:
+        return DeepSeekV3(config)
+    known = model_parts(config)
+    unknown = set(parts) - set(known)
+    if unknown:
+        raise ValueError(f"unknown model parts {sorted(unknown)}; parts are {known}")
+
+    def build_part(name: str, build: Callable[[], nn.Module]) -> nn.Module:
+        module = build()  # its default initialisation draws happen either way
+        if name in parts:
+            return module
+        return AbsentPart(name, [m.weight.shape for m in module.modules() if drawn_at_init(m)])
+
+    return DeepSeekV3(config, build_part=build_part)
+
+
+class AbsentPart(nn.Module):
+    """Where a partially built model lacks a part: no parameters, and a clear error if used."""
+
+    def __init__(self, name: str, drawn_shapes: list[torch.Size]):
+        super().__init__()
+        self.part = name
+        self.drawn_shapes = drawn_shapes
+        """Shapes of the weights the part's initialisation draws, in order."""
+
+    def replay_init_draws(self, std: float) -> None:
+        """The draws the part's weights would have taken, in order (DeepSeekV3._init_weights)."""
+        for shape in self.drawn_shapes:
+            torch.empty(shape).normal_(mean=0.0, std=std)
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"model part {self.part!r} was not built on this process (build_model(config, parts))")
+
+    def extra_repr(self) -> str:
+        return f"absent {self.part!r}"

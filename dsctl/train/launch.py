@@ -65,7 +65,7 @@ class Placement:
     data_world: int = 1
     """Ranks that split each step's micro-batches: rank r reads micro ``m × data_world + r``."""
     parts: Callable[[Any], set[str] | None] | None = None
-    """model config -> the model parts this rank builds (``DeepSeekV3(parts=...)``); None: all."""
+    """model config -> the model parts this rank builds (``build_model(config, parts)``); None: all."""
 
     def model_parts(self, model_config: Any) -> set[str] | None:
         return self.parts(model_config) if self.parts is not None else None

@@ -198,7 +198,7 @@ class PipelineStep(_ShardedCheckpoints, StepStrategy):
         return [self.rank, mirror] if self.schedule == "dualpipe" and mirror != self.rank else [self.rank]
 
     def model_parts(self, model_config: Any) -> set[str]:
-        """What `DeepSeekV3(parts=...)` builds on this rank."""
+        """What `build_model(config, parts)` builds on this rank."""
         from dsctl.parallel.model_stages import stage_parts
 
         try:
