@@ -26,15 +26,16 @@ are template text and are not used.
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from dsctl.configs import stage_defaults
+from dsctl.data.audit import carry_planted
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, expand_paths, remove_partial_parts
 from dsctl.data.decontaminate import (
+    DecontaminateJob,
     NgramIndex,
     decontaminate_shard,
     file_eval_texts,
@@ -111,7 +112,8 @@ def run(ctx: StageContext) -> dict:
     from dsctl.tasks.problem_set import ProblemSet
 
     index, source_of = eval_index(cfg, [ProblemSet(a.path) for a in ctx.inputs_of("problems")])
-    tasks = [(i, str(path), str(ctx.out), index, cfg.docs_per_batch, "text") for i, path in enumerate(files)]
+    tasks = [DecontaminateJob(index=i, path=path, out=ctx.out, ngrams=index, batch_size=cfg.docs_per_batch)
+             for i, path in enumerate(files)]
     with executor_for(cfg) as executor, \
             StepBars(ctx) as progress:
         results = run_tasks(executor, ctx.scratch / "decontaminate", "match", decontaminate_shard, tasks, progress)
@@ -121,8 +123,7 @@ def run(ctx: StageContext) -> dict:
         stats.merge(ReadStats(**result["read"]))
         for eval_id, n in result["caught"].items():
             by_source[source_of[eval_id]] += n
-    if (source.path / "planted.jsonl").exists():
-        shutil.copyfile(source.path / "planted.jsonl", ctx.out / "planted.jsonl")
+    carry_planted(source.path, ctx.out)
     contaminated = sum(by_source.values())
     ctx.info(f"removed {contaminated:,} contaminated of {stats.rows:,} documents ({len(index):,} eval texts)")
     return {

@@ -19,9 +19,9 @@ from its finished tasks.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 
+from dsctl.data.audit import carry_planted
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import corpus_files
 from dsctl.data.dedup import DedupParams, deduplicate
@@ -46,8 +46,7 @@ def run(ctx: StageContext) -> dict:
             StepBars(ctx) as progress:
         summary = deduplicate(files, ctx.scratch / "dedup", ctx.out, cfg, executor, seed=ctx.seed,
                               batch_size=cfg.docs_per_batch, progress=progress)
-    if (source.path / "planted.jsonl").exists():
-        shutil.copyfile(source.path / "planted.jsonl", ctx.out / "planted.jsonl")
+    carry_planted(source.path, ctx.out)
     metrics = summary.metrics()
     ctx.info(
         f"kept {metrics['kept']:,} of {metrics['documents']:,} "

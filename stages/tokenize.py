@@ -28,6 +28,7 @@ from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
 from dsctl.data.executor import executor_for
 from dsctl.data.shards import (
+    EncodeJob,
     EncodeStats,
     TokenShardWriter,
     encode_shard,
@@ -127,8 +128,9 @@ def _encode(ctx: StageContext, files: list[Path]) -> tuple[EncodeStats, ReadStat
     """Encode every input shard into its own token shard files (one task each); the index
     lists them in input order, so the artifact does not depend on where tasks ran."""
     cfg: TokenizeConfig = ctx.config
-    model = str(ctx.out / "tokenizer" / "tokenizer.model")
-    tasks = [(i, str(path), str(ctx.out), model, cfg.validation_fraction, cfg.tokens_per_shard, cfg.docs_per_batch)
+    tasks = [EncodeJob(index=i, path=path, out=ctx.out, model_path=ctx.out / "tokenizer" / "tokenizer.model",
+                       validation_fraction=cfg.validation_fraction, tokens_per_shard=cfg.tokens_per_shard,
+                       batch_size=cfg.docs_per_batch)
              for i, path in enumerate(files)]
     start = time.perf_counter()
     with executor_for(cfg) as executor, \

@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from dsctl.data.decontaminate import EvalText, NgramIndex, decontaminate_shard, eval_tokens, task_eval_texts
+from dsctl.data.decontaminate import (
+    DecontaminateJob,
+    EvalText,
+    NgramIndex,
+    decontaminate_shard,
+    eval_tokens,
+    task_eval_texts,
+)
 
 WORDS = [f"tok{i}" for i in range(40)]
 
@@ -78,7 +85,7 @@ def test_a_shard_keeps_its_row_order_for_any_batch_size(tmp_path):
     outputs = []
     for batch in (7, 1024):
         out = tmp_path / f"out{batch}"
-        result = decontaminate_shard((3, str(path), str(out), index, batch, "text"))
+        result = decontaminate_shard(DecontaminateJob(index=3, path=path, out=out, ngrams=index, batch_size=batch))
         outputs.append({p.relative_to(out): p.read_bytes() for p in out.glob("*/part-00003.jsonl")})
     assert outputs[0] == outputs[1]
     caught = [i for i in range(60) if i % 25 <= 17]

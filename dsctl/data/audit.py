@@ -24,9 +24,18 @@ from typing import Any
 
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
 from dsctl.data.minhash import jaccard, shingle_set
+from dsctl.files import write_bytes_atomic
 
 FILTER_KINDS = ("junk", "boilerplate", "short", "non_english")
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
+
+
+def carry_planted(source: Path, out: Path) -> None:
+    """Copy the input corpus's planted.jsonl, if it has one, into the stage's output `out`
+    unchanged (every corpus stage does, so the audit can read it downstream)."""
+    path = source / "planted.jsonl"
+    if path.is_file():
+        write_bytes_atomic(out / "planted.jsonl", path.read_bytes())
 
 
 def read_planted(root: Path) -> dict[str, dict[str, Any]] | None:

@@ -212,17 +212,33 @@ def file_eval_texts(files: Iterable[Path], text_field: str = "text") -> Iterator
             yield EvalText(str(row.get("id", f"{path.name}:{i}")), row[text_field], path.name)
 
 
-def decontaminate_shard(task: tuple) -> dict:
+@dataclass(frozen=True)
+class DecontaminateJob:
+    """One input shard to match against the eval index."""
+
+    index: int
+    """The input shard's number (its parts are `part-NNNNN.jsonl`)."""
+    path: Path
+    """The shard's row file."""
+    out: Path
+    """The artifact: data/ and rejected/ go under it."""
+    ngrams: NgramIndex
+    """The eval texts' index. It travels with every task: eval sets are small."""
+    batch_size: int
+    """Documents matched at a time."""
+    text_field: str = "text"
+
+
+def decontaminate_shard(job: DecontaminateJob) -> dict:
     """One input shard -> data/ and rejected/ parts under `out` (a rejected row gets
     reason "contaminated" and the `eval_id` it contains); returns how many rows each eval
-    id caught and the read counts. The index travels with the task: eval sets are small."""
-    shard, path, out, index, batch_size, text_field = task
+    id caught and the read counts."""
     stats = ReadStats()
     caught: Counter[str] = Counter()
-    with PartFile(Path(out) / "data" / part_name(shard)) as kept, \
-            PartFile(Path(out) / "rejected" / part_name(shard)) as rejected:
-        for batch in batched(iter_rows([Path(path)], stats, text_field), batch_size):
-            for row, eval_id in zip(batch, index.match([row[text_field] for row in batch])):
+    with PartFile(job.out / "data" / part_name(job.index)) as kept, \
+            PartFile(job.out / "rejected" / part_name(job.index)) as rejected:
+        for batch in batched(iter_rows([job.path], stats, job.text_field), job.batch_size):
+            for row, eval_id in zip(batch, job.ngrams.match([row[job.text_field] for row in batch])):
                 if eval_id is None:
                     kept.write(row)
                 else:

@@ -23,13 +23,16 @@ a bucket, not with the corpus. The steps, and what each leaves in the work direc
 5. write, one task per shard: its kept rows to data/part-NNNNN.jsonl and the others to
    rejected/part-NNNNN.jsonl (NNNNN = the input shard's number).
 
-Every task writes its files under temporary names and renames them into place; its
-completion marker follows (dsctl.data.tasks). A rerun after a crash or kill skips every
+Each step's task is a frozen dataclass (`SignatureJob`, `BucketJob`, `CheckJob`,
+`ClusterJob`, `WriteJob`). Every task writes its files under temporary names and renames
+them into place (the arrays through `dsctl.files`); its completion marker follows
+(dsctl.data.tasks). A rerun after a crash or kill skips every
 task with a marker, so it resumes where it stopped and gives the same bytes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -54,7 +57,7 @@ from dsctl.data.minhash import (
 )
 from dsctl.data.shards import batched
 from dsctl.data.tasks import Progress, run_tasks
-from dsctl.files import write_json_atomic
+from dsctl.files import write_bytes_atomic, write_json_atomic
 
 BUCKET_ROWS = 4_000_000
 """Band entries one bucket task reads at most (16 bytes each, sorted in memory)."""
@@ -134,35 +137,57 @@ class DedupSummary:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    """np.save under a temporary name, then an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+    """An .npy file, through the one atomic writer. It is serialized in memory first, so
+    writing costs one more copy of the array: a shard's band keys, a bucket's edges, or
+    (clusters) 8 bytes per document, beside the edges that step already holds."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 # -- 1. signatures ---------------------------------------------------------------------------
 
 
-def _signature_task(task: tuple) -> None:
-    shard, path, work, text_field, batch_size, num_perm, seed, bands, rows = task
-    out = Path(work) / "signatures" / f"shard-{shard:05d}"
+@dataclass(frozen=True)
+class SignatureJob:
+    """Step 1 for one input shard: its digests, band keys, shingle sets and ids."""
+
+    index: int
+    """The input shard's number (its files are `signatures/shard-NNNNN/`)."""
+    path: Path
+    """The shard's row file."""
+    work: Path
+    """The job's work directory."""
+    text_field: str
+    batch_size: int
+    """Documents hashed at a time."""
+    num_perm: int
+    seed: int
+    """Seeds the MinHash permutations: every shard must hash with the same ones."""
+    bands: int
+    rows: int
+    """Signature values per band."""
+
+
+def _signature_task(job: SignatureJob) -> None:
+    out = job.work / "signatures" / f"shard-{job.index:05d}"
     out.mkdir(parents=True, exist_ok=True)
     stats = ReadStats()
-    hasher = MinHasher(num_perm, seed)
+    hasher = MinHasher(job.num_perm, job.seed)
     digests, keys, set_sizes, ids = [], [], [], []
     # Every document's shingle set, kept for the Jaccard check (cheaper than reading and
     # hashing the candidates' texts again): written batch by batch, renamed when complete.
+    # Streamed, so not through dsctl.files, which takes a file's whole bytes: a shard's
+    # shingle sets are the largest thing the job writes.
     sets_tmp = out / "shingles.bin.tmp"
     with open(sets_tmp, "wb") as sets_file:
         skipped: list[int] = []
-        for batch in batched(iter_rows([Path(path)], stats, text_field, skipped), batch_size):
-            words, counts, digest = hash_batch([row[text_field] for row in batch])
+        for batch in batched(iter_rows([job.path], stats, job.text_field, skipped), job.batch_size):
+            words, counts, digest = hash_batch([row[job.text_field] for row in batch])
             sets, sizes = unique_per_doc(*shingles_from_words(words, counts))
             sets.astype(np.uint64).tofile(sets_file)
             digests.append(digest)
-            keys.append(band_keys(hasher.signatures_from_shingles(sets, sizes), bands, rows))
+            keys.append(band_keys(hasher.signatures_from_shingles(sets, sizes), job.bands, job.rows))
             set_sizes.append(sizes)
             base = len(ids)  # a row without an id is named by its row number in the shard
             ids.extend(str(row.get("id", base + i)) for i, row in enumerate(batch))
@@ -171,10 +196,10 @@ def _signature_task(task: tuple) -> None:
     sizes = np.concatenate(set_sizes) if set_sizes else np.zeros(0, np.int64)
     _save(out / "shingles.offsets.npy", np.concatenate(([0], np.cumsum(sizes))).astype(np.int64))
     digest = np.concatenate(digests) if digests else np.zeros((0, 2), np.uint64)
-    key = np.concatenate(keys) if keys else np.zeros((0, bands), np.uint64)
+    key = np.concatenate(keys) if keys else np.zeros((0, job.bands), np.uint64)
     # Texts without a single word have no shingles: nothing to be near (only exact) to.
     worded = np.flatnonzero(sizes > 0)
-    for band in range(bands):
+    for band in range(job.bands):
         _save(out / f"band-{band:02d}.npy", _sorted_entries(key[worded, band], worded))
     order = np.lexsort((np.arange(n), digest[:, 1], digest[:, 0])) if n else np.zeros(0, np.int64)
     _save(out / "digest.npy", np.column_stack((digest[order], order.astype(np.uint64))))
@@ -191,22 +216,38 @@ def _sorted_entries(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
 # -- 2. buckets ------------------------------------------------------------------------------
 
 
-def _bucket_task(task: tuple) -> None:
+@dataclass(frozen=True)
+class BucketJob:
+    """Step 2 for one key range of one band: its candidate edges."""
+
+    index: int
+    """The task's number (its edges are `edges/bucket-NNNNN.npy`)."""
+    work: Path
+    band: int
+    """The LSH band, or -1 for the exact digests."""
+    key_range: int
+    """Which of `ranges` equal slices of the uint64 keys."""
+    ranges: int
+    offsets: tuple[int, ...]
+    """Each shard's first document's position in the corpus."""
+
+
+def _bucket_task(job: BucketJob) -> None:
     """Edges of one key range of one band (or of the exact digests, band -1)."""
-    number, work, band, key_range, ranges, offsets = task
-    work = Path(work)
-    lo, hi = _key_range(key_range, ranges)
+    band = job.band
+    lo, hi = _key_range(job.key_range, job.ranges)
     parts = []
-    for shard, offset in enumerate(offsets):
+    for shard, offset in enumerate(job.offsets):
         name = "digest.npy" if band < 0 else f"band-{band:02d}.npy"
-        entries = np.load(work / "signatures" / f"shard-{shard:05d}" / name, mmap_mode="r")
+        entries = np.load(job.work / "signatures" / f"shard-{shard:05d}" / name, mmap_mode="r")
         first = entries[:, 0]
         start, stop = np.searchsorted(first, lo), (np.searchsorted(first, hi) if hi is not None else len(first))
         chunk = np.array(entries[start:stop])
         chunk[:, -1] += np.uint64(offset)  # row in shard -> position in the corpus
         parts.append(chunk)
     entries = np.concatenate(parts) if parts else np.zeros((0, 2 if band >= 0 else 3), np.uint64)
-    _save(work / "edges" / f"bucket-{number:05d}.npy", bucket_pairs(entries[:, :-1], entries[:, -1].astype(np.int64)))
+    _save(job.work / "edges" / f"bucket-{job.index:05d}.npy",
+          bucket_pairs(entries[:, :-1], entries[:, -1].astype(np.int64)))
 
 
 def _key_range(index: int, ranges: int) -> tuple[np.uint64, np.uint64 | None]:
@@ -244,18 +285,28 @@ class ShingleReader:
             os.close(fd)
 
 
-def _check_task(task: tuple) -> None:
+@dataclass(frozen=True)
+class CheckJob:
+    """Step 3 for one chunk of candidate pairs (`verify/pairs-NNNNN.npy`)."""
+
+    index: int
+    """The chunk's number (its verdicts are `verify/keep-NNNNN.npy`)."""
+    work: Path
+    threshold: float
+    offsets: tuple[int, ...]
+    """Each shard's first document's position in the corpus."""
+
+
+def _check_task(job: CheckJob) -> None:
     """Which pairs of one chunk have a true shingle Jaccard at or above the threshold."""
-    number, work, threshold, offsets = task
-    work = Path(work)
-    pairs = np.load(work / "verify" / f"pairs-{number:05d}.npy")
-    shingles = ShingleReader(work, np.asarray(offsets))
+    pairs = np.load(job.work / "verify" / f"pairs-{job.index:05d}.npy")
+    shingles = ShingleReader(job.work, np.asarray(job.offsets))
     try:
-        keep = np.fromiter((jaccard(shingles(a), shingles(b)) >= threshold for a, b in pairs.tolist()),
+        keep = np.fromiter((jaccard(shingles(a), shingles(b)) >= job.threshold for a, b in pairs.tolist()),
                            dtype=bool, count=len(pairs))
     finally:
         shingles.close()
-    _save(work / "verify" / f"keep-{number:05d}.npy", keep)
+    _save(job.work / "verify" / f"keep-{job.index:05d}.npy", keep)
 
 
 # -- 4. clusters -----------------------------------------------------------------------------
@@ -283,20 +334,51 @@ def smallest_in_component(n: int, edges: np.ndarray) -> np.ndarray:
             return label
 
 
-def _cluster_task(task: tuple) -> None:
-    _, work, total, edges, exact_edges = task
-    exact = np.zeros(total, dtype=bool)
-    exact[exact_edges[:, 1]] = True  # a digest bucket's members after its first
-    _save(Path(work) / "clusters" / "survivor.npy", smallest_in_component(total, edges))
-    _save(Path(work) / "clusters" / "exact.npy", exact)
+@dataclass(frozen=True, eq=False)  # eq=False: it holds arrays, which do not compare to one bool
+class ClusterJob:
+    """Step 4, the one task that sees every edge (the `index` is 0)."""
+
+    index: int
+    work: Path
+    total: int
+    """Documents in the corpus."""
+    edges: np.ndarray
+    """(m, 2) corpus positions: every edge, exact and verified near."""
+    exact_edges: np.ndarray
+    """The digest buckets' edges alone; each pair's second member is an exact copy."""
+
+
+def _cluster_task(job: ClusterJob) -> None:
+    exact = np.zeros(job.total, dtype=bool)
+    exact[job.exact_edges[:, 1]] = True  # a digest bucket's members after its first
+    _save(job.work / "clusters" / "survivor.npy", smallest_in_component(job.total, job.edges))
+    _save(job.work / "clusters" / "exact.npy", exact)
 
 
 # -- 5. write --------------------------------------------------------------------------------
 
 
-def _write_task(task: tuple) -> None:
-    shard, path, work, out, text_field, offset, survivor_ids = task
-    work, out, path = Path(work), Path(out), Path(path)
+@dataclass(frozen=True)
+class WriteJob:
+    """Step 5 for one input shard: its kept and rejected parts."""
+
+    index: int
+    """The input shard's number (its parts are `part-NNNNN.jsonl`)."""
+    path: Path
+    """The shard's row file."""
+    work: Path
+    out: Path
+    """The artifact: data/ and rejected/ go under it."""
+    text_field: str
+    offset: int
+    """The shard's first document's position in the corpus."""
+    survivor_ids: dict[int, str]
+    """Id of every survivor in an earlier shard that a document of this one duplicates,
+    by corpus position."""
+
+
+def _write_task(job: WriteJob) -> None:
+    work, path, shard, offset = job.work, job.path, job.index, job.offset
     survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
     exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
     signatures = work / "signatures" / f"shard-{shard:05d}"
@@ -305,8 +387,9 @@ def _write_task(task: tuple) -> None:
     # A kept JSONL row goes out as the line it came in (it is unchanged), so only the
     # rejected ones are parsed and written again; other formats are rows to serialize.
     lines = iter_row_lines(path, info["skipped_lines"]) if is_jsonl(path) else None
-    rows = lines if lines is not None else iter_rows([path], ReadStats(), text_field)
-    with PartFile(out / "data" / part_name(shard)) as kept, PartFile(out / "rejected" / part_name(shard)) as rejected:
+    rows = lines if lines is not None else iter_rows([path], ReadStats(), job.text_field)
+    with PartFile(job.out / "data" / part_name(shard)) as kept, \
+            PartFile(job.out / "rejected" / part_name(shard)) as rejected:
         for i, row in enumerate(rows):
             position = offset + i
             target = int(survivor[position])
@@ -318,7 +401,7 @@ def _write_task(task: tuple) -> None:
                 continue
             reason = "exact_duplicate" if exact[position] else "near_duplicate"
             # The survivor comes earlier in input order: in this shard, or in one before.
-            of = ids[target - offset] if target >= offset else survivor_ids[target]
+            of = ids[target - offset] if target >= offset else job.survivor_ids[target]
             row = json.loads(row) if lines is not None else row
             rejected.write({**row, "reason": reason, "duplicate_of": of})
 
@@ -333,13 +416,13 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
     `out` receives data/ and rejected/."""
     bands, rows = resolve_bands(params)
     work.mkdir(parents=True, exist_ok=True)
-    shards = [(i, str(p)) for i, p in enumerate(files)]
-    run_tasks(executor, work, "signatures", _signature_task,
-              [(i, p, str(work), text_field, batch_size, params.num_perm, seed, bands, rows) for i, p in shards],
-              progress)
-    infos = [json.loads((work / "signatures" / f"shard-{i:05d}" / "info.json").read_text()) for i, _ in shards]
+    signature_jobs = [SignatureJob(index=i, path=Path(p), work=work, text_field=text_field, batch_size=batch_size,
+                                   num_perm=params.num_perm, seed=seed, bands=bands, rows=rows)
+                      for i, p in enumerate(files)]
+    run_tasks(executor, work, "signatures", _signature_task, signature_jobs, progress)
+    infos = [json.loads((work / "signatures" / f"shard-{i:05d}" / "info.json").read_text()) for i in range(len(files))]
     counts = [info["rows"] for info in infos]
-    offsets = np.concatenate(([0], np.cumsum(counts)))[:-1].astype(np.int64).tolist()
+    offsets = tuple(np.concatenate(([0], np.cumsum(counts)))[:-1].astype(np.int64).tolist())
     total = int(sum(counts))
     if total >= 1 << 32:  # edges are packed as two 32-bit positions (minhash.unique_pairs)
         raise ValueError(f"dedup takes fewer than 2^32 documents per run, got {total:,}")
@@ -348,12 +431,12 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
         summary.read.merge(ReadStats(**info["read"]))
 
     ranges = max(1, math.ceil(total / BUCKET_ROWS))
-    bucket_jobs = [(band, r) for band in range(-1, bands) for r in range(ranges)]  # band -1: digests
-    run_tasks(executor, work, "buckets", _bucket_task,
-              [(n, str(work), band, r, ranges, offsets) for n, (band, r) in enumerate(bucket_jobs)], progress)
-    exact_files = [n for n, (band, _) in enumerate(bucket_jobs) if band < 0]
+    bucket_jobs = [BucketJob(index=n, work=work, band=band, key_range=r, ranges=ranges, offsets=offsets)
+                   for n, (band, r) in enumerate((band, r) for band in range(-1, bands) for r in range(ranges))]
+    run_tasks(executor, work, "buckets", _bucket_task, bucket_jobs, progress)  # band -1: the digests
+    exact_files = [job.index for job in bucket_jobs if job.band < 0]
     exact_edges = _load_edges(work, exact_files)
-    candidates = unique_pairs(_load_edges(work, [n for n in range(len(bucket_jobs)) if n not in exact_files]))
+    candidates = unique_pairs(_load_edges(work, [job.index for job in bucket_jobs if job.band >= 0]))
     summary.candidate_pairs = int(candidates.shape[0])
 
     edges = candidates
@@ -363,7 +446,8 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
 
     # One task, in this process: union-find needs every edge at once.
     run_tasks(LocalExecutor(1), work, "clusters", _cluster_task,
-              [(0, str(work), total, np.concatenate((exact_edges, edges)), exact_edges)])
+              [ClusterJob(index=0, work=work, total=total, edges=np.concatenate((exact_edges, edges)),
+                          exact_edges=exact_edges)])
     survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
     exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
     summary.exact_duplicates = int(exact.sum())
@@ -371,10 +455,11 @@ def deduplicate(files: list[Path], work: Path, out: Path, params: DedupParams, e
 
     ids = _survivor_ids(work, survivor, offsets)
     tasks = []
-    for (i, p), offset, n in zip(shards, offsets, counts):
+    for i, (p, offset, n) in enumerate(zip(files, offsets, counts)):
         wanted = np.unique(np.asarray(survivor[offset:offset + n]))
         wanted = wanted[wanted < offset]  # survivors in earlier shards, by id
-        tasks.append((i, p, str(work), str(out), text_field, offset, {int(s): ids[int(s)] for s in wanted}))
+        tasks.append(WriteJob(index=i, path=Path(p), work=work, out=out, text_field=text_field, offset=offset,
+                              survivor_ids={int(s): ids[int(s)] for s in wanted}))
     run_tasks(executor, work, "write", _write_task, tasks, progress)
     remove_partial_parts(out)
     return summary
@@ -385,19 +470,19 @@ def _load_edges(work: Path, numbers: list[int]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
 
-def _verified(executor: Executor, work: Path, pairs: np.ndarray, offsets: list[int], threshold: float,
+def _verified(executor: Executor, work: Path, pairs: np.ndarray, offsets: tuple[int, ...], threshold: float,
               progress: Progress | None) -> np.ndarray:
     chunks = range(math.ceil(len(pairs) / PAIRS_PER_CHECK))
     for n in chunks:
         if not (work / "verify" / f"pairs-{n:05d}.npy").exists():
             _save(work / "verify" / f"pairs-{n:05d}.npy", pairs[n * PAIRS_PER_CHECK:(n + 1) * PAIRS_PER_CHECK])
-    run_tasks(executor, work, "check", _check_task, [(n, str(work), threshold, np.asarray(offsets)) for n in chunks],
-              progress)
+    run_tasks(executor, work, "check", _check_task,
+              [CheckJob(index=n, work=work, threshold=threshold, offsets=offsets) for n in chunks], progress)
     keep = np.concatenate([np.load(work / "verify" / f"keep-{n:05d}.npy") for n in chunks])
     return pairs[keep]
 
 
-def _survivor_ids(work: Path, survivor: np.ndarray, offsets: list[int]) -> dict[int, str]:
+def _survivor_ids(work: Path, survivor: np.ndarray, offsets: tuple[int, ...]) -> dict[int, str]:
     """Ids of the survivors that some other document names, read shard by shard."""
     named = np.unique(np.asarray(survivor)[np.asarray(survivor) != np.arange(len(survivor))])
     shard_of = np.searchsorted(np.asarray(offsets), named, side="right") - 1

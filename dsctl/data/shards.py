@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from dsctl.data.corpus import ReadStats, iter_rows
+from dsctl.files import write_text_atomic
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,7 +80,12 @@ def file_sha256(path: Path) -> str:
 
 class TokenShardWriter:
     """Writes `<split>-<prefix>00000.arrow`, `<split>-<prefix>00001.arrow`, ... of at most
-    `tokens_per_shard` tokens each (a document is never cut across shards)."""
+    `tokens_per_shard` tokens each (a document is never cut across shards).
+
+    The files are streamed under their own names, not through dsctl.files (which takes a
+    file's whole bytes) nor renamed into place: nothing reads them before the index that
+    lists them is written, and a task killed part-way has no marker, so its rerun writes
+    the same names with the same bytes over whatever it left."""
 
     def __init__(
         self, directory: Path, split: str, tokens_per_shard: int = 50_000_000, rows_per_batch: int = 1024,
@@ -165,7 +171,7 @@ def write_index(directory: Path, vocab_size: int, splits: dict[str, list[dict[st
         "splits": splits,
         "total_tokens": {name: sum(f["tokens"] for f in files) for name, files in splits.items()},
     }
-    (directory / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(directory / "index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
     return index
 
 
@@ -265,15 +271,32 @@ def encode_to_shards(
     return stats
 
 
-def encode_shard(task: tuple) -> dict[str, Any]:
-    """One input shard -> its token shard files (`<split>-sNNNNN-KKKKK.arrow`, NNNNN the
-    input shard's number); their index entries, the encode and the read counts."""
-    shard, path, out, model_path, validation_fraction, tokens_per_shard, batch_size = task
+@dataclass(frozen=True)
+class EncodeJob:
+    """One input shard to encode into its own token shard files."""
+
+    index: int
+    """The input shard's number (its files are `<split>-sNNNNN-KKKKK.arrow`)."""
+    path: Path
+    """The shard's row file."""
+    out: Path
+    """The artifact the token shard files go into."""
+    model_path: Path
+    """The trained tokenizer.model."""
+    validation_fraction: float
+    tokens_per_shard: int
+    batch_size: int
+    """Documents encoded at a time."""
+
+
+def encode_shard(job: EncodeJob) -> dict[str, Any]:
+    """One input shard -> its token shard files; their index entries, the encode and the
+    read counts."""
     read = ReadStats()
-    writers = {split: TokenShardWriter(Path(out), split, tokens_per_shard, prefix=f"s{shard:05d}-")
+    writers = {split: TokenShardWriter(job.out, split, job.tokens_per_shard, prefix=f"s{job.index:05d}-")
                for split in ("train", "validation")}
-    stats = encode_to_shards(iter_rows([Path(path)], read), Path(model_path), writers, validation_fraction,
-                             batch_size=batch_size)
+    stats = encode_to_shards(iter_rows([job.path], read), job.model_path, writers, job.validation_fraction,
+                             batch_size=job.batch_size)
     files = {split: w.close(keep_empty=False) for split, w in writers.items()}
     return {"files": files, "stats": asdict(stats), "read": asdict(read)}
 

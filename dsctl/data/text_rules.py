@@ -1,7 +1,7 @@
 """Text normalization and the heuristic quality rules of the clean stage.
 
-Each rule is a small named function `rule(doc, cfg) -> bool` (True = reject) with its
-threshold in the clean config under a matching name; `RULES` lists them in the order
+Each rule is a small named function `rule(doc, rules) -> bool` (True = reject) with its
+threshold in `CleanRules` (dsctl/data/clean.py) under a matching name; `RULES` lists them in the order
 they are tried, and the first that fires is the row's `reason`. The rules follow
 Gopher (MassiveText), C4 and FineWeb, with their thresholds as defaults. One deliberate
 change: Gopher's n-gram repetition rules only judge documents of 100+ words, because in
@@ -27,7 +27,10 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from dsctl.data.clean import CleanRules
 
 _TAGS = re.compile(r"</?(?:think|answer)>")
 _MATH_WORD = re.compile(r"[-+−]?\d+(?:[-+*/×÷=<>^−.,]+\d+)*x?|[-+*/×÷=<>^−]+")
@@ -106,88 +109,88 @@ class Doc:
         return [w for w in words if w]
 
 
-Rule = Callable[[Doc, Any], bool]
+Rule = Callable[[Doc, "CleanRules"], bool]
 
 
-def min_words(doc: Doc, cfg: Any) -> bool:
-    return len(doc.words) < cfg.min_words
+def min_words(doc: Doc, rules: CleanRules) -> bool:
+    return len(doc.words) < rules.min_words
 
 
-def max_words(doc: Doc, cfg: Any) -> bool:
-    return len(doc.words) > cfg.max_words
+def max_words(doc: Doc, rules: CleanRules) -> bool:
+    return len(doc.words) > rules.max_words
 
 
 #: Site chrome comes in short lines; a paragraph that mentions a privacy policy is text.
 BOILERPLATE_MAX_LINE_WORDS = 15
 
 
-def boilerplate(doc: Doc, cfg: Any) -> bool:
+def boilerplate(doc: Doc, rules: CleanRules) -> bool:
     hits = sum(
         len(line.split()) <= BOILERPLATE_MAX_LINE_WORDS and any(p in line.lower() for p in BOILERPLATE_PHRASES)
         for line in doc.lines
     )
-    return hits / len(doc.lines) > cfg.max_boilerplate_line_fraction
+    return hits / len(doc.lines) > rules.max_boilerplate_line_fraction
 
 
-def stop_words(doc: Doc, cfg: Any) -> bool:
+def stop_words(doc: Doc, rules: CleanRules) -> bool:
     """Gopher's stop words are English: a document identified as another (allowed)
     language is not judged by them."""
     if doc.language not in (None, "en"):
         return False
-    return sum(w in STOP_WORDS for w in doc.lower_prose_words) < cfg.min_stop_words
+    return sum(w in STOP_WORDS for w in doc.lower_prose_words) < rules.min_stop_words
 
 
-def mean_word_length(doc: Doc, cfg: Any) -> bool:
+def mean_word_length(doc: Doc, rules: CleanRules) -> bool:
     words = doc.lower_prose_words
     mean = sum(map(len, words)) / len(words) if words else 0.0
-    return not cfg.min_mean_word_length <= mean <= cfg.max_mean_word_length
+    return not rules.min_mean_word_length <= mean <= rules.max_mean_word_length
 
 
-def symbol_word_ratio(doc: Doc, cfg: Any) -> bool:
+def symbol_word_ratio(doc: Doc, rules: CleanRules) -> bool:
     symbols = doc.text.count("#") + doc.text.count("...") + doc.text.count("…")
-    return symbols / max(1, len(doc.words)) > cfg.max_symbol_word_ratio
+    return symbols / max(1, len(doc.words)) > rules.max_symbol_word_ratio
 
 
-def alpha_words(doc: Doc, cfg: Any) -> bool:
+def alpha_words(doc: Doc, rules: CleanRules) -> bool:
     words = doc.prose_words
     with_letter = sum(any(c.isalpha() for c in w) for w in words)
-    return with_letter / max(1, len(words)) < cfg.min_alpha_word_fraction
+    return with_letter / max(1, len(words)) < rules.min_alpha_word_fraction
 
 
-def non_alpha_chars(doc: Doc, cfg: Any) -> bool:
+def non_alpha_chars(doc: Doc, rules: CleanRules) -> bool:
     chars = "".join(doc.prose_words)
     other = sum(not c.isalpha() for c in chars)
-    return other / max(1, len(chars)) > cfg.max_non_alpha_char_fraction
+    return other / max(1, len(chars)) > rules.max_non_alpha_char_fraction
 
 
-def bullet_lines(doc: Doc, cfg: Any) -> bool:
+def bullet_lines(doc: Doc, rules: CleanRules) -> bool:
     bullets = sum(bool(_BULLET.match(line.lstrip())) for line in doc.lines)
-    return bullets / len(doc.lines) > cfg.max_bullet_line_fraction
+    return bullets / len(doc.lines) > rules.max_bullet_line_fraction
 
 
-def ellipsis_lines(doc: Doc, cfg: Any) -> bool:
+def ellipsis_lines(doc: Doc, rules: CleanRules) -> bool:
     ends = sum(line.rstrip().endswith(("...", "…")) for line in doc.lines)
-    return ends / len(doc.lines) > cfg.max_ellipsis_line_fraction
+    return ends / len(doc.lines) > rules.max_ellipsis_line_fraction
 
 
-def duplicate_lines(doc: Doc, cfg: Any) -> bool:
+def duplicate_lines(doc: Doc, rules: CleanRules) -> bool:
     counts = Counter(doc.lines)
     repeated = [(line, n - 1) for line, n in counts.items() if n > 1]
     dup_lines = sum(n for _, n in repeated) / len(doc.lines)
     dup_chars = sum(len(line) * n for line, n in repeated) / max(1, len(doc.text))
-    return dup_lines > cfg.max_duplicate_line_fraction or dup_chars > cfg.max_duplicate_line_char_fraction
+    return dup_lines > rules.max_duplicate_line_fraction or dup_chars > rules.max_duplicate_line_char_fraction
 
 
-def top_ngrams(doc: Doc, cfg: Any) -> bool:
+def top_ngrams(doc: Doc, rules: CleanRules) -> bool:
     """Gopher: the most frequent 2/3/4-gram must not cover too many characters.
 
     Over all words, numbers included: "carry 1" and "carry 2" are different steps,
     not a repeated phrase."""
     words = doc.lower_words
-    if len(words) < cfg.repetition_min_words:
+    if len(words) < rules.repetition_min_words:
         return False
     total = sum(map(len, words))
-    for n, limit in zip((2, 3, 4), cfg.max_top_ngram_char_fraction):
+    for n, limit in zip((2, 3, 4), rules.max_top_ngram_char_fraction):
         grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
         if grams:
             gram, count = grams.most_common(1)[0]
@@ -196,13 +199,13 @@ def top_ngrams(doc: Doc, cfg: Any) -> bool:
     return False
 
 
-def duplicate_ngrams(doc: Doc, cfg: Any) -> bool:
+def duplicate_ngrams(doc: Doc, rules: CleanRules) -> bool:
     """Gopher: characters inside repeated 5..10-grams must stay below per-n limits."""
     words = doc.lower_words
-    if len(words) < cfg.repetition_min_words:
+    if len(words) < rules.repetition_min_words:
         return False
     total = sum(map(len, words))
-    for n, limit in zip(range(5, 11), cfg.max_duplicate_ngram_char_fraction):
+    for n, limit in zip(range(5, 11), rules.max_duplicate_ngram_char_fraction):
         grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
         counts = Counter(grams)
         covered = [False] * len(words)
@@ -215,17 +218,17 @@ def duplicate_ngrams(doc: Doc, cfg: Any) -> bool:
     return False
 
 
-def line_punctuation(doc: Doc, cfg: Any) -> bool:
+def line_punctuation(doc: Doc, rules: CleanRules) -> bool:
     """FineWeb: too few lines end like a sentence (menus, lists of links)."""
     lines = doc.prose_lines or doc.lines
     ended = sum(line.endswith(_TERMINAL) for line in lines)
-    return ended / len(lines) < cfg.min_line_punctuation_fraction
+    return ended / len(lines) < rules.min_line_punctuation_fraction
 
 
-def short_lines(doc: Doc, cfg: Any) -> bool:
+def short_lines(doc: Doc, rules: CleanRules) -> bool:
     """FineWeb: a page of mostly very short lines is navigation, not text."""
-    short = sum(len(line) <= cfg.short_line_chars for line in doc.lines)
-    return short / len(doc.lines) > cfg.max_short_line_fraction
+    short = sum(len(line) <= rules.short_line_chars for line in doc.lines)
+    return short / len(doc.lines) > rules.max_short_line_fraction
 
 
 #: The heuristic rules in the order they are tried: size and chrome first, then the
