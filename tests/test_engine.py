@@ -114,15 +114,15 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(model):
 def test_a_failing_step_fails_its_requests_and_the_loop_serves_the_next(model, monkeypatch):
     engine = DecodeEngine(model, lambda ids: "")
     calls = {"n": 0}
-    forward = model.forward
+    outputs = model.outputs  # every pass goes through it (forward too)
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] in (1, 4):  # the first request's prefill, then the second's second step
             raise RuntimeError("simulated kernel failure")
-        return forward(*args, **kwargs)
+        return outputs(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", flaky)
+    monkeypatch.setattr(model, "outputs", flaky)
     try:
         outcomes = []
         for prompt in prompts()[:3]:

@@ -25,7 +25,7 @@ def test_mtp_depth1_reads_token_t_plus_1_and_predicts_t_plus_2():
     model = _model(1)
     ids = torch.randint(0, 2048, (2, 10))
     with torch.no_grad():
-        out = model(ids, return_outputs=True, mtp=True)
+        out = model.outputs(ids, mtp=True)
         # Independent recomputation over the first T-1 positions, no filler token involved.
         mtp = model.mtp[0]
         x = mtp.eh_proj(torch.cat((mtp.enorm(model.embed_tokens(ids[:, 1:])), mtp.hnorm(out.hidden_states[:, :-1])),
@@ -43,7 +43,7 @@ def test_mtp_loss_averages_depths_with_targets_t_plus_k_plus_1():
     model = _model(2)
     ids = torch.randint(0, 2048, (1, 9))
     with torch.no_grad():
-        out = model(ids, return_outputs=True, mtp=True)
+        out = model.outputs(ids, mtp=True)
         loss = compute_loss(model, ids, mtp_weight=1.0)
     per_depth = [F.cross_entropy(lg[0, : 9 - k - 1], ids[0, k + 1:]) for k, lg in enumerate(out.mtp_logits, 1)]
     torch.testing.assert_close(loss.mtp_loss, torch.stack(per_depth).mean())

@@ -219,7 +219,7 @@ def stream(model: DeepSeekV3, prompt: Sequence[int], *, max_new_tokens: int = 64
 def _speculative_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, seed) -> GenerationResult:
     # Each verify step uses two slots: [next token, draft]; allocate for the worst case.
     ids, mask, cache, L = _left_pad(model, prompts, 2 * rows.rule.max_new_tokens + 2, with_mtp=True)
-    out = model(ids, attention_mask=mask[:, :L], cache=cache, return_outputs=True)
+    out = model.outputs(ids, attention_mask=mask[:, :L], cache=cache)
     cur = out.logits[:, -1].argmax(-1)  # the first generated token, not yet fed to the model
     for row, t in enumerate(cur.tolist()):
         rows.emit(row, t)
@@ -230,8 +230,7 @@ def _speculative_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, se
     slot, proposed, accepted, passes = L, 0, 0, 0
     while not rows.done:
         mask[:, slot:slot + 2] = 1
-        out = model(torch.stack((cur, draft), 1), attention_mask=mask[:, :slot + 2], cache=cache,
-                    return_outputs=True)
+        out = model.outputs(torch.stack((cur, draft), 1), attention_mask=mask[:, :slot + 2], cache=cache)
         passes += 1
         y = out.logits.argmax(-1)  # (B, 2): main-model greedy after cur, after draft
         ok = y[:, 0] == draft

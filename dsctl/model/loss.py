@@ -98,8 +98,8 @@ def compute_loss(model: DeepSeekV3, input_ids: torch.Tensor, labels: torch.Tenso
         labels = labels.masked_fill(attention_mask == 0, IGNORE_INDEX)
     weight = model.config.mtp_loss_weight if mtp_weight is None else mtp_weight
     use_mtp = weight > 0 and len(model.mtp) > 0
-    out = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
-                mtp=use_mtp, return_outputs=True, compute_logits=False)
+    out = model.outputs(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
+                        mtp=use_mtp, compute_logits=False)
     return loss_from_hidden(model.lm_head, model.norm, model.mtp if use_mtp else [], out.hidden_states,
                             out.mtp_hidden_states, out.balance_loss, labels, doc_ids, weight, return_logits)
 

@@ -52,7 +52,8 @@ class AttentionContext:
 
 
 class DeepSeekV3(nn.Module):
-    """The decoder. `model(input_ids) -> logits (B, T, vocab)`; see `forward` for options."""
+    """The decoder. `model(input_ids) -> logits (B, T, vocab)`; `model.outputs(input_ids)`
+    -> ModelOutput, everything one pass computes."""
 
     def __init__(self, config: ModelConfig, *, build_part: PartBuilder | None = None):
         """Build the model. `build_part(name, build)` returns what stands for each top-level
@@ -87,10 +88,19 @@ class DeepSeekV3(nn.Module):
     # ---- forward ------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+                cache: LatentCache | None = None, attn_impl: str | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, vocab); `outputs` documents the options and
+        returns everything else one pass computes (hidden states, balance loss, MTP)."""
+        return self.outputs(input_ids, attention_mask=attention_mask, position_ids=position_ids, doc_ids=doc_ids,
+                            cache=cache, attn_impl=attn_impl, logits_to_keep=logits_to_keep).logits
+
+    def outputs(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
                 cache: LatentCache | None = None, attn_impl: str | None = None, mtp: bool = False,
-                logits_to_keep: int = 0, return_outputs: bool = False,
-                compute_logits: bool = True) -> torch.Tensor | ModelOutput:
-        """input_ids (B, T) -> logits (B, T, vocab), or a ModelOutput if return_outputs.
+                logits_to_keep: int = 0, compute_logits: bool = True) -> ModelOutput:
+        """One forward pass, all of it: logits, the last hidden states, the balance loss and,
+        with `mtp`, the MTP modules' outputs.
 
         attention_mask: (B, S) 1 = real, 0 = pad (S = cached slots + T); for left padding.
             Positions then count real tokens only, so a left-padded row scores like unpadded.
@@ -116,10 +126,8 @@ class DeepSeekV3(nn.Module):
         if cache is not None:
             cache.length = max(cache.length, past + input_ids.shape[1])
         logits = None
-        if compute_logits or not return_outputs:
+        if compute_logits:
             logits = self.lm_head(self.norm(h[:, -logits_to_keep:] if logits_to_keep else h))
-        if not return_outputs:
-            return logits
         out = ModelOutput(logits=logits, hidden_states=h, balance_loss=balance)
         if mtp:
             out.mtp_hidden_states, mtp_balance = mtp_hidden_states(self.mtp, self.embed_tokens, h, input_ids, ctx, impl)

@@ -85,7 +85,7 @@ def completion_logprobs(model, batch: ScoringBatch, temperature: float = 1.0) ->
     device = model.embed_tokens.weight.device
     ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
     C = ids.shape[1] - batch.prompt_len
-    out = model(ids, attention_mask=attn, logits_to_keep=C + 1, return_outputs=True)
+    out = model.outputs(ids, attention_mask=attn, logits_to_keep=C + 1)
     logits = out.logits[:, :-1].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature

@@ -128,7 +128,7 @@ class DecodeEngine:
         request.rule = StopRule(p.max_tokens, frozenset(p.stop_token_ids), p.stop, self.decode)
         cache = LatentCache(self.model.config, self._layers, 1, len(request.prompt))
         try:
-            out = self.model(torch.tensor([request.prompt]), cache=cache, logits_to_keep=1, return_outputs=True)
+            out = self.model.outputs(torch.tensor([request.prompt]), cache=cache, logits_to_keep=1)
             logits = out.logits[0, -1]
             if self.speculative and request.params.temperature == 0:
                 # MTP prefill: slot i pairs the main hidden state at i with the token after it
@@ -198,7 +198,7 @@ class DecodeEngine:
             raise RuntimeError("decode batch ran out of cache slots")
         fed = torch.tensor([[r.tokens[-1], r.tokens[-1] if r.draft is None else r.draft] for r in self.active])
         self.mask[:, clock:clock + 2] = 1
-        out = self.model(fed, attention_mask=self.mask[:, :clock + 2], cache=self.batch, return_outputs=True)
+        out = self.model.outputs(fed, attention_mask=self.mask[:, :clock + 2], cache=self.batch)
         self.steps += 1
         greedy = out.logits.argmax(-1)  # (B, 2): after the last token, after the draft
         kept = []  # per row: whether its second slot holds a token the row keeps
