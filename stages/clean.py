@@ -31,8 +31,8 @@ from dsctl.data.clean import RULE_NAMES, CleanJob, CleanRules, clean_shard
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, expand_paths, remove_partial_parts
 from dsctl.data.executor import executor_for
+from dsctl.data.jobs import StepBars, run_tasks
 from dsctl.data.quality import read_examples, train_quality_model
-from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.store import sha256_file

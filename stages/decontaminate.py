@@ -43,8 +43,8 @@ from dsctl.data.decontaminate import (
     task_eval_texts,
 )
 from dsctl.data.executor import executor_for
+from dsctl.data.jobs import StepBars, run_tasks
 from dsctl.data.shards import file_sha256
-from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.tasks import FAMILIES

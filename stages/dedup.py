@@ -26,7 +26,7 @@ from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import corpus_files
 from dsctl.data.dedup import DedupParams, deduplicate
 from dsctl.data.executor import executor_for
-from dsctl.data.tasks import StepBars
+from dsctl.data.jobs import StepBars
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 

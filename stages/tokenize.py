@@ -27,6 +27,7 @@ from dsctl.configs import stage_defaults
 from dsctl.data.config import DataWorkConfig
 from dsctl.data.corpus import ReadStats, corpus_files, iter_rows
 from dsctl.data.executor import executor_for
+from dsctl.data.jobs import StepBars, run_tasks
 from dsctl.data.shards import (
     EncodeJob,
     EncodeStats,
@@ -36,7 +37,6 @@ from dsctl.data.shards import (
     merge_encode_stats,
     write_index,
 )
-from dsctl.data.tasks import StepBars, run_tasks
 from dsctl.errors import UserError
 from dsctl.stage import Input, StageContext, StageSpec
 from dsctl.store import Artifact

@@ -26,7 +26,7 @@ a bucket, not with the corpus. The steps, and what each leaves in the work direc
 Each step's task is a frozen dataclass (`SignatureJob`, `BucketJob`, `CheckJob`,
 `ClusterJob`, `WriteJob`). Every task writes its files under temporary names and renames
 them into place (the arrays through `dsctl.files`); its completion marker follows
-(dsctl.data.tasks). A rerun after a crash or kill skips every
+(dsctl.data.jobs). A rerun after a crash or kill skips every
 task with a marker, so it resumes where it stopped and gives the same bytes.
 """
 
@@ -44,6 +44,7 @@ import numpy as np
 
 from dsctl.data.corpus import PartFile, ReadStats, is_jsonl, iter_row_lines, iter_rows, part_name, remove_partial_parts
 from dsctl.data.executor import Executor, LocalExecutor
+from dsctl.data.jobs import Progress, run_tasks
 from dsctl.data.minhash import (
     MinHasher,
     band_keys,
@@ -56,7 +57,6 @@ from dsctl.data.minhash import (
     unique_per_doc,
 )
 from dsctl.data.shards import batched
-from dsctl.data.tasks import Progress, run_tasks
 from dsctl.files import write_bytes_atomic, write_json_atomic
 
 BUCKET_ROWS = 4_000_000

@@ -18,7 +18,7 @@ By default a pair's two ops run one after the other: the forward's send is in fl
 while the backward computes. A chunk class that can truly interleave its forward and
 backward (DeepSeek splits attention / dispatch / MLP / combine across two CUDA streams)
 defines ``overlapped_forward_backward``, which the executor calls for every paired slot
-(see ``PipelineExecutor._forward_backward``).
+(see ``ScheduleRunner._forward_backward``).
 
 Rank ``r`` of ``P`` with ``h = min(r, P-1-r)``, ``H = P/2`` and ``N`` micro-batches per
 direction runs eight phases. "Phase-0" is the direction whose entry is on this rank's
@@ -69,7 +69,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor, global_rank
+from dsctl.parallel.pipeline import LinkGroups, ScheduleRunner, global_rank
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
 from dsctl.parallel.weight_grad import make_weight_grads_deferrable
 
@@ -220,7 +220,7 @@ class DualPipe:
                 make_weight_grads_deferrable(chunk)
         self.mirror = self.num_ranks - 1 - self.rank
         self.idle_s = 0.0
-        """Seconds the last step waited on neighbours (see PipelineExecutor.idle_s)."""
+        """Seconds the last step waited on neighbours (see ScheduleRunner.idle_s)."""
 
     def step(
         self,
@@ -236,7 +236,7 @@ class DualPipe:
         first half enters at rank 0, the second half at rank ``P-1``.
         """
         schedule = dualpipe_schedule(self.num_ranks, num_microbatches)
-        executor = PipelineExecutor(schedule, {0: self.chunks[0], 1: self.chunks[1]}, self.loss_fn, self.group,
+        executor = ScheduleRunner(schedule, {0: self.chunks[0], 1: self.chunks[1]}, self.loss_fn, self.group,
                                     self.links, self.defer_weight_grad)
         loss_sum = executor.run(inputs, labels, micro_kwargs)
         self.idle_s = executor.idle_s

@@ -80,7 +80,7 @@ class DeepSeekV3Stage(nn.Module):
         self.reset_stats()
 
     def set_loss_scale(self, scale: float) -> None:
-        """Called by ``PipelineExecutor``: the factor every micro-batch loss is multiplied by."""
+        """Called by ``ScheduleRunner``: the factor every micro-batch loss is multiplied by."""
         self.loss_scale = scale
 
     def reset_stats(self) -> None:

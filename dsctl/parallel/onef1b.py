@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsctl.parallel.pipeline import LinkGroups, PipelineExecutor
+from dsctl.parallel.pipeline import LinkGroups, ScheduleRunner
 from dsctl.parallel.schedule import Op, OpKind, PipelineSchedule, Slot
 
 
@@ -67,7 +67,7 @@ class OneF1B:
         self.num_ranks = dist.get_world_size(self.group)
         self.links = LinkGroups.for_group(self.group, links)
         self.idle_s = 0.0
-        """Seconds the last step waited on neighbours (see PipelineExecutor.idle_s)."""
+        """Seconds the last step waited on neighbours (see ScheduleRunner.idle_s)."""
 
     def step(
         self,
@@ -82,7 +82,7 @@ class OneF1B:
         None); both are split along dim 0 into ``num_microbatches`` micro-batches.
         """
         schedule = onef1b_schedule(self.num_ranks, num_microbatches)
-        executor = PipelineExecutor(schedule, {0: self.stage}, self.loss_fn, self.group,
+        executor = ScheduleRunner(schedule, {0: self.stage}, self.loss_fn, self.group,
                                     self.links)
         loss_sum = executor.run(inputs, labels, micro_kwargs)
         self.idle_s = executor.idle_s

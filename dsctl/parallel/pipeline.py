@@ -33,7 +33,7 @@ b computes everything. ``defer_weight_grad=False`` computes all gradients at ``b
 weight GEMMs are then not held back to fill bubbles, and dy and x are freed earlier.
 
 Paired slots (DualPipe's steady state: a forward of one chunk with a backward of the
-other) go through ``PipelineExecutor._forward_backward``, where a chunk class can take
+other) go through ``ScheduleRunner._forward_backward``, where a chunk class can take
 over with an ``overlapped_forward_backward`` hook (see there).
 
 Each message is a small int64 header (dtype, shape) followed by the payload, so stage
@@ -171,7 +171,7 @@ class _Inbox:
         return self.parked.pop(key)
 
 
-class PipelineExecutor:
+class ScheduleRunner:
     """Executes this rank's part of ``schedule`` once (one training step).
 
     ``chunks[direction]`` is the module this rank runs for micro-batches of that

@@ -1,4 +1,5 @@
-"""Resumable task sets: a step of a data job as numbered tasks with completion markers.
+"""Resumable data jobs: a step of a data stage as numbered tasks with completion markers.
+(`dsctl.tasks` is something else: the reasoning problems.)
 
 A task is a frozen dataclass (a `Task`: picklable, so a process pool or Ray ships it)
 whose `index` is its number within the step; its function writes whatever files it
