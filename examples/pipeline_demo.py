@@ -22,8 +22,8 @@ import torch
 from dsctl.model import DeepSeekV3, ModelConfig
 from dsctl.parallel.dist import distributed
 from dsctl.parallel.dualpipe import DualPipe
-from dsctl.parallel.model_stages import split_deepseek_v3, stage_kwargs
 from dsctl.parallel.onef1b import OneF1B
+from dsctl.parallel.pipeline_stages import split_deepseek_v3, stage_kwargs
 
 
 @dataclass

@@ -79,7 +79,7 @@ def prepare_training(ctx: StageContext, placement=None):
     import torch
 
     from dsctl.model import DeepSeekV3
-    from dsctl.parallel.model_stages import build_model
+    from dsctl.parallel.pipeline_stages import build_model
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import tokenizer_dir, unigram_loss
     from dsctl.train.batches import PackedTokens, load_token_split

@@ -18,8 +18,8 @@ from dsctl.parallel.data_parallel import all_reduce_grads
 from dsctl.parallel.dist import pipeline_data_groups
 from dsctl.parallel.dualpipe import DualPipe, dualpipe_schedule
 from dsctl.parallel.launch import spawn_workers
-from dsctl.parallel.model_stages import split_deepseek_v3, stage_kwargs
 from dsctl.parallel.onef1b import OneF1B
+from dsctl.parallel.pipeline_stages import split_deepseek_v3, stage_kwargs
 from dsctl.parallel.schedule import OpKind
 from dsctl.parallel.weight_grad import DeferrableLinear
 

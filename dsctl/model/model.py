@@ -58,7 +58,7 @@ class DeepSeekV3(nn.Module):
     def __init__(self, config: ModelConfig, *, build_part: PartBuilder | None = None):
         """Build the model. `build_part(name, build)` returns what stands for each top-level
         part (names from `model_parts(config)`, in that order; default: `build()`): how a
-        pipeline rank builds only its stages (dsctl.parallel.model_stages.build_model)."""
+        pipeline rank builds only its stages (dsctl.parallel.pipeline_stages.build_model)."""
         super().__init__()
         self.config = config
         part = build_part or (lambda name, build: build())

@@ -6,7 +6,7 @@ schedules (DualPipe, 1F1B) with a cost simulator, data and expert parallel helpe
     schedule.py         pipeline ops; dualpipe.py, onef1b.py: the two schedules
     schedule_sim.py     the schedules' cost simulator (python -m dsctl.parallel.schedule_sim)
     pipeline.py         the executor that runs a schedule over real processes
-    model_stages.py     the DeepSeekV3 stage adapter (builds, cuts and runs the model's parts)
+    pipeline_stages.py     the DeepSeekV3 stage adapter (builds, cuts and runs the model's parts)
     data_parallel.py    gradient averaging; expert_parallel.py: all-to-all expert dispatch
 
 Model code never imports this package; these modules wrap modules built for one device

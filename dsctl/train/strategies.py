@@ -199,7 +199,7 @@ class PipelineStep(_ShardedCheckpoints, StepStrategy):
 
     def model_parts(self, model_config: Any) -> set[str]:
         """What `build_model(config, parts)` builds on this rank."""
-        from dsctl.parallel.model_stages import stage_parts
+        from dsctl.parallel.pipeline_stages import stage_parts
 
         try:
             return stage_parts(model_config, self.world, self.stage_indices)
@@ -208,8 +208,8 @@ class PipelineStep(_ShardedCheckpoints, StepStrategy):
 
     def bind(self, trainer: Trainer) -> None:
         from dsctl.parallel.dualpipe import DualPipe
-        from dsctl.parallel.model_stages import split_deepseek_v3, stage_of_parameter, tied_parameter_names
         from dsctl.parallel.onef1b import OneF1B
+        from dsctl.parallel.pipeline_stages import split_deepseek_v3, stage_of_parameter, tied_parameter_names
 
         model, config = trainer.model, trainer.model.config
         self.chunks = tuple(split_deepseek_v3(model, self.world, self.stage_indices))
@@ -231,7 +231,7 @@ class PipelineStep(_ShardedCheckpoints, StepStrategy):
                 self.tied = [named[n] for n in tied_parameter_names(config, self.world)]
 
     def forward_backward(self, trainer: Trainer, step: int) -> tuple[dict[str, float], int]:
-        from dsctl.parallel.model_stages import stage_kwargs
+        from dsctl.parallel.pipeline_stages import stage_kwargs
 
         micros = [trainer.batches.batch(step, m) for m in range(trainer.cfg.grad_accum)]
         inputs = torch.cat([b["input_ids"] for b in micros]).to(trainer.device)
@@ -293,7 +293,7 @@ class PipelineStep(_ShardedCheckpoints, StepStrategy):
     def _forward_chain(self, trainer: LMTrainer, batch: dict[str, torch.Tensor]) -> None:
         """One batch through the stages without gradients: rank s runs stage s on what rank
         s-1 sent and passes the hidden state on; the last stage records the losses."""
-        from dsctl.parallel.model_stages import stage_kwargs
+        from dsctl.parallel.pipeline_stages import stage_kwargs
 
         ids = batch["input_ids"].to(trainer.device)
         doc_ids = batch.get("doc_ids") if trainer.cfg.doc_masking else None

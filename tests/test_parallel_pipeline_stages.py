@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
-from dsctl.parallel.model_stages import (
+from dsctl.parallel.pipeline_stages import (
     build_model,
     split_deepseek_v3,
     split_layers,

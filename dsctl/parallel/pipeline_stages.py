@@ -54,7 +54,7 @@ class _AddAuxGrad(torch.autograd.Function):
         return grad, aux_grad, None
 
 
-class DeepSeekV3Stage(nn.Module):
+class PipelineStage(nn.Module):
     """Layers ``[start, end)`` of a ``DeepSeekV3``, plus the embedding (first) or the head,
     MTP and loss (last): ``stage(x, input_ids=..., labels=..., doc_ids=...)`` maps token ids
     (first) or the hidden state to the next hidden state, or to the micro-batch loss (last)."""
@@ -122,12 +122,12 @@ def split_layers(num_layers: int, num_stages: int) -> list[tuple[int, int]]:
 
 
 def split_deepseek_v3(model: DeepSeekV3, num_stages: int,
-                      indices: Iterable[int] | None = None) -> list[DeepSeekV3Stage]:
+                      indices: Iterable[int] | None = None) -> list[PipelineStage]:
     """Stages ``indices`` (default: all) of the ``num_stages`` cut of ``model``; a partial
     model needs the parts ``stage_parts`` names for them."""
     bounds = split_layers(len(model.layers), num_stages)
     wanted = range(num_stages) if indices is None else indices
-    return [DeepSeekV3Stage(model, *bounds[s], first=s == 0, last=s == num_stages - 1) for s in wanted]
+    return [PipelineStage(model, *bounds[s], first=s == 0, last=s == num_stages - 1) for s in wanted]
 
 
 def stage_parts(config: ModelConfig, num_stages: int, indices: Iterable[int]) -> set[str]:
