@@ -1,13 +1,11 @@
-"""Batched sampling with the MLA latent cache, and greedy MTP self-speculative decoding.
+"""Batched sampling and greedy MTP self-speculative decoding, driven on the one decoding
+core (`decode.DecodeBatch`: rows over one latent cache, left-padded to one slot clock).
 
-Prompts of different lengths are left-padded; the attention mask hides the padding and
-positions count real tokens only, so each row decodes exactly as it would alone. The
-prompt is prefilled with the explicit attention path; each new token then runs the
-absorbed path against the cached c_kv/k_pe.
-
-Speculative mode (greedy only): MTP module 1 drafts the token after next; the main model
-checks [next, draft] in one forward. A rejected draft's cache slot is not deleted but
-masked out for the rest of the generation, so rows of one batch can accept differently.
+Prompts are prefilled with the explicit attention path; each new token then runs the
+absorbed path against the cached c_kv/k_pe. Speculative mode (greedy only): MTP module 1
+drafts the token after next and the main model checks [next, draft] in one forward; a
+rejected draft's slot stays masked, so rows of one batch can accept differently. Every
+row ends by one `StopRule`.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .mla import LatentCache
+from .decode import DecodeBatch
 from .model import DeepSeekV3
 
 
@@ -154,32 +152,17 @@ def generate(model: DeepSeekV3, prompts: Sequence[Sequence[int]], *, max_new_tok
     return result
 
 
-def _left_pad(model: DeepSeekV3, prompts: list[list[int]], extra_slots: int, with_mtp: bool = False):
-    """(ids (B, L), mask (B, L + extra_slots) with the prompt part filled, cache, L)."""
-    device = model.embed_tokens.weight.device
-    B, L = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros(B, L, dtype=torch.long, device=device)
-    mask = torch.zeros(B, L + extra_slots, dtype=torch.long, device=device)
-    for row, p in enumerate(prompts):
-        ids[row, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
-        mask[row, L - len(p):L] = 1
-    n_layers = model.config.num_hidden_layers + (len(model.mtp) if with_mtp else 0)
-    cache = LatentCache(model.config, n_layers, B, L + extra_slots,
-                        dtype=model.embed_tokens.weight.dtype, device=device)
-    return ids, mask, cache, L
-
-
 def _sampled_tokens(model, prompts, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[torch.Tensor]:
     """(B,) ids, one step at a time; the forward that feeds a step back runs only when the
     caller asks for the next one, so a caller that stops early wastes no pass."""
-    ids, mask, cache, L = _left_pad(model, prompts, max_new_tokens)
-    generator = torch.Generator(device=ids.device).manual_seed(seed)
-    logits = model(ids, attention_mask=mask[:, :L], cache=cache, logits_to_keep=1)[:, -1]
-    for step in range(max_new_tokens):
+    batch = DecodeBatch(model)
+    out, _ = batch.join(prompts, extra=max_new_tokens)
+    generator = torch.Generator(device=out.logits.device).manual_seed(seed)
+    logits = out.logits[:, -1]
+    for _ in range(max_new_tokens):
         tok = sample_next(logits, temperature, top_k, top_p, generator)
         yield tok
-        mask[:, L + step] = 1  # finished rows keep decoding too; their tokens are ignored
-        logits = model(tok[:, None], attention_mask=mask[:, : L + step + 1], cache=cache)[:, -1]
+        logits = batch.step(tok)  # finished rows keep decoding too; their tokens are ignored
 
 
 def _sampling_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, seed) -> GenerationResult:
@@ -217,24 +200,19 @@ def stream(model: DeepSeekV3, prompt: Sequence[int], *, max_new_tokens: int = 64
 
 
 def _speculative_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, seed) -> GenerationResult:
-    # Each verify step uses two slots: [next token, draft]; allocate for the worst case.
-    ids, mask, cache, L = _left_pad(model, prompts, 2 * rows.rule.max_new_tokens + 2, with_mtp=True)
-    out = model.outputs(ids, attention_mask=mask[:, :L], cache=cache)
+    batch = DecodeBatch(model, mtp=True)
+    # Each verify step uses two slots: [next token, draft]; room for the worst case.
+    out, draft = batch.join(prompts, extra=2 * rows.rule.max_new_tokens + 2, with_draft=True)
     cur = out.logits[:, -1].argmax(-1)  # the first generated token, not yet fed to the model
     for row, t in enumerate(cur.tolist()):
         rows.emit(row, t)
-    # MTP prefill: slot i pairs the main hidden state at i with the token after it.
-    mtp_logits, _ = model.mtp_step(0, out.hidden_states, torch.cat((ids[:, 1:], cur[:, None]), 1),
-                                   attention_mask=mask[:, :L], cache=cache, cache_start=0)
-    draft = mtp_logits[:, -1].argmax(-1)
-    slot, proposed, accepted, passes = L, 0, 0, 0
+    proposed, accepted, passes = 0, 0, 0
     while not rows.done:
-        mask[:, slot:slot + 2] = 1
-        out = model.outputs(torch.stack((cur, draft), 1), attention_mask=mask[:, :slot + 2], cache=cache)
+        out = batch.verify(torch.stack((cur, draft), 1))
         passes += 1
         y = out.logits.argmax(-1)  # (B, 2): main-model greedy after cur, after draft
         ok = y[:, 0] == draft
-        mask[~ok, slot + 1] = 0  # a rejected draft's slot stays in the cache, masked out
+        batch.drop_second(~ok)
         active = [r is None for r in rows.reasons]
         proposed += sum(active)
         accepted += sum(a and o for a, o in zip(active, ok.tolist()))
@@ -242,12 +220,8 @@ def _speculative_loop(model, prompts, rows: _Rows, temperature, top_k, top_p, se
             rows.emit(row, y0)
             if good:
                 rows.emit(row, y1)
-        # MTP on both slots: slot+1 only matters (and is only visible) where the draft held.
-        next_ids = torch.stack((y[:, 0], torch.where(ok, y[:, 1], y[:, 0])), 1)
-        mtp_logits, _ = model.mtp_step(0, out.hidden_states, next_ids, attention_mask=mask[:, :slot + 2],
-                                       cache=cache, cache_start=slot)
+        mtp_logits = batch.draft(out, torch.stack((y[:, 0], torch.where(ok, y[:, 1], y[:, 0])), 1))
         draft = torch.where(ok, mtp_logits[:, 1].argmax(-1), mtp_logits[:, 0].argmax(-1))
         cur = torch.where(ok, y[:, 1], y[:, 0])
-        slot += 2
     return GenerationResult(tokens=rows.tokens, finish_reasons=list(rows.reasons),
                             acceptance_rate=accepted / max(proposed, 1), forward_passes=passes)

@@ -3,12 +3,11 @@
 `DecodeEngine.submit(prompt, params)` queues a request and returns a `Request` whose
 tokens arrive as they are sampled. A background thread runs the loop: a request that
 arrives while others decode is prefilled alone, then joins the batch at the next step;
-a finished (or cancelled) one leaves at once. The batch shares one `LatentCache` whose
-rows are left-padded to a common slot clock: joining shifts the rows right so every
-row's last token sits at the clock, and the attention mask hides the padding. Positions
-count a row's real tokens, so each row decodes as it would alone, and each row samples
-with its own generator, seeded from its request: at temperature 0, and at any
-temperature with the same seed, an answer equals what the same request gets alone.
+a finished (or cancelled) one leaves at once. The rows are one `DecodeBatch`
+(dsctl.model.decode, the decoding core `generate` drives too): left-padded to a common
+slot clock, so each row decodes as it would alone, and each row samples with its own
+generator, seeded from its request: at temperature 0, and at any temperature with the
+same seed, an answer equals what the same request gets alone.
 
 Greedy requests on a checkpoint with MTP modules decode speculatively (DeepSeek-V3 §5.4.3):
 MTP drafts the token after next, and one forward verifies [next, draft] for the price of
@@ -27,8 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dsctl.model.decode import DecodeBatch
 from dsctl.model.generate import StopRule, sample_next
-from dsctl.model.mla import LatentCache
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,8 @@ class DecodeEngine:
         self.speculative = speculative and len(model.mtp) > 0
         """Whether greedy requests decode with MTP drafts (asked for, and the model has MTP)."""
         self.drafts_proposed = self.drafts_accepted = 0
-        self._layers = model.config.num_hidden_layers + (1 if self.speculative else 0)
+        self.batch = DecodeBatch(model, mtp=self.speculative)
+        """The rows decoding now, one per active request, in order."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dsctl-decode", daemon=True)
         self._thread.start()
@@ -117,6 +117,7 @@ class DecodeEngine:
         for request in self.active:
             request.on_event(("error", message))
         self.active = []
+        self.batch.leave([])
 
     def _admit(self, request: Request) -> None:
         """Prefill `request` alone, emit its first token, and add its row to the batch."""
@@ -126,65 +127,27 @@ class DecodeEngine:
         request.generator = torch.Generator().manual_seed(request.params.seed)
         p = request.params
         request.rule = StopRule(p.max_tokens, frozenset(p.stop_token_ids), p.stop, self.decode)
-        cache = LatentCache(self.model.config, self._layers, 1, len(request.prompt))
+        # room for every row's remaining budget: a speculative step takes two slots a token
+        per_token = 2 if self.speculative else 1
+        extra = per_token * max(r.params.max_tokens - len(r.tokens) for r in [*self.active, request]) + 2
         try:
-            out = self.model.outputs(torch.tensor([request.prompt]), cache=cache, logits_to_keep=1)
-            logits = out.logits[0, -1]
-            if self.speculative and request.params.temperature == 0:
-                # MTP prefill: slot i pairs the main hidden state at i with the token after it
-                # (the last slot with the first answer token, greedy, so known already).
-                after = torch.tensor([[*request.prompt[1:], int(logits.argmax())]])
-                drafts, _ = self.model.mtp_step(0, out.hidden_states, after, attention_mask=None,
-                                                cache=cache, cache_start=0)
-                request.draft = int(drafts[0, -1].argmax())
+            out, draft = self.batch.join([request.prompt], extra,
+                                         with_draft=self.speculative and p.temperature == 0)
         except Exception as exc:  # noqa: BLE001 (only this request failed; the batch goes on)
             request.on_event(("error", f"{type(exc).__name__}: {exc}"))
             return
-        self._join(request, cache)
-        self._emit(len(self.active) - 1, logits)
-        self._finish_rows()
-
-    def _join(self, request: Request, row: LatentCache) -> None:
-        """Rebuild the batch cache with the new row: the batch's slots and the row's prompt
-        both end at the new clock, the longer of the two, so every row's last token sits
-        there; the slots a shorter side lacks stay masked."""
-        old = self.batch.length if self.active else 0
-        new = row.length
-        clock = max(old, new)
-        # A speculative step takes two slots per emitted token at worst.
-        per_token = 2 if self.speculative else 1
-        room = clock + per_token * max(r.params.max_tokens - len(r.tokens) for r in [*self.active, request]) + 2
-        batch = LatentCache(self.model.config, row.kv.shape[0], len(self.active) + 1, room, dtype=row.kv.dtype)
-        mask = torch.zeros(len(self.active) + 1, room, dtype=torch.long)
-        if self.active:
-            batch.kv[:, :-1, clock - old:clock] = self.batch.kv[:, :, :old]
-            mask[:-1, clock - old:clock] = self.mask[:, :old]
-        batch.kv[:, -1, clock - new:clock] = row.kv[:, 0, :new]
-        mask[-1, clock - new:clock] = 1
-        batch.length = clock
-        self.batch, self.mask = batch, mask
+        request.draft = None if draft is None else int(draft[0])
         self.active.append(request)
         self.largest_batch = max(self.largest_batch, len(self.active))
-
-    def _leave(self, finished: list[int]) -> None:
-        keep = [i for i in range(len(self.active)) if i not in finished]
-        self.active = [self.active[i] for i in keep]
-        if keep:
-            index = torch.tensor(keep)
-            self.batch.kv = self.batch.kv.index_select(1, index)
-            self.mask = self.mask.index_select(0, index)
+        self._emit(len(self.active) - 1, out.logits[0, -1])
+        self._finish_rows()
 
     def _step(self) -> None:
         """Feed every row its last token, sample the next, let finished rows leave."""
         if any(r.draft is not None for r in self.active):
             self._speculative_step()
             return
-        clock = self.batch.length
-        if clock >= self.batch.max_slots:  # cannot happen: rows leave before their budget ends
-            raise RuntimeError("decode batch ran out of cache slots")
-        last = torch.tensor([[r.tokens[-1]] for r in self.active])
-        self.mask[:, clock] = 1
-        logits = self.model(last, attention_mask=self.mask[:, :clock + 1], cache=self.batch)[:, -1]
+        logits = self.batch.step(torch.tensor([r.tokens[-1] for r in self.active]))
         self.steps += 1
         for i in range(len(self.active)):
             self._emit(i, logits[i])
@@ -193,12 +156,8 @@ class DecodeEngine:
     def _speculative_step(self) -> None:
         """One verify pass over [last token, draft] per row: a greedy row whose draft equals
         the model's next token takes both; a sampled row (draft None) takes one."""
-        clock = self.batch.length
-        if clock + 2 > self.batch.max_slots:
-            raise RuntimeError("decode batch ran out of cache slots")
         fed = torch.tensor([[r.tokens[-1], r.tokens[-1] if r.draft is None else r.draft] for r in self.active])
-        self.mask[:, clock:clock + 2] = 1
-        out = self.model.outputs(fed, attention_mask=self.mask[:, :clock + 2], cache=self.batch)
+        out = self.batch.verify(fed)
         self.steps += 1
         greedy = out.logits.argmax(-1)  # (B, 2): after the last token, after the draft
         kept = []  # per row: whether its second slot holds a token the row keeps
@@ -212,11 +171,8 @@ class DecodeEngine:
                 self._emit(i, out.logits[i, 1])
             kept.append(accepted)
         keep = torch.tensor(kept)
-        self.mask[~keep, clock + 1] = 0  # a sampled row's second slot, or a rejected draft
-        # MTP on both slots; slot clock+1 only matters (and is only visible) where kept.
-        after = torch.stack((greedy[:, 0], torch.where(keep, greedy[:, 1], greedy[:, 0])), 1)
-        drafts, _ = self.model.mtp_step(0, out.hidden_states, after, attention_mask=self.mask[:, :clock + 2],
-                                        cache=self.batch, cache_start=clock)
+        self.batch.drop_second(~keep)  # a sampled row's second slot, or a rejected draft
+        drafts = self.batch.draft(out, torch.stack((greedy[:, 0], torch.where(keep, greedy[:, 1], greedy[:, 0])), 1))
         drafts = torch.where(keep, drafts[:, 1].argmax(-1), drafts[:, 0].argmax(-1))
         for r, draft in zip(self.active, drafts.tolist()):
             if r.draft is not None:
@@ -229,7 +185,9 @@ class DecodeEngine:
             r = self.active[i]
             r.on_event(("done", r.finish or "cancelled"))
         if finished:
-            self._leave(finished)
+            keep = [i for i in range(len(self.active)) if i not in finished]
+            self.active = [self.active[i] for i in keep]
+            self.batch.leave(keep)
 
     def _emit(self, row: int, logits: torch.Tensor) -> None:
         r = self.active[row]
