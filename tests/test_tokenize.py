@@ -9,7 +9,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from dsctl.data.shards import TokenShardWriter, encode_to_shards, is_validation, iter_shard_rows, read_index
+from dsctl.data.shards import TokenShardWriter, encode_to_shards, is_validation, read_index
 from dsctl.testing import run_stage
 from dsctl.tokenizer import Tokenizer
 from stages import tokenize
@@ -69,7 +69,7 @@ def test_every_document_is_one_row_that_decodes_to_its_text(shards, corpus):
     text_of = {r["id"]: r["text"] for r in rows}
     seen = {}
     for split in ("train", "validation"):
-        for doc_id, ids in iter_shard_rows(shards.path, split):
+        for doc_id, ids in shard_rows(shards.path, split):
             assert tok.decode(ids) == text_of[doc_id]
             assert tok.bos_id not in ids and tok.eos_id not in ids
             seen[doc_id] = split
@@ -133,6 +133,12 @@ def iter_shard_rows_from(path):
     with pa.ipc.open_stream(str(path)) as reader:
         for batch in reader:
             yield from zip(batch.column("id").to_pylist(), batch.column("input_ids").to_pylist())
+
+
+def shard_rows(directory, split: str = "train"):
+    """(id, input_ids) of every document of a split of a shards artifact, in order."""
+    for entry in read_index(directory)["splits"].get(split, []):
+        yield from iter_shard_rows_from(directory / entry["file"])
 
 
 def test_killed_encode_resumes_from_its_finished_shards_with_identical_output(corpus, tmp_path, monkeypatch):

@@ -183,11 +183,6 @@ def text_digests(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
     )
 
 
-def exact_digests(texts: list[str]) -> np.ndarray:
-    """128-bit digests of `normalize_text` of each text (equal iff normalized texts are)."""
-    return hash_batch(texts)[2]
-
-
 def shingle_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """64-bit hashes of every word-5-gram shingle of a batch, concatenated per document.
 

@@ -184,16 +184,6 @@ def read_index(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def iter_shard_rows(directory: Path, split: str = "train") -> Iterator[tuple[str, list[int]]]:
-    """(id, input_ids) of every document of a split, in order."""
-    for entry in read_index(directory)["splits"].get(split, []):
-        with pa.ipc.open_stream(str(directory / entry["file"])) as reader:
-            for batch in reader:
-                ids = batch.column("id").to_pylist()
-                tokens = batch.column("input_ids").to_pylist()
-                yield from zip(ids, tokens)
-
-
 # -- encoding a corpus into token shards ---------------------------------------------------
 
 
