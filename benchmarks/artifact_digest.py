@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from dsctl.stage import TENSORBOARD_DIR
+from dsctl.pipeline.stage import TENSORBOARD_DIR
 
 TIMING_WORDS = ("per_s", "seconds", "elapsed", "wall")
 

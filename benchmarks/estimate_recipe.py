@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dsctl.recipe import load_recipe  # noqa: E402
-from dsctl.runner import StagePlan, plan  # noqa: E402
-from dsctl.stage import StageRegistry  # noqa: E402
+from dsctl.pipeline.recipe import load_recipe  # noqa: E402
+from dsctl.pipeline.runner import StagePlan, plan  # noqa: E402
+from dsctl.pipeline.stage import StageRegistry  # noqa: E402
 from dsctl.train.budget import GIB, train_flops_per_token, train_memory  # noqa: E402
 
 #: Tokens of a chat-formatted task prompt (template + question), for rollouts and eval.

@@ -1,1 +1,1 @@
-"""Stage modules: one per pipeline stage, discovered by dsctl.stage.StageRegistry."""
+"""Stage modules: one per pipeline stage, discovered by dsctl.pipeline.stage.StageRegistry."""

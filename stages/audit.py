@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dsctl.files import write_json_atomic
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
 
 
 @dataclass

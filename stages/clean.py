@@ -34,8 +34,8 @@ from dsctl.data.executor import executor_for
 from dsctl.data.jobs import StepBars, run_tasks
 from dsctl.data.quality import read_examples, train_quality_model
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
-from dsctl.store import sha256_file
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.store import sha256_file
 
 
 @dataclass

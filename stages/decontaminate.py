@@ -46,7 +46,7 @@ from dsctl.data.executor import executor_for
 from dsctl.data.jobs import StepBars, run_tasks
 from dsctl.data.shards import file_sha256
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
 from dsctl.tasks import FAMILIES
 from dsctl.tasks.config import FamiliesConfig, check_split_sizes
 

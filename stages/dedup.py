@@ -28,7 +28,7 @@ from dsctl.data.dedup import DedupParams, deduplicate
 from dsctl.data.executor import executor_for
 from dsctl.data.jobs import StepBars
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
 
 
 @dataclass

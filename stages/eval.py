@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
-from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
+from dsctl.pipeline.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import EvalSplitConfig, PasskeyConfig, SamplingConfig, TaskConfig
 from dsctl.train.config import BatchConfig, ComputeConfig
 

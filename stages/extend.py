@@ -19,7 +19,7 @@ from typing import Any
 
 from dsctl.configs import stage_defaults
 from dsctl.files import write_text_atomic
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
 from dsctl.tasks.config import PasskeyConfig
 from dsctl.train.config import LMTrainConfig
 

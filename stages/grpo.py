@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
+from dsctl.pipeline.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.rl.config import GRPOConfig
-from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsctl.stage import StageContext, StageSpec
+from dsctl.pipeline.stage import StageContext, StageSpec
 
 
 @dataclass
@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 def fingerprint(cfg: ImportConfig) -> dict[str, Any]:
     """The directory's files are outside the store: their contents are part of the key."""
-    from dsctl.store import sha256_file
+    from dsctl.pipeline.store import sha256_file
 
     root = Path(cfg.path)
     if not root.is_dir():

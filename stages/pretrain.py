@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
 from dsctl.train.config import LMTrainConfig
 
 

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 from dsctl.configs import stage_defaults
 from dsctl.data.config import RowInputConfig
 from dsctl.errors import UserError
-from dsctl.stage import StageContext, StageSpec
+from dsctl.pipeline.stage import StageContext, StageSpec
 from dsctl.tasks.config import EvalSplitConfig, TaskConfig, TrainSplitConfig
 from dsctl.tasks.grading import ANSWER_SOURCES, BUILT_IN_VERIFIERS, Grading, check_verifier
 
@@ -222,7 +222,7 @@ def fingerprint(cfg: ProblemsConfig) -> dict[str, Any]:
     """What the config only names: the files' contents (a local dataset folder's too) and
     a verifier module's source."""
     from dsctl.data.corpus import expand_paths
-    from dsctl.store import sha256_file
+    from dsctl.pipeline.store import sha256_file
 
     extra: dict[str, Any] = {}
     if cfg.paths:

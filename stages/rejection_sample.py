@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from dsctl.configs import stage_defaults
-from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
+from dsctl.pipeline.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import SamplingConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ComputeConfig
 

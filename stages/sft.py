@@ -18,7 +18,7 @@ from typing import Any
 
 from dsctl.configs import stage_defaults
 from dsctl.errors import UserError
-from dsctl.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
+from dsctl.pipeline.stage import PROBLEMS_INPUT, Input, StageContext, StageSpec
 from dsctl.tasks.config import CompletionConfig, EvalSplitConfig, TaskConfig, TrainSplitConfig
 from dsctl.train.config import ExamplesConfig, LMTrainConfig
 

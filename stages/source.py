@@ -33,8 +33,8 @@ from dsctl.data.corpus import ReadStats, ShardWriter, expand_paths, iter_rows, j
 from dsctl.data.world import WorldSizes, build_world
 from dsctl.errors import UserError
 from dsctl.files import write_text_atomic
-from dsctl.stage import StageContext, StageSpec
-from dsctl.store import sha256_file
+from dsctl.pipeline.stage import StageContext, StageSpec
+from dsctl.pipeline.store import sha256_file
 from dsctl.tasks.config import TaskConfig, check_split_sizes
 
 _DEFAULT_SIZES = WorldSizes()

@@ -38,8 +38,8 @@ from dsctl.data.shards import (
     write_index,
 )
 from dsctl.errors import UserError
-from dsctl.stage import Input, StageContext, StageSpec
-from dsctl.store import Artifact
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.store import Artifact
 from dsctl.tokenizer import Tokenizer
 
 

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from dsctl.data.corpus import ReadStats, ShardWriter, corpus_files, iter_rows
-from dsctl.stage import Input, StageContext, StageSpec
+from dsctl.pipeline.stage import Input, StageContext, StageSpec
 
 
 @dataclass

@@ -51,8 +51,8 @@ def memorized_checkpoint(out: Path, tok_dir: Path, problems, steps: int = 60, se
     """A tiny checkpoint fine-tuned (real Trainer) until it answers `problems` by heart:
     a model that solves known prompts, for tests of acceptance and accuracy."""
     from dsctl.model import DeepSeekV3, ModelConfig
+    from dsctl.pipeline.stage import StageContext, StageSpec
     from dsctl.progress import Reporter
-    from dsctl.stage import StageContext, StageSpec
     from dsctl.tasks import reasoning_target
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import export_checkpoint

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dsctl.data.audit import audit_corpus
-from dsctl.testing import run_stage
+from dsctl.pipeline.testing import run_stage
 from stages import audit
 
 

@@ -6,11 +6,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dsctl.errors import UserError
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
+from dsctl.pipeline.recipe import parse_recipe
+from dsctl.pipeline.runner import Runner, plan
+from dsctl.pipeline.stage import StageRegistry
+from dsctl.pipeline.store import Store
 from dsctl.progress import Reporter
-from dsctl.recipe import parse_recipe
-from dsctl.runner import Runner, plan
-from dsctl.stage import StageRegistry
-from dsctl.store import Store
 from dsctl.train.budget import GIB, check_context, train_flops_per_token, train_memory
 
 

@@ -10,7 +10,7 @@ from dsctl.data.corpus import corpus_files
 from dsctl.data.text_rules import normalize
 from dsctl.data.world_dirt import non_english
 from dsctl.errors import UserError
-from dsctl.testing import run_stage
+from dsctl.pipeline.testing import run_stage
 from stages import clean, source
 
 PROSE = (

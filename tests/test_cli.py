@@ -143,7 +143,7 @@ def test_every_command_has_help_with_an_example(cli_env, dsctl_cmd):
 
 def test_cli_start_up_does_not_import_torch(cli_env):
     """Stage modules import heavy libraries inside run(), so `dsctl --help` stays fast."""
-    code = ("import sys, dsctl.cli; from dsctl.stage import StageRegistry; StageRegistry.discover(); "
+    code = ("import sys, dsctl.cli.app; from dsctl.pipeline.stage import StageRegistry; StageRegistry.discover(); "
             "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]; "
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=120)

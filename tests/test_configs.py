@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from dsctl.configs import config_fields, field_docs, stage_defaults
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.stage import StageRegistry
 from dsctl.train.config import LMTrainConfig, TrainConfig
 
 

@@ -114,7 +114,7 @@ def corpus_dir(tmp_path):
 
 
 def test_stage_rejects_contaminated_rows_with_eval_id(corpus_dir):
-    from dsctl.testing import run_stage
+    from dsctl.pipeline.testing import run_stage
     from stages import decontaminate
 
     config = {
@@ -134,7 +134,7 @@ def test_stage_rejects_contaminated_rows_with_eval_id(corpus_dir):
 
 def test_stage_names_an_unknown_task_family(corpus_dir):
     from dsctl.errors import StageFailed, UserError
-    from dsctl.testing import run_stage
+    from dsctl.pipeline.testing import run_stage
     from stages import decontaminate
 
     with pytest.raises((UserError, StageFailed), match="unknown task families"):

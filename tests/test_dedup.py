@@ -186,7 +186,7 @@ def test_unreadable_lines_are_counted_not_fatal(tmp_path):
 
 
 def test_dedup_stage_writes_corpus_rejected_and_planted(planted_corpus, tmp_path):
-    from dsctl.testing import run_stage
+    from dsctl.pipeline.testing import run_stage
     from stages import dedup
 
     files, rows, planted = planted_corpus

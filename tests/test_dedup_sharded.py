@@ -86,7 +86,7 @@ def _artifact_files(root: Path) -> dict[str, bytes]:
 def test_ray_and_local_processes_give_byte_identical_artifacts_in_all_four_data_stages(corpus, tmp_path):
     import ray
 
-    from dsctl.testing import run_stage
+    from dsctl.pipeline.testing import run_stage
     from stages import clean, decontaminate, dedup, tokenize
 
     chain = [  # each stage reads the one before; synthetic words are no language: langid off
@@ -117,7 +117,7 @@ def test_ray_and_local_processes_give_byte_identical_artifacts_in_all_four_data_
 
 def test_an_unknown_executor_is_a_user_error_naming_the_choices(corpus, tmp_path):
     from dsctl.errors import UserError
-    from dsctl.testing import run_stage
+    from dsctl.pipeline.testing import run_stage
     from stages import dedup
 
     with pytest.raises(UserError, match="executor must be one of local, ray, got 'spark'"):

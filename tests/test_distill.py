@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from dsctl.errors import UserError
+from dsctl.pipeline.testing import run_stage
 from dsctl.tasks import reasoning_target
 from dsctl.tasks.config import task_problems
-from dsctl.testing import run_stage
 from dsctl.train import distill as distill_lib
 from dsctl.train.distill import logit_distillation_kl
 from stages import distill
@@ -62,7 +62,7 @@ def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
 
 
 def test_distill_loss_adds_nothing_when_student_is_the_teacher(world):
-    from dsctl.store import Artifact
+    from dsctl.pipeline.store import Artifact
     from dsctl.train.artifacts import load_model
 
     _, teacher_dir, _ = world

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsctl.store import Artifact
-from dsctl.testing import run_stage
+from dsctl.pipeline.store import Artifact
+from dsctl.pipeline.testing import run_stage
 
 FIXTURE_MC = Path(__file__).parent / "fixtures" / "mc_tiny.jsonl"
 

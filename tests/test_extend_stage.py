@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dsctl.testing import run_stage
+from dsctl.pipeline.testing import run_stage
 from tests.test_eval_stage import tiny_checkpoint, tiny_shards, tiny_tokenizer
 
 

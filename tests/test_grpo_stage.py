@@ -11,13 +11,13 @@ import torch
 from dsctl.configs import build_config
 from dsctl.errors import UserError
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss
+from dsctl.pipeline.stage import StageContext, StageSpec
+from dsctl.pipeline.testing import run_stage
 from dsctl.progress import Reporter
 from dsctl.rl.config import GRPOConfig
 from dsctl.rl.rollout import Rollout
 from dsctl.rl.trainer import GRPOTrainer
-from dsctl.stage import StageContext, StageSpec
 from dsctl.tasks import FAMILIES, reasoning_target
-from dsctl.testing import run_stage
 from dsctl.train.artifacts import export_checkpoint, load_model
 from dsctl.train.checkpoint import latest_checkpoint
 
@@ -138,7 +138,7 @@ def test_grpo_raises_training_reward_on_easy_sums(sft_checkpoint, tmp_path):
         assert key in records[0]
     # no format bonus by default: the reward is the share of right answers
     assert all(r["reward_mean"] == r["accuracy"] for r in records)
-    from dsctl.plots import panels
+    from dsctl.cli.plots import panels
 
     assert panels({"grpo": records})[:3] == ["reward_mean", "accuracy", "groups_solved"]
 

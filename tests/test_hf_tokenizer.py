@@ -170,7 +170,7 @@ def test_load_tokenizer_picks_the_kind_by_its_files(tmp_path, deepseek_dir):
 
 def test_a_checkpoint_keeps_and_exports_an_imported_tokenizer(tmp_path, deepseek_dir):
     from dsctl.model import DeepSeekV3, ModelConfig
-    from dsctl.store import Artifact
+    from dsctl.pipeline.store import Artifact
     from dsctl.train.artifacts import check_hf_export, export_checkpoint, tokenizer_dir
 
     source = make_hf_tokenizer(tmp_path / "src", bos_token=BOS, eos_token=EOS)
@@ -240,7 +240,7 @@ def test_sampling_stops_at_a_spelled_out_answer_close(deepseek):
 def test_sft_then_grpo_run_on_a_checkpoint_with_an_imported_tokenizer(tmp_path, deepseek_dir):
     import stages.grpo as grpo
     from dsctl.model import DeepSeekV3, ModelConfig
-    from dsctl.testing import run_stage
+    from dsctl.pipeline.testing import run_stage
     from dsctl.train.artifacts import export_checkpoint
     from stages import sft
     from tests.sft_support import EASY, tiny_train_config

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from dsctl.errors import UserError
 from dsctl.fp8.reference import weight_dequant, weight_quant
-from dsctl.testing import run_stage
+from dsctl.pipeline.testing import run_stage
 from stages import import_hf
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -197,7 +197,7 @@ def test_dsctl_import_dir_streams_a_sharded_checkpoint_shard_by_shard(tmp_path, 
     assert len(inputs) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     main(["--workdir", str(tmp_path / "work"), "import", str(tmp_path / "sharded")])
     path = capsys.readouterr().out.strip().splitlines()[-1]
-    from dsctl.store import Store
+    from dsctl.pipeline.store import Store
 
     artifact = Store(tmp_path / "work").resolve(path)
     assert len(list(artifact.path.glob("*.safetensors"))) == len(inputs)  # one output shard per input shard

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from dsctl.errors import UserError
-from dsctl.testing import run_stage
+from dsctl.pipeline.testing import run_stage
 from dsctl.train.artifacts import check_hf_export
 from stages import pretrain
 

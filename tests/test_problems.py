@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 
 from dsctl.errors import UserError
+from dsctl.pipeline.testing import run_stage
 from dsctl.tasks import Problem, reward
 from dsctl.tasks.config import held_out_problems, task_problems
 from dsctl.tasks.grading import Grading, RewardError, check_reference, check_reward_errors, grade
 from dsctl.tasks.problem_set import ProblemSet
-from dsctl.testing import run_stage
 from stages import problems as problems_stage
 
 

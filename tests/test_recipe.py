@@ -2,9 +2,9 @@ import pytest
 
 from dsctl.configs import build_config
 from dsctl.errors import UserError
-from dsctl.recipe import load_recipe, parse_override
-from dsctl.runner import plan
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.recipe import load_recipe, parse_override
+from dsctl.pipeline.runner import plan
+from dsctl.pipeline.stage import StageRegistry
 from tests import fixture_stages as fx
 
 REGISTRY = StageRegistry(fx.STAGES)

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from dsctl.recipe import load_recipe
-from dsctl.runner import plan
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.recipe import load_recipe
+from dsctl.pipeline.runner import plan
+from dsctl.pipeline.stage import StageRegistry
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 

@@ -1,8 +1,8 @@
 from pathlib import Path
 
+from dsctl.cli.recipe_reference import render
 from dsctl.configs import config_fields, field_docs
-from dsctl.recipe_reference import render
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.stage import StageRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_recipes_readme_is_generated_from_the_current_configs():
     expected = render(StageRegistry.discover())
     actual = (ROOT / "recipes" / "README.md").read_text()
-    assert actual == expected, "regenerate it: python -m dsctl.recipe_reference > recipes/README.md"
+    assert actual == expected, "regenerate it: python -m dsctl.cli.recipe_reference > recipes/README.md"
 
 
 def test_every_stage_config_field_is_documented():

@@ -4,11 +4,11 @@ import pytest
 
 from dsctl.errors import StageFailed
 from dsctl.eval.task_accuracy import greedy_accuracy
+from dsctl.pipeline.testing import run_stage
 from dsctl.rl import rejection
 from dsctl.sampling import Completion
 from dsctl.tasks import reasoning_target, reward
 from dsctl.tasks.config import task_problems
-from dsctl.testing import run_stage
 from stages import rejection_sample as rs
 from tests.sft_support import EASY, make_tokenizer, memorized_checkpoint
 
@@ -62,7 +62,7 @@ def test_acceptance_stats_count_prompts_rates_and_lengths():
 
 
 def test_greedy_accuracy_scores_a_model_that_knows_the_answers(memorized):
-    from dsctl.store import Artifact
+    from dsctl.pipeline.store import Artifact
     from dsctl.tokenizer import Tokenizer
     from dsctl.train.artifacts import load_model
 

@@ -3,12 +3,12 @@ import json
 import pytest
 
 from dsctl.errors import StageFailed, UserError
+from dsctl.pipeline.recipe import parse_recipe
+from dsctl.pipeline.runner import Runner, plan, stage_state
+from dsctl.pipeline.stage import StageRegistry
+from dsctl.pipeline.store import Store
+from dsctl.pipeline.testing import run_stage
 from dsctl.progress import Reporter
-from dsctl.recipe import parse_recipe
-from dsctl.runner import Runner, plan, stage_state
-from dsctl.stage import StageRegistry
-from dsctl.store import Store
-from dsctl.testing import run_stage
 from tests import fixture_stages as fx
 
 REGISTRY = StageRegistry(fx.STAGES)
@@ -121,7 +121,7 @@ def test_run_stage_helper_and_manifest_contents(tmp_path):
 
 
 def test_stage_progress_reads_the_last_logged_step_of_an_unfinished_stage(tmp_path):
-    from dsctl.runner import stage_progress
+    from dsctl.pipeline.runner import stage_progress
 
     store = Store(tmp_path / "work")
     key = "ab" * 32

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dsctl.eval.seeds import combine, markdown
-from dsctl.recipe import load_recipe
-from dsctl.runner import plan, with_training_seed
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.recipe import load_recipe
+from dsctl.pipeline.runner import plan, with_training_seed
+from dsctl.pipeline.stage import StageRegistry
 
 MINI = Path(__file__).resolve().parents[1] / "recipes" / "mini_r1.toml"
 

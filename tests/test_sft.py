@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dsctl.errors import UserError
+from dsctl.pipeline.testing import run_stage
 from dsctl.tasks.config import task_problems
-from dsctl.testing import run_stage
 from dsctl.train.batches import PackedExamples
 from dsctl.train.examples import RowStats, encode_conversations, read_conversations, task_conversations
 from stages import sft

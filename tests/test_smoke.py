@@ -1,4 +1,4 @@
-"""Smoke mode (dsctl/smoke.py): one table shrinks any recipe; every shipped recipe's whole
+"""Smoke mode (dsctl/pipeline/smoke.py): one table shrinks any recipe; every shipped recipe's whole
 chain runs with --smoke in a store of its own."""
 
 import dataclasses
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from dsctl.configs import config_fields
-from dsctl.recipe import load_recipe
-from dsctl.runner import plan
-from dsctl.smoke import CAPS, FLOORS, REPLACE, SHAPE_KEYS, shrink
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.recipe import load_recipe
+from dsctl.pipeline.runner import plan
+from dsctl.pipeline.smoke import CAPS, FLOORS, REPLACE, SHAPE_KEYS, shrink
+from dsctl.pipeline.stage import StageRegistry
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
 REGISTRY = StageRegistry.discover()

@@ -9,8 +9,8 @@ import pytest
 from dsctl.data.corpus import corpus_files
 from dsctl.data.minhash import jaccard, shingle_set
 from dsctl.errors import UserError
+from dsctl.pipeline.testing import run_stage
 from dsctl.tasks import FAMILIES, split_problems
-from dsctl.testing import run_stage
 from stages import source
 
 SMALL_WORLD = {"task_problems_per_family": 60, "max_prose_docs": 300, "exact_dups": 20, "near_dups": 20,

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from dsctl.errors import UserError
-from dsctl.store import Store, compute_key, verify_dir
+from dsctl.pipeline.store import Store, compute_key, verify_dir
 
 
 def _publish(store, key, files):

@@ -1,4 +1,4 @@
-"""TensorBoard event files mirror metrics.jsonl (dsctl.stage.ScalarEvents): written beside
+"""TensorBoard event files mirror metrics.jsonl (dsctl.pipeline.stage.ScalarEvents): written beside
 it in the artifact, read back here with TensorBoard's own reader."""
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dsctl.pipeline.stage import METRICS_FILE, TENSORBOARD_DIR, StageContext, StageSpec
+from dsctl.pipeline.testing import run_stage
 from dsctl.progress import Reporter
-from dsctl.stage import METRICS_FILE, TENSORBOARD_DIR, StageContext, StageSpec
-from dsctl.testing import run_stage
 from stages import sft
 from tests.sft_support import EASY, fail_once_at_step, make_checkpoint, make_tokenizer, tiny_train_config
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from dsctl.data.shards import TokenShardWriter, encode_to_shards, is_validation, read_index
-from dsctl.testing import run_stage
+from dsctl.pipeline.testing import run_stage
 from dsctl.tokenizer import Tokenizer
 from stages import tokenize
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig
+from dsctl.pipeline.stage import StageContext, StageSpec
 from dsctl.progress import Reporter
-from dsctl.stage import StageContext, StageSpec
 from dsctl.train.batches import PackedExamples, PackedTokens
 from dsctl.train.config import LMTrainConfig
 from dsctl.train.loop import LMTrainer

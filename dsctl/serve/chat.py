@@ -1,6 +1,6 @@
 """Talk to a checkpoint in a terminal: a multi-turn chat that streams each reply.
 
-`dsctl chat REF` (dsctl.commands) loads the model and tokenizer and calls `chat_loop`.
+`dsctl chat REF` (dsctl.cli.commands) loads the model and tokenizer and calls `chat_loop`.
 Every turn re-encodes the whole history in the chat template the model was fine-tuned
 on (the tokenizer's `encode_chat`) and streams the reply token by token
 (`dsctl.model.generate.stream`); the `<think>` trace is shown dimmed and the answer

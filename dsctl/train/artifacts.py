@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from dsctl.errors import UserError
-from dsctl.store import Artifact
+from dsctl.pipeline.store import Artifact
 from dsctl.tokenizer import vocabulary_file
 from dsctl.train.checkpoint import copy_training_state
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from dsctl.errors import UserError
 from dsctl.files import write_bytes_atomic
-from dsctl.stage import StageContext
+from dsctl.pipeline.stage import StageContext
 from dsctl.train.parallel_config import check_parallel_config
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ import torch.distributed as dist
 
 from dsctl.errors import UserError
 from dsctl.files import write_json_atomic
+from dsctl.pipeline.stage import StageContext
 from dsctl.progress import Reporter
-from dsctl.stage import StageContext
 from dsctl.train.launch import ERRORS_DIR, SUMMARY_NAME, Placement, _die_with_parent
 from dsctl.train.loop import LMTrainer
 from dsctl.train.parallel_config import check_parallel_config

@@ -21,11 +21,11 @@ from typing import Any
 from dsctl.configs import build_config, config_to_dict
 from dsctl.errors import StageFailed, UserError
 from dsctl.files import write_json_atomic
+from dsctl.pipeline.recipe import Recipe, key_location
+from dsctl.pipeline.smoke import shrink
+from dsctl.pipeline.stage import METRICS_FILE, StageContext, StageRegistry, StageSpec
+from dsctl.pipeline.store import Artifact, Store, compute_key
 from dsctl.progress import Reporter
-from dsctl.recipe import Recipe, key_location
-from dsctl.smoke import shrink
-from dsctl.stage import METRICS_FILE, StageContext, StageRegistry, StageSpec
-from dsctl.store import Artifact, Store, compute_key
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _check_slots(spec: StageSpec, slots: dict[str, list[Any]], where: str) -> No
 
 def plan(recipe: Recipe, registry: StageRegistry, smoke: bool = False) -> dict[str, StagePlan]:
     """Validate every stage against the registry and compute all keys; `smoke` shrinks
-    every config (dsctl.smoke) after it is read as written."""
+    every config (dsctl.pipeline.smoke) after it is read as written."""
     plans: dict[str, StagePlan] = {}
     for name in recipe.order():
         entry = recipe.stages[name]

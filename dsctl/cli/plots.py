@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dsctl.errors import UserError
-from dsctl.stage import METRICS_FILE
+from dsctl.pipeline.stage import METRICS_FILE
 
 CURVES = ("lm_loss", "val_loss", "mtp_loss", "reward_mean", "accuracy", "groups_solved", "lr", "max_load_violation")
 """Panels in order; grpo logs reward_mean, accuracy (share of right samples) and

@@ -50,8 +50,8 @@ from rich.markup import escape
 
 from dsctl.errors import UserError
 from dsctl.files import write_json_atomic
+from dsctl.pipeline.store import Artifact
 from dsctl.progress import ProgressHandle, Reporter
-from dsctl.store import Artifact
 
 #: The artifact kinds (docs/ARCHITECTURE.md, "Store"), plus "any" for stages that accept every kind.
 METRICS_FILE = "metrics.jsonl"

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dsctl.pipeline.runner import Runner, single_stage_plan
+from dsctl.pipeline.stage import StageSpec
+from dsctl.pipeline.store import Artifact, Store
 from dsctl.progress import Reporter
-from dsctl.runner import Runner, single_stage_plan
-from dsctl.stage import StageSpec
-from dsctl.store import Artifact, Store
 
 
 def run_stage(spec: StageSpec, config: dict[str, Any] | None = None,

@@ -1,7 +1,7 @@
 """recipes/README.md: every stage's keys with type, default and meaning, generated from the
 config dataclasses so it cannot drift from the code (a test checks it is current).
 
-    python -m dsctl.recipe_reference > recipes/README.md
+    python -m dsctl.cli.recipe_reference > recipes/README.md
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 import typing
 
 from dsctl.configs import config_fields, default_of, field_docs, type_name
-from dsctl.stage import StageRegistry
+from dsctl.pipeline.stage import StageRegistry
 
 HEADER = """# Recipe reference
 
@@ -27,7 +27,7 @@ named by `uses`, so one type can appear several times. Reserved keys in a stage 
 Every other key is a config field of the stage type, listed below with its default.
 Override any of them from the command line: `dsctl run RECIPE --set STAGE.KEY=VALUE`.
 
-This file is generated: `python -m dsctl.recipe_reference > recipes/README.md`.
+This file is generated: `python -m dsctl.cli.recipe_reference > recipes/README.md`.
 """
 
 

@@ -24,17 +24,17 @@ from rich.table import Table
 
 from dsctl.configs import config_to_dict
 from dsctl.errors import UserError
+from dsctl.pipeline.recipe import load_recipe
+from dsctl.pipeline.runner import Runner, StagePlan, failure_message, headline, plan, stage_progress, stage_state
+from dsctl.pipeline.smoke import NAMESPACE
+from dsctl.pipeline.stage import StageRegistry
+from dsctl.pipeline.store import Store, verify_dir
 from dsctl.progress import Reporter
-from dsctl.recipe import load_recipe
-from dsctl.runner import Runner, StagePlan, failure_message, headline, plan, stage_progress, stage_state
-from dsctl.smoke import NAMESPACE
-from dsctl.stage import StageRegistry
-from dsctl.store import Store, verify_dir
 
 OVERRIDE_HELP = "Override a recipe value: STAGE.KEY=VALUE (TOML value), or seed=N. Repeatable."
 SHOWN_COMPLETIONS = 3
 """Completions `dsctl show` prints from an artifact's completions.jsonl (the last ones)."""
-SMOKE_HELP = ("Every size shrunk (steps, problems, world, model, eval; see dsctl/smoke.py): the whole "
+SMOKE_HELP = ("Every size shrunk (steps, problems, world, model, eval; see dsctl/pipeline/smoke.py): the whole "
               "chain in minutes, in the store under WORKDIR/smoke, apart from real artifacts.")
 
 
@@ -151,7 +151,7 @@ def seeds(
         dsctl seeds recipes/mini_r1.toml --seeds 0,1,2
     """
     from dsctl.eval import seeds as study
-    from dsctl.runner import with_training_seed
+    from dsctl.pipeline.runner import with_training_seed
 
     session: Session = ctx.obj
     store = _store(session, smoke)
@@ -412,7 +412,7 @@ def plot(
     elif any(a.kind == "report" for a in artifacts):
         raise UserError("plot either eval reports or training artifacts, not both in one picture")
     else:
-        from dsctl.plots import plot_training_curves
+        from dsctl.cli.plots import plot_training_curves
 
         plot_training_curves([(ref, a.path) for ref, a in zip(refs, artifacts)], out)
     print(out)

@@ -20,14 +20,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dsctl import __version__, commands
+from dsctl import __version__
+from dsctl.cli import commands
 from dsctl.configs import config_fields, default_of, field_docs, type_name
 from dsctl.errors import StageFailed, UserError
+from dsctl.pipeline.recipe import parse_override
+from dsctl.pipeline.runner import Runner, single_stage_plan
+from dsctl.pipeline.stage import StageRegistry, StageSpec
+from dsctl.pipeline.store import Artifact, Store
 from dsctl.progress import Reporter
-from dsctl.recipe import parse_override
-from dsctl.runner import Runner, single_stage_plan
-from dsctl.stage import StageRegistry, StageSpec
-from dsctl.store import Artifact, Store
 
 app = typer.Typer(
     name="dsctl",

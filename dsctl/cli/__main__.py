@@ -1,0 +1,3 @@
+from dsctl.cli.app import main
+
+main()
