@@ -210,3 +210,13 @@ def test_gemm_rejects_mismatched_operands_with_named_shapes():
     b_q, b_s = ref.weight_quant(torch.randn(300, 256))
     with pytest.raises(ValueError, match="b_scales"):
         ref.fp8_gemm(a_q, a_s, b_q, b_s[:1])
+
+
+def test_act_dequant_reads_every_e4m3_value_times_its_scale_in_any_shape():
+    # act_dequant takes the vectorized FP16 route; it must equal the scalar cast bit for bit
+    codes = torch.arange(256, dtype=torch.uint8).view(ref.FP8_DTYPE)
+    codes = codes[~codes.float().isnan()][:248].reshape(2, 4, 31)  # 3-D, a partial tile
+    scales = torch.tensor([0.5, 3.0, 2.0**-20, 7.0, 1.0, 1e-3, 2.0, 0.25]).reshape(2, 4, 1)
+    want = codes.float() * scales
+    got = ref.act_dequant(codes, scales)
+    assert got.shape == want.shape and torch.equal(got.view(torch.int32), want.view(torch.int32))

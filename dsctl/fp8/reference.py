@@ -164,10 +164,17 @@ def expand_scales(scales: torch.Tensor, rows: int, cols: int, block: int = BLOCK
 
 
 def act_dequant(x_fp8: torch.Tensor, scales: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """Inverse of :func:`act_quant` (up to rounding): FP32 tensor of x_fp8's shape."""
+    """Inverse of :func:`act_quant` (up to rounding): FP32 tensor of x_fp8's shape.
+
+    Through :func:`_dequantize`'s vectorized FP16 route, bit-identical to
+    ``x_fp8.float() * scale``: wgrad reads every Linear's cached input back this way each
+    step, and torch's own FP8 -> FP32 cast runs one element at a time on CPU.
+    """
+    if x_fp8.dim() == 2:
+        return _dequantize(x_fp8, scales, block)
     k = x_fp8.shape[-1]
-    full = scales.repeat_interleave(block, dim=-1)[..., :k]
-    return x_fp8.float() * full
+    flat = _dequantize(x_fp8.reshape(-1, k), scales.reshape(-1, scales.shape[-1]), block)
+    return flat.view(x_fp8.shape)
 
 
 def weight_dequant(w_fp8: torch.Tensor, scales: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
