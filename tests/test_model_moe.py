@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig
+from dsctl.model import moe as moe_module
 from dsctl.model.moe import MoE, sequence_balance_loss
 
 
@@ -127,3 +128,22 @@ def test_router_bias_and_load_counts_keep_full_precision_in_a_bf16_model():
     before = moe.gate.e_score_correction_bias.clone()
     model.update_router_biases(speed=0.001)
     assert (moe.gate.e_score_correction_bias - before).abs().max() == pytest.approx(0.001)
+
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3])
+def test_up_to_two_decoding_tokens_run_their_experts_in_turn_with_the_grouped_result(tokens, monkeypatch):
+    # One decoding token, or a speculative verify step's two (last + draft), skip the sort and
+    # the grouped GEMM that pays for every expert; more tokens take it. The output is the same.
+    moe = _moe().eval()
+    x = torch.randn(1, tokens, moe.experts[0].gate_proj.in_features)
+    grouped_calls = []
+    grouped = moe._grouped_experts
+    monkeypatch.setattr(moe, "_grouped_experts", lambda *a: grouped_calls.append(1) or grouped(*a))
+    with torch.no_grad():
+        default, _ = moe(x)
+        took_grouped = bool(grouped_calls)
+        monkeypatch.setattr(moe_module, "FEW_TOKENS", 0)
+        sorted_grouped, _ = moe(x)
+    assert took_grouped == (tokens > 2)
+    torch.testing.assert_close(default, sorted_grouped, rtol=0, atol=1e-6)

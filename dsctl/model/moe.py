@@ -20,6 +20,11 @@ from .config import ModelConfig
 from .derived import derived
 from .mlp import MLP
 
+FEW_TOKENS = 2
+"""Up to this many tokens run their K experts in turn instead of one sort and grouped GEMM:
+a decoding row is one token, and a speculative verify step is two (the last token and the
+MTP draft); both pay for every expert in a grouped GEMM, used or not."""
+
 
 class Router(nn.Module):
     """Sigmoid affinities and group-limited top-k; the bias steers selection only."""
@@ -96,8 +101,9 @@ class MoE(nn.Module):
     def _dispatch(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Sort (token, slot) pairs by expert, run each expert once on its contiguous rows."""
         N, K = expert_ids.shape
-        if N == 1 and self._can_group(x):
-            return self._one_token(x, expert_ids[0].tolist(), weights[0])
+        if N <= FEW_TOKENS and self._can_group(x):
+            ids = expert_ids.tolist()
+            return torch.cat([self._one_token(x[i:i + 1], ids[i], weights[i]) for i in range(N)])
         flat_ids = expert_ids.flatten()
         order = flat_ids.argsort(stable=True)
         counts = torch.bincount(flat_ids, minlength=len(self.experts))
