@@ -27,8 +27,8 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mini_r1.toml"
 
 
 def _recipe_model() -> tuple[ModelConfig, dict]:
-    pretrain = tomllib.loads(RECIPE.read_text())["stages"]["pretrain"]
-    vocab = tomllib.loads(RECIPE.read_text())["stages"]["tokenize"]["vocab_size"]
+    stages = tomllib.loads(RECIPE.read_text())["stages"]
+    pretrain, vocab = stages["pretrain"], stages["tokenize"]["vocab_size"]
     config = ModelConfig.preset(pretrain["model"], vocab_size=vocab, **pretrain["model_overrides"])
     return config, pretrain
 

@@ -130,7 +130,6 @@ def test_router_bias_and_load_counts_keep_full_precision_in_a_bf16_model():
     assert (moe.gate.e_score_correction_bias - before).abs().max() == pytest.approx(0.001)
 
 
-
 @pytest.mark.parametrize("tokens", [1, 2, 3])
 def test_up_to_two_decoding_tokens_run_their_experts_in_turn_with_the_grouped_result(tokens, monkeypatch):
     # One decoding token, or a speculative verify step's two (last + draft), skip the sort and

@@ -99,7 +99,8 @@ class MoE(nn.Module):
         return y.view(B, T, d), balance
 
     def _dispatch(self, x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Sort (token, slot) pairs by expert, run each expert once on its contiguous rows."""
+        """Sort (token, slot) pairs by expert, run each expert once on its contiguous rows
+        (without autograd, up to ``FEW_TOKENS`` tokens run their own K experts in turn instead)."""
         N, K = expert_ids.shape
         if N <= FEW_TOKENS and self._can_group(x):
             ids = expert_ids.tolist()
