@@ -3,6 +3,7 @@
     pip install -e '.[bench]'                        # the peers: rensa, datatrove (+ spaCy)
     python benchmarks/bench_dedup.py                 # 100k documents, ~5 minutes (datatrove is most of it)
     python benchmarks/bench_dedup.py --docs 20000 --workers 2
+    python benchmarks/bench_dedup.py --methods rensa,pipeline   # the stage against its target peer
 
 Every method sees the same texts and the same normalization and word-5-gram shingles,
 uses 128 permutations and the same LSH banding, 16 bands × 8 rows (rensa needs the
@@ -293,6 +294,9 @@ def main() -> None:
     parser.add_argument("--datasketch-docs", type=int, default=20_000,
                         help="datasketch is ~10x slower: it runs on the first N documents (0 = all)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--methods", default="",
+                        help="comma-separated subset to run (dsctl, datasketch, rensa, rensa-bulk, datatrove, "
+                             "pipeline); default all that are installed")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
@@ -333,6 +337,8 @@ def report(args: argparse.Namespace) -> None:
         except Exception:  # noqa: BLE001 (an optional peer)
             print("datatrove is not installed (pip install datatrove spacy); skipped")
         plan.append(("pipeline", f"dsctl stage ({args.workers} workers, disk, 18x7)", 0))
+        if args.methods:
+            plan = [step for step in plan if step[0] in args.methods.split(",")]
         results = {}
         for method, label, limit in plan:
             res = run_method(method, corpus, limit, args.workers, Path(tmp) / f"out-{method}")

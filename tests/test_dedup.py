@@ -241,6 +241,20 @@ def test_unique_per_doc_gives_each_documents_sorted_set(lengths):
     assert np.array_equal(sets, np.concatenate(expected))
 
 
+def test_pair_jaccard_equals_jaccard_of_each_pair(monkeypatch):
+    from dsctl.data import minhash
+
+    monkeypatch.setattr(minhash, "PAIR_CELLS", 64)  # many small matrices, and a pair wider than one
+    rng = np.random.default_rng(1)
+    sets = [np.unique(rng.integers(0, 40, size=n)).astype(np.uint64) for n in [0, 0, 1, 3, 12, 30, 90, 200]]
+    sets.append(np.array([5, np.iinfo(np.uint64).max], dtype=np.uint64))  # the padding value as a real hash
+    sets.append(sets[5].copy())  # an identical set: Jaccard exactly 1
+    bounds = np.concatenate(([0], np.cumsum([s.size for s in sets])))
+    a, b = np.array([(i, j) for i in range(len(sets)) for j in range(len(sets))]).T
+    got = minhash.pair_jaccard(np.concatenate(sets), bounds, a, b)
+    assert got.tolist() == [jaccard(sets[i], sets[j]) for i, j in zip(a, b)]
+
+
 def test_kept_lines_pass_through_unchanged_and_bad_lines_do_not_shift_rows(tmp_path):
     path = tmp_path / "in" / "part-00000.jsonl"
     path.parent.mkdir()

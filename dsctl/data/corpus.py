@@ -185,15 +185,15 @@ def _iter_jsonl(path: Path, stats: ReadStats, text_field: str, skipped: list[int
         stats.empty_files += 1
 
 
-def iter_row_lines(path: Path, skipped: Iterable[int]) -> Iterator[str]:
-    """The rows of one JSONL file as their text lines, unparsed: the rows `iter_rows` yields
-    for it, given the `skipped` line numbers that reading recorded (a damaged file ends at
-    the same place). For a stage that passes rows through unchanged."""
+def iter_row_lines(path: Path, skipped: Iterable[int]) -> Iterator[bytes]:
+    """The rows of one JSONL file as their lines' bytes (line ending cut), unparsed: the
+    rows `iter_rows` yields for it, given the `skipped` line numbers that reading recorded
+    (a damaged file ends at the same place). For a stage that passes rows through unchanged."""
     passed_over = set(skipped)
     try:
         for number, raw in enumerate(_nonblank_lines(path)):
             if number not in passed_over:
-                yield raw.decode("utf-8").rstrip("\r\n")
+                yield raw.rstrip(b"\r\n")
     except _DAMAGED:
         return
 
@@ -281,14 +281,14 @@ class PartFile:
         self.path, self.rows, self._fh = path, 0, None
 
     def write(self, row: dict[str, Any]) -> None:
-        self.write_line(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        self.write_line(json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
-    def write_line(self, line: str) -> None:
-        """A row already in JSON (a line passed through unchanged)."""
+    def write_line(self, line: bytes) -> None:
+        """A row already in JSON, as UTF-8 (a line passed through unchanged)."""
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path.with_name(self.path.name + ".tmp"), "w", encoding="utf-8")
-        self._fh.write(line + "\n")
+            self._fh = open(self.path.with_name(self.path.name + ".tmp"), "wb")
+        self._fh.write(line + b"\n")
         self.rows += 1
 
     def close(self) -> None:

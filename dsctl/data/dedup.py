@@ -50,8 +50,8 @@ from dsctl.data.minhash import (
     band_keys,
     bucket_pairs,
     hash_batch,
-    jaccard,
     optimal_bands,
+    pair_jaccard,
     shingles_from_words,
     unique_pairs,
     unique_per_doc,
@@ -63,6 +63,8 @@ BUCKET_ROWS = 4_000_000
 """Band entries one bucket task reads at most (16 bytes each, sorted in memory)."""
 PAIRS_PER_CHECK = 500_000
 """Candidate pairs one Jaccard-check task takes."""
+PAIRS_PER_READ = 8_192
+"""Candidate pairs whose shingle sets a check task holds at once."""
 
 
 
@@ -262,23 +264,35 @@ def _key_range(index: int, ranges: int) -> tuple[np.uint64, np.uint64 | None]:
 
 class ShingleReader:
     """Shingle sets (sorted, unique) of documents by corpus position, read from the
-    signature step's shingle files with pread: nothing is memory-mapped, so a check task's memory is its
-    pairs, two sets and the offsets of the shards its pairs reach (mapped pages would
-    count as its own and grow with them)."""
+    signature step's shingle files with pread: nothing is memory-mapped, so a check task's
+    memory is a block of pairs, their sets and the offsets of the shards its pairs reach
+    (mapped pages would count as its own and grow with them)."""
 
     def __init__(self, work: Path, offsets: np.ndarray) -> None:
         self.work, self.offsets = work, offsets
         self._shards: dict[int, tuple[int, np.ndarray]] = {}
 
-    def __call__(self, position: int) -> np.ndarray:
-        shard = int(np.searchsorted(self.offsets, position, side="right")) - 1
+    def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sets of `positions`, concatenated in that order, and their (n + 1,) bounds."""
+        shard_of = np.searchsorted(self.offsets, positions, side="right") - 1
+        starts = np.zeros(positions.size, dtype=np.int64)
+        stops = np.zeros(positions.size, dtype=np.int64)
+        for shard in np.unique(shard_of).tolist():
+            mine = shard_of == shard
+            _, bounds = self._open(shard)
+            rows = positions[mine] - int(self.offsets[shard])
+            starts[mine], stops[mine] = bounds[rows], bounds[rows + 1]
+        fds = [self._open(shard)[0] for shard in shard_of.tolist()]
+        chunks = [os.pread(fd, 8 * (stop - start), 8 * start)
+                  for fd, start, stop in zip(fds, starts.tolist(), stops.tolist())]
+        values = np.frombuffer(b"".join(chunks), dtype=np.uint64)
+        return values, np.concatenate(([0], np.cumsum(stops - starts)))
+
+    def _open(self, shard: int) -> tuple[int, np.ndarray]:
         if shard not in self._shards:
             base = self.work / "signatures" / f"shard-{shard:05d}"
             self._shards[shard] = (os.open(base / "shingles.bin", os.O_RDONLY), np.load(base / "shingles.offsets.npy"))
-        fd, bounds = self._shards[shard]
-        row = position - int(self.offsets[shard])
-        start, stop = int(bounds[row]), int(bounds[row + 1])
-        return np.frombuffer(os.pread(fd, 8 * (stop - start), 8 * start), dtype=np.uint64)
+        return self._shards[shard]
 
     def close(self) -> None:
         for fd, _ in self._shards.values():
@@ -298,12 +312,18 @@ class CheckJob:
 
 
 def _check_task(job: CheckJob) -> None:
-    """Which pairs of one chunk have a true shingle Jaccard at or above the threshold."""
+    """Which pairs of one chunk have a true shingle Jaccard at or above the threshold:
+    `PAIRS_PER_READ` pairs at a time, each document's set read once per block."""
     pairs = np.load(job.work / "verify" / f"pairs-{job.index:05d}.npy")
     shingles = ShingleReader(job.work, np.asarray(job.offsets))
+    keep = np.zeros(len(pairs), dtype=bool)
     try:
-        keep = np.fromiter((jaccard(shingles(a), shingles(b)) >= job.threshold for a, b in pairs.tolist()),
-                           dtype=bool, count=len(pairs))
+        for lo in range(0, len(pairs), PAIRS_PER_READ):
+            block = pairs[lo:lo + PAIRS_PER_READ]
+            documents, index = np.unique(block, return_inverse=True)
+            values, bounds = shingles.read(documents)
+            index = index.reshape(block.shape)
+            keep[lo:lo + len(block)] = pair_jaccard(values, bounds, index[:, 0], index[:, 1]) >= job.threshold
     finally:
         shingles.close()
     _save(job.work / "verify" / f"keep-{job.index:05d}.npy", keep)
@@ -379,27 +399,26 @@ class WriteJob:
 
 def _write_task(job: WriteJob) -> None:
     work, path, shard, offset = job.work, job.path, job.index, job.offset
-    survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")
-    exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")
     signatures = work / "signatures" / f"shard-{shard:05d}"
     ids = json.loads((signatures / "ids.json").read_text())
     info = json.loads((signatures / "info.json").read_text())
+    mine = slice(offset, offset + info["rows"])
+    survivor = np.load(work / "clusters" / "survivor.npy", mmap_mode="r")[mine].tolist()
+    exact = np.load(work / "clusters" / "exact.npy", mmap_mode="r")[mine].tolist()
     # A kept JSONL row goes out as the line it came in (it is unchanged), so only the
     # rejected ones are parsed and written again; other formats are rows to serialize.
     lines = iter_row_lines(path, info["skipped_lines"]) if is_jsonl(path) else None
     rows = lines if lines is not None else iter_rows([path], ReadStats(), job.text_field)
     with PartFile(job.out / "data" / part_name(shard)) as kept, \
             PartFile(job.out / "rejected" / part_name(shard)) as rejected:
-        for i, row in enumerate(rows):
-            position = offset + i
-            target = int(survivor[position])
+        for position, (row, target) in enumerate(zip(rows, survivor), start=offset):
             if target == position:
                 if lines is not None:
                     kept.write_line(row)
                 else:
                     kept.write(row)
                 continue
-            reason = "exact_duplicate" if exact[position] else "near_duplicate"
+            reason = "exact_duplicate" if exact[position - offset] else "near_duplicate"
             # The survivor comes earlier in input order: in this shard, or in one before.
             of = ids[target - offset] if target >= offset else job.survivor_ids[target]
             row = json.loads(row) if lines is not None else row
