@@ -275,16 +275,14 @@ class ShingleReader:
     def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The sets of `positions`, concatenated in that order, and their (n + 1,) bounds."""
         shard_of = np.searchsorted(self.offsets, positions, side="right") - 1
-        starts = np.zeros(positions.size, dtype=np.int64)
-        stops = np.zeros(positions.size, dtype=np.int64)
+        fds, starts, stops = (np.zeros(positions.size, dtype=np.int64) for _ in range(3))
         for shard in np.unique(shard_of).tolist():
             mine = shard_of == shard
-            _, bounds = self._open(shard)
+            fds[mine], bounds = self._open(shard)
             rows = positions[mine] - int(self.offsets[shard])
             starts[mine], stops[mine] = bounds[rows], bounds[rows + 1]
-        fds = [self._open(shard)[0] for shard in shard_of.tolist()]
         chunks = [os.pread(fd, 8 * (stop - start), 8 * start)
-                  for fd, start, stop in zip(fds, starts.tolist(), stops.tolist())]
+                  for fd, start, stop in zip(fds.tolist(), starts.tolist(), stops.tolist())]
         values = np.frombuffer(b"".join(chunks), dtype=np.uint64)
         return values, np.concatenate(([0], np.cumsum(stops - starts)))
 

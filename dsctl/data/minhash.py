@@ -420,8 +420,7 @@ def pair_jaccard(values: np.ndarray, bounds: np.ndarray, a: np.ndarray, b: np.nd
             rows = group[lo:lo + step]
             inter[rows] = _shared_counts(values, bounds, sizes, a[rows], b[rows], width)
     union = lengths - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def _shared_counts(values: np.ndarray, bounds: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
