@@ -136,3 +136,23 @@ def test_the_stop_rule_reads_only_the_tail_that_can_hold_a_stop_string():
     assert rule.finish([5, 99]) == "stop" and StopRule(2).finish([1, 2]) == "length"
     with pytest.raises(ValueError, match="stop_strings need a decode"):
         StopRule(4, stop_strings=("x",))
+
+
+def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one():
+    from dsctl.model.generate import inverse_cdf, sample_next
+
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0]])
+    # Interval edges: [0, .5) -> 0, [.5, .7) -> 2, [.7, 1) -> 3; token 1 (and the zero tail) never.
+    u = torch.tensor([[0.0], [0.4999], [0.5], [0.6999], [0.7], [float.fromhex("0x1.fffffffffffffp-1")]],
+                     dtype=torch.float64)
+    assert inverse_cdf(probs.expand(6, 5), u).tolist() == [0, 0, 2, 2, 3, 3]
+    # The top of [0, 1) with a total that rounds below 1 still lands on a real token.
+    assert inverse_cdf(torch.tensor([[0.3, 0.3, 0.3, 0.0]]), u[-1:]).tolist() == [2]
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")]).expand(40_000, 5)
+    draws = sample_next(logits, 1.0, 0, 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).double() / 40_000
+    expected = logits[0].softmax(-1).double()
+    # 4 binomial standard errors per token: a wrong interval shows, sampling noise does not.
+    assert torch.all((freq - expected).abs() <= 4 * (expected * (1 - expected) / 40_000).sqrt() + 1e-12)
+    assert freq[4] == 0

@@ -118,7 +118,25 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         # Drop a token when the tokens ranked above it already cover top_p (the first always stays).
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    uniform = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=logits.device)
+    return inverse_cdf(logits.softmax(-1), uniform)
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """(B, vocab) probabilities and (B, 1) uniforms in [0, 1) -> (B,) token ids: each row's
+    token whose cumulative-probability interval holds its uniform.
+
+    One random number a row. `torch.multinomial` draws one exponential per vocabulary entry
+    instead (25 ns each on CPU): 6.8 ms of a 25 ms decode step at 256 rows × 1,024 tokens,
+    where this takes 0.2 ms. The cumulative sum runs in FP64, so a token's interval is its
+    probability to ~1e-16 however far down the vocabulary it sits; a token of probability 0
+    has an empty interval and is never drawn (the first cumulative sum above the target
+    marks a token whose own probability is positive, and the target stays below the total).
+    """
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
 @torch.inference_mode()  # like no_grad, minus autograd's per-op version bookkeeping
