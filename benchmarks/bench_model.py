@@ -7,7 +7,12 @@ Prints, with ratios (ours / transformers):
 * training step (forward + backward of the LM loss) tokens/s,
 * batched greedy generation tokens/s (prompts of different lengths, left padding),
 * KV-cache bytes per token: ours, the MLA formula, a full per-head K/V cache, and
-  what transformers' cache actually held.
+  what transformers' cache actually held;
+* the ceilings each ratio lives under, measured on this machine in the same run: the
+  training step's model FLOP/s as a share of this core's FP32 GEMM peak (a 1,024³ matmul),
+  so no implementation can beat ours by more than 1 / that share; and a decode step's
+  weight-read floor, the time of one matrix-vector product over as many bytes as a token's
+  active weights.
 Each measurement alternates ours and theirs and keeps the best of `repeats` runs, because
 the CPU is shared and noisy. On the CPU, times are process CPU seconds (time.process_time)
 at `--threads` torch threads (default 1): on a machine shared by several jobs, wall-clock
@@ -25,6 +30,7 @@ import torch
 
 from dsctl.model import DeepSeekV3, ModelConfig, compute_loss, generate
 from dsctl.model.hf import save_hf
+from dsctl.train.budget import train_flops_per_token
 
 DEVICE = torch.device("cpu")
 """Where both models run (set from --device)."""
@@ -63,6 +69,24 @@ def bench_training(ours, theirs, config, batch: int, seq: int, repeats: int) -> 
         t_theirs = min(t_theirs, _best_time(step_theirs, 1))
     tokens = batch * seq
     return tokens / t_ours, tokens / t_theirs
+
+
+def gemm_peak(repeats: int) -> float:
+    """FP32 GFLOP/s of a 1,024³ matmul at the current thread count: what this core's BLAS
+    reaches on a shape large enough to hide every overhead."""
+    a, b = torch.randn(1024, 1024, device=DEVICE), torch.randn(1024, 1024, device=DEVICE)
+    a @ b  # warm-up
+    return 2 * 1024**3 / _best_time(lambda: a @ b, max(repeats, 3)) / 1e9
+
+
+def weight_read_floor(n_bytes: int, repeats: int) -> float:
+    """Seconds for one matrix-vector product over an FP32 matrix of `n_bytes`: the least a
+    batch-1 decode step can take, since it reads each of its active weights once."""
+    cols = 1024
+    w = torch.randn(max(1, n_bytes // (4 * cols)), cols, device=DEVICE)
+    x = torch.randn(cols, device=DEVICE)
+    torch.mv(w, x)
+    return min(_best_time(lambda: torch.mv(w, x), 20) for _ in range(max(repeats, 3)))
 
 
 def bench_generation(ours, theirs, config, batch: int, prompt_len: int, new_tokens: int, repeats: int):
@@ -133,11 +157,17 @@ def main() -> None:
           f"threads={torch.get_num_threads()} torch={torch.__version__} transformers={transformers.__version__} "
           f"attn={theirs.config._attn_implementation}")
 
+    peak = gemm_peak(args.repeats)
     for seq in args.seqs:
         batch = max(1, 2048 // seq)
         tr_ours, tr_theirs = bench_training(ours, theirs, config, batch, seq, args.repeats)
         print(f"train step  (B={batch}, T={seq}, fwd+bwd) tokens/s: ours {tr_ours:8.1f}  transformers "
               f"{tr_theirs:8.1f}  ratio {tr_ours / tr_theirs:5.2f}x  (target >= 1.5x)")
+        flops = train_flops_per_token(config, seq)
+        share_ours, share_theirs = tr_ours * flops / 1e9 / peak, tr_theirs * flops / 1e9 / peak
+        print(f"  model FLOP/s as a share of the GEMM peak ({peak:.1f} GFLOP/s): ours {share_ours:.0%}  "
+              f"transformers {share_theirs:.0%}; any implementation of these FLOPs is at most "
+              f"{1 / share_ours:.2f}x ours, {1 / share_theirs:.2f}x transformers")
 
     for prompt_len in args.prompt_lens:
         (g_ours, g_theirs), (d_ours, d_theirs), same, hf_per_token = bench_generation(
@@ -146,6 +176,12 @@ def main() -> None:
               f"{args.new_tokens} new, greedy) tokens/s incl. prefill: ours {g_ours:7.1f}  transformers "
               f"{g_theirs:7.1f}  ratio {g_ours / g_theirs:5.2f}x (target >= 3x); decode only: ours {d_ours:7.1f}  "
               f"transformers {d_theirs:7.1f}  ratio {d_ours / d_theirs:5.2f}x; same tokens: {same}")
+        if args.batch == 1:
+            weight_bytes = 4 * (config.num_parameters()[1] - config.vocab_size * config.hidden_size)  # the
+            floor = weight_read_floor(weight_bytes, args.repeats)  # embedding is a one-row lookup
+            print(f"  decode step: ours {1e3 / d_ours:.2f} ms  transformers {1e3 / d_theirs:.2f} ms  weight-read floor "
+                  f"{1e3 * floor:.2f} ms ({weight_bytes / 1e6:.1f} MB of active weights); "
+                  f"ours spends {1 - floor * d_ours:.0%} of a step above the floor")
 
     bytes_per = 4  # fp32
     n = config.num_hidden_layers

@@ -133,7 +133,7 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     has an empty interval and is never drawn (the first cumulative sum above the target
     marks a token whose own probability is positive, and the target stays below the total).
     """
-    cdf = probs.double().cumsum(-1)
+    cdf = probs.cumsum(-1, dtype=torch.float64)  # summed in FP64 without an FP64 copy of probs
     total = cdf[:, -1:]
     target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True).squeeze(-1)
