@@ -146,8 +146,12 @@ def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one(
     u = torch.tensor([[0.0], [0.4999], [0.5], [0.6999], [0.7], [float.fromhex("0x1.fffffffffffffp-1")]],
                      dtype=torch.float64)
     assert inverse_cdf(probs.expand(6, 5), u).tolist() == [0, 0, 2, 2, 3, 3]
-    # The top of [0, 1) with a total that rounds below 1 still lands on a real token.
+    # The top of [0, 1) with a total that rounds below 1 still lands on a real token, and
+    # the bottom skips leading zeros.
     assert inverse_cdf(torch.tensor([[0.3, 0.3, 0.3, 0.0]]), u[-1:]).tolist() == [2]
+    assert inverse_cdf(torch.tensor([[0.0, 0.0, 1.0]]), u[:1]).tolist() == [2]
+    with pytest.raises(ValueError, match="non-finite"):
+        inverse_cdf(torch.tensor([[0.5, float("nan")]]), u[:1])
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")]).expand(40_000, 5)
     draws = sample_next(logits, 1.0, 0, 1.0, torch.Generator().manual_seed(0))
