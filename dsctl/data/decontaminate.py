@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from dsctl.data.corpus import PartFile, ReadStats, iter_rows, part_name
-from dsctl.data.minhash import WHITESPACE_BYTES, ByteBatch, segment_hashes
+from dsctl.data.minhash import WHITESPACE_BYTES, ByteBatch, segment_hashes, within_segments
 from dsctl.data.shards import batched
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -59,9 +59,8 @@ def _windows(counts: np.ndarray, width: int, include: np.ndarray | None = None) 
     per_text = np.maximum(counts - width + 1, 0)
     if include is not None:
         per_text = np.where(include, per_text, 0)
-    total = int(per_text.sum())
     starts = np.cumsum(counts) - counts
-    first = np.repeat(starts, per_text) + (np.arange(total) - np.repeat(np.cumsum(per_text) - per_text, per_text))
+    first = np.repeat(starts, per_text) + within_segments(per_text)
     return first, np.repeat(np.arange(counts.size), per_text)
 
 

@@ -192,14 +192,19 @@ def shingle_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return shingles_from_words(*word_hashes(texts))
 
 
+def within_segments(counts: np.ndarray) -> np.ndarray:
+    """Each element's index inside its segment, for segments of `counts` elements laid end
+    to end: [0, 1, 2, 0, 1] for counts [3, 2]."""
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def shingles_from_words(words: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     per_doc = np.where(counts > 0, np.maximum(counts - (SHINGLE_WORDS - 1), 1), 0)
     total = int(per_doc.sum())
     if total == 0:
         return np.zeros(0, dtype=np.uint64), per_doc
     word_start = np.cumsum(counts) - counts
-    shingle_start = np.cumsum(per_doc) - per_doc
-    first_word = np.repeat(word_start, per_doc) + (np.arange(total) - np.repeat(shingle_start, per_doc))
+    first_word = np.repeat(word_start, per_doc) + within_segments(per_doc)
     width = np.repeat(np.minimum(counts, SHINGLE_WORDS), per_doc)
     acc = np.zeros(total, dtype=np.uint64)
     last = words.size - 1
@@ -226,8 +231,7 @@ def unique_per_doc(hashes: np.ndarray, per_doc: np.ndarray) -> tuple[np.ndarray,
         sizes = np.fromiter((s.size for s in sets), dtype=np.int64, count=n)
         return (np.concatenate(sets) if sets else hashes[:0]), sizes
     matrix = np.full((n, longest), np.iinfo(np.uint64).max, dtype=np.uint64)
-    column = np.arange(total) - np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
-    matrix[np.repeat(np.arange(n), per_doc), column] = hashes
+    matrix[np.repeat(np.arange(n), per_doc), within_segments(per_doc)] = hashes
     matrix.sort(axis=1)
     # A row's first per_doc columns hold its hashes (padding sorts after them, or equals
     # the one hash it could be confused with); keep each value's first copy.
@@ -430,11 +434,10 @@ def _shared_counts(values: np.ndarray, bounds: np.ndarray, sizes: np.ndarray, a:
     matrix = np.full((n, width), np.iinfo(np.uint64).max, dtype=np.uint64)
     for sets, shift in ((a, np.zeros(n, np.int64)), (b, sizes[a])):
         count = sizes[sets]
-        total = int(count.sum())
-        if total == 0:
+        if not count.any():
             continue
         row = np.repeat(np.arange(n), count)
-        within = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        within = within_segments(count)
         matrix[row, within + shift[row]] = values[np.repeat(bounds[sets], count) + within]
     matrix.sort(axis=1)
     # only the first |A| + |B| columns hold values (a value equal to the padding still
