@@ -113,13 +113,44 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens ranked above it already cover top_p (the first always stays).
-        drop = probs.cumsum(-1) - probs > top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        logits = logits.masked_fill(~nucleus(logits.softmax(-1), top_p), float("-inf"))
     uniform = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=logits.device)
     return inverse_cdf(logits.softmax(-1), uniform)
+
+
+NUCLEUS_PREFIX = 64
+"""How many of a row's most likely tokens `nucleus` ranks first. A trained model's nucleus
+at top-p 0.95 is a few tokens to a few dozen; a row whose nucleus runs past the prefix is
+ranked again in full."""
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, vocab) probabilities -> (B, vocab) bool: the tokens inside each row's top-p
+    nucleus. A token is dropped when the tokens ranked above it already hold more than
+    `top_p`; the most likely token always stays.
+
+    Ranking a whole vocabulary is a sort, 8 ms at 256 rows × 1,024 tokens on CPU, four
+    times the rest of a sampling step. The nucleus only needs the head of each ranking, so
+    `topk` ranks the first `NUCLEUS_PREFIX`, and the few rows whose nucleus does not end
+    inside that prefix (a flat distribution: an untrained model, a high temperature) are
+    ranked in full. The mask equals a full sort's: the cumulative sums of the prefix are
+    the first terms of the full ones.
+    """
+    vocab = probs.shape[-1]
+    keep, open_rows = _ranked_head(probs, min(NUCLEUS_PREFIX, vocab), top_p)
+    if NUCLEUS_PREFIX < vocab and bool(open_rows.any()):
+        rows = open_rows.nonzero().squeeze(-1)
+        keep[rows] = _ranked_head(probs[rows], vocab, top_p)[0]
+    return keep
+
+
+def _ranked_head(probs: torch.Tensor, k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nucleus among each row's k most likely tokens, and which rows' nucleus may go on
+    past them (their k-th token is still inside)."""
+    top, index = probs.topk(k, dim=-1)
+    inside = top.cumsum(-1) - top <= top_p
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, index, inside)
+    return keep, inside[:, -1]
 
 
 def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
