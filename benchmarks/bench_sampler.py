@@ -1,4 +1,5 @@
-"""Our sampler (inverse CDF, `dsctl.model.generate.inverse_cdf`) against `torch.multinomial`.
+"""Our sampler (inverse CDF, `dsctl.model.generate.inverse_cdf`) against `torch.multinomial`,
+and our top-p nucleus (`generate.nucleus`) against ranking the whole vocabulary with a sort.
 
     python benchmarks/bench_sampler.py [--threads 2] [--repeats 5]
 
@@ -6,8 +7,11 @@ Prints, for batch × vocabulary shapes from one chat request to a GRPO rollout, 
 one draw per row from a softmax both ways and the ratio; then checks that both draw from
 the same distribution: 400,000 draws each from one peaked 1,024-token distribution, their
 total-variation distance to the true probabilities, and the largest per-token deviation in
-binomial standard errors among the tokens expected at least 100 times. Times are wall
-clock, best of `repeats` after a warm-up.
+binomial standard errors among the tokens expected at least 100 times. Then the nucleus
+at top-p 0.95, ours against a full sort, on rows as peaked as a trained model's at
+temperature 0.6, less peaked, and flat (nuclei of hundreds of tokens, which ours ranks in
+full too), checking that both keep the same tokens. Times are wall clock, best of `repeats`
+after a warm-up.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 
 import torch
 
-from dsctl.model.generate import inverse_cdf
+from dsctl.model.generate import inverse_cdf, nucleus
 
 SHAPES = ((1, 1024), (64, 1024), (256, 1024), (256, 32768), (1, 129280))
 """(rows, vocab): one chat request, an eval chunk, a GRPO rollout of mini_r1, a larger
@@ -44,6 +48,32 @@ def best_ms(fn, probs: torch.Tensor, repeats: int) -> float:
             fn(probs, generator)
         best = min(best, (time.perf_counter() - t0) / calls)
     return best * 1e3
+
+
+TOP_P = 0.95
+"""What eval and rejection_sample use (DeepSeek-R1's protocol)."""
+
+
+def nucleus_by_sort(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The peer: rank the whole vocabulary, keep a token while the ones above it hold ≤ top_p."""
+    ranked, order = probs.sort(dim=-1, descending=True)
+    return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ranked.cumsum(-1) - ranked <= top_p)
+
+
+def nuclei(repeats: int) -> None:
+    # At T = 0.6, logit spread 10 gives nuclei of 1-3 of 1,024 tokens, as mini_r1's trained
+    # checkpoints have; spread 3 ~15 (past ours's first prefix, inside its second); spread
+    # 0.5 ~800, past both, so ours ranks those rows in full as the peer does.
+    for rows, vocab in SHAPES[:4]:
+        for spread in (10.0, 3.0, 0.5):
+            logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(4)) * spread
+            probs = (logits / 0.6).softmax(-1)
+            same = torch.equal(nucleus(probs, TOP_P), nucleus_by_sort(probs, TOP_P))
+            size = nucleus(probs, TOP_P).sum(-1).float().median().item()
+            t_ours = best_ms(lambda p, _: nucleus(p, TOP_P), probs, repeats)
+            t_peer = best_ms(lambda p, _: nucleus_by_sort(p, TOP_P), probs, repeats)
+            print(f"{rows:>4} rows x {vocab:>6} tokens, median nucleus {size:5.0f}: ours {t_ours:7.3f} ms  "
+                  f"full sort {t_peer:7.3f} ms  ratio {t_peer / t_ours:5.1f}x  same tokens kept: {same}")
 
 
 def agreement(draws: int = 400_000) -> None:
@@ -75,6 +105,8 @@ def main() -> None:
         print(f"{rows:>4} rows x {vocab:>6} tokens: ours {t_ours:7.3f} ms  torch.multinomial {t_peer:7.3f} ms  "
               f"ratio {t_peer / t_ours:6.1f}x")
     agreement()
+    print(f"top-p {TOP_P} nucleus at temperature 0.6:")
+    nuclei(args.repeats)
 
 
 if __name__ == "__main__":

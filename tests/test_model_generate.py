@@ -163,22 +163,27 @@ def test_inverse_cdf_draws_each_token_with_its_probability_and_never_a_zero_one(
 
 
 def test_nucleus_keeps_the_tokens_a_full_sort_keeps_for_peaked_and_flat_rows():
-    from dsctl.model.generate import NUCLEUS_PREFIX, nucleus
+    from dsctl.model.generate import NUCLEUS_PREFIXES, nucleus
 
     def by_full_sort(probs, top_p):
         ranked, order = probs.sort(-1, descending=True)
         return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, ranked.cumsum(-1) - ranked <= top_p)
 
     g = torch.Generator().manual_seed(0)
-    # Rows from one-token-sure to near-uniform, so some nuclei end inside the ranked prefix
-    # and some run past it (ranked again in full); and a vocabulary smaller than the prefix.
-    scales = torch.tensor([0.1, 0.5, 1.0, 3.0, 10.0, 30.0]).repeat_interleave(8).unsqueeze(-1)
-    for vocab in (1024, NUCLEUS_PREFIX // 2):
+    # Rows from one-token-sure to near-uniform, so nuclei end inside each ranked prefix and
+    # past the last (ranked in full); and a vocabulary smaller than the longer prefix.
+    scales = torch.tensor([0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0]).repeat_interleave(8).unsqueeze(-1)
+    short, long = NUCLEUS_PREFIXES
+    for vocab in (1024, (short + long) // 2):
         probs = (torch.randn(len(scales), vocab, generator=g) * scales).softmax(-1)
+        # One token at 0.5 over a near-flat tail (no ties, whose order a sort leaves open):
+        # its top token says the longer prefix may reach top_p, and the nucleus runs past it.
+        probs[:4] = 0.5 * (torch.randn(4, vocab, generator=g) * 0.1).softmax(-1)
+        probs[:4, 7] = 0.5
         for top_p in (0.5, 0.9, 0.95):
             keep = nucleus(probs, top_p)
             assert torch.equal(keep, by_full_sort(probs, top_p))
             assert keep.any(-1).all()
-        if vocab > NUCLEUS_PREFIX:  # both paths were taken
+        if vocab > long:  # every path was taken
             sizes = nucleus(probs, 0.95).sum(-1)
-            assert sizes.min() < NUCLEUS_PREFIX < sizes.max()
+            assert (sizes <= short).any() and ((sizes > short) & (sizes <= long)).any() and (sizes > long).any()
