@@ -184,6 +184,8 @@ def test_nucleus_keeps_the_tokens_a_full_sort_keeps_for_peaked_and_flat_rows():
             keep = nucleus(probs, top_p)
             assert torch.equal(keep, by_full_sort(probs, top_p))
             assert keep.any(-1).all()
+            flat = probs[4:16]  # a batch of flat rows only
+            assert torch.equal(nucleus(flat, top_p), by_full_sort(flat, top_p))
         if vocab > long:  # every path was taken
             sizes = nucleus(probs, 0.95).sum(-1)
             assert (sizes <= short).any() and ((sizes > short) & (sizes <= long)).any() and (sizes > long).any()

@@ -151,6 +151,8 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if len(medium):
         keep[medium], past, _ = _ranked_prefix(probs[medium], long, top_p)
         flat = torch.cat((flat, medium[past]))
+    if len(flat) == len(probs):  # every row flat (a high temperature): sort in place, no row copies
+        return _ranked_prefix(probs, vocab, top_p)[0]
     if len(flat):
         keep[flat] = _ranked_prefix(probs[flat], vocab, top_p)[0]
     return keep
