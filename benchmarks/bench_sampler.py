@@ -68,8 +68,9 @@ def nuclei(repeats: int) -> None:
         for spread in (10.0, 3.0, 0.5):
             logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(4)) * spread
             probs = (logits / 0.6).softmax(-1)
-            same = torch.equal(nucleus(probs, TOP_P), nucleus_by_sort(probs, TOP_P))
-            size = nucleus(probs, TOP_P).sum(-1).float().median().item()
+            kept = nucleus(probs, TOP_P)
+            same = torch.equal(kept, nucleus_by_sort(probs, TOP_P))
+            size = kept.sum(-1).float().median().item()
             t_ours = best_ms(lambda p, _: nucleus(p, TOP_P), probs, repeats)
             t_peer = best_ms(lambda p, _: nucleus_by_sort(p, TOP_P), probs, repeats)
             print(f"{rows:>4} rows x {vocab:>6} tokens, median nucleus {size:5.0f}: ours {t_ours:7.3f} ms  "

@@ -113,6 +113,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
+        # Softmax again after masking rather than renormalizing these probabilities: the
+        # division would round differently and redraw every sampled stream.
         logits = logits.masked_fill(~nucleus(logits.softmax(-1), top_p), float("-inf"))
     uniform = torch.rand(logits.shape[0], 1, generator=generator, dtype=torch.float64, device=logits.device)
     return inverse_cdf(logits.softmax(-1), uniform)
